@@ -1,0 +1,1 @@
+"""asd-policy: diffusion policies sampled with exact autospeculative decoding."""

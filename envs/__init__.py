@@ -1,0 +1,1 @@
+"""Tasks behind one gymnasium interface (imported as `asd_envs`)."""

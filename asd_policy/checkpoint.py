@@ -1,0 +1,226 @@
+"""Policy checkpoints: safetensors weights + a small JSON file.  Loading never unpickles.
+
+A checkpoint is a directory::
+
+    <dir>/policy.safetensors   the network's (EMA) weights, nothing else
+    <dir>/policy.json          format/version, PolicyConfig (U-Net sizes, horizons, noise schedule,
+                               sampler defaults, task name, obs keys), both normalisers, the weights'
+                               SHA-256, and free-form training info
+    <dir>/README.md            model card (shipped checkpoints only)
+
+``load_policy`` accepts the directory or either file inside it.  Every failure (missing or corrupt
+file, wrong weights, a checkpoint for another task) raises :class:`CheckpointError`, a
+``ValueError`` whose message names the file and says what to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from asd_policy.normalizer import MinMaxNormalizer
+from asd_policy.policy import DiffusionPolicy, PolicyConfig
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointNotFoundError",
+    "WEIGHTS_NAME",
+    "META_NAME",
+    "save_policy",
+    "load_policy",
+    "read_metadata",
+    "check_compatible",
+    "resolve_checkpoint",
+]
+
+FORMAT = "asd-policy"
+VERSION = 1
+WEIGHTS_NAME = "policy.safetensors"
+META_NAME = "policy.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used: corrupt, incomplete, or made for another task."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """The checkpoint path does not exist (also a FileNotFoundError)."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_policy(policy: DiffusionPolicy, directory: str | os.PathLike, training_info: dict | None = None) -> Path:
+    """Write ``policy`` (its current weights: pass the EMA policy) to ``directory``; returns it.
+
+    Files are written to temporaries and renamed, so an interrupted save never leaves a
+    half-written checkpoint under the final names.
+    """
+    from safetensors.torch import save as st_save
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in policy.model.state_dict().items()}
+    blob = st_save(state, metadata={"format": FORMAT, "version": str(VERSION)})
+    weights = directory / WEIGHTS_NAME
+    _atomic_write_bytes(weights, blob)
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        **policy.metadata(),
+        "weights_file": WEIGHTS_NAME,
+        "weights_sha256": hashlib.sha256(blob).hexdigest(),
+        "training": training_info or {},
+    }
+    _atomic_write_bytes(directory / META_NAME, (json.dumps(meta, indent=2) + "\n").encode())
+    return directory
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path, Path]:
+    """(policy.json, policy.safetensors) for a checkpoint directory or either file in it."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise CheckpointNotFoundError(
+            f"checkpoint {str(p)!r} does not exist; pass a checkpoint directory (holding {META_NAME} and "
+            f"{WEIGHTS_NAME}), e.g. checkpoints/<task>, or train one with scripts/train.py"
+        )
+    directory = p if p.is_dir() else p.parent
+    meta, weights = directory / META_NAME, directory / WEIGHTS_NAME
+    for f in (meta, weights):
+        if not f.is_file():
+            raise CheckpointNotFoundError(
+                f"checkpoint {str(directory)!r} is incomplete: {f.name} is missing; a checkpoint directory holds "
+                f"{META_NAME} and {WEIGHTS_NAME} (re-copy it, or re-train with scripts/train.py)"
+            )
+    return meta, weights
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The checkpoint's JSON (validated to be ours); cheap: does not touch the weights."""
+    meta_path, _ = resolve_checkpoint(path)
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(
+            f"checkpoint file {str(meta_path)!r} is corrupt (not valid JSON: {e}); re-download or re-train the "
+            f"checkpoint"
+        ) from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{str(meta_path)!r} is not an asd-policy checkpoint (format field {meta.get('format') if isinstance(meta, dict) else None!r}); "
+            f"pass a directory written by asd_policy.checkpoint.save_policy / scripts/train.py"
+        )
+    if meta.get("version") != VERSION:
+        raise CheckpointError(
+            f"checkpoint {str(meta_path)!r} has format version {meta.get('version')!r}; this asd-policy reads "
+            f"version {VERSION}: re-train it with this version"
+        )
+    return meta
+
+
+def check_compatible(
+    meta_or_policy: dict | DiffusionPolicy,
+    where: str,
+    obs_dim: int | None = None,
+    action_dim: int | None = None,
+    task_name: str | None = None,
+    obs_keys: list[str] | None = None,
+) -> None:
+    """Raise CheckpointError if the checkpoint does not fit the task described by the arguments."""
+    cfg = meta_or_policy.config.to_dict() if isinstance(meta_or_policy, DiffusionPolicy) else meta_or_policy["config"]
+    problems = []
+    if obs_dim is not None and int(obs_dim) != cfg["obs_dim"]:
+        problems.append(f"obs_dim {cfg['obs_dim']} (the task has {obs_dim})")
+    if action_dim is not None and int(action_dim) != cfg["action_dim"]:
+        problems.append(f"action_dim {cfg['action_dim']} (the task has {action_dim})")
+    if obs_keys is not None and cfg.get("obs_keys") is not None and list(obs_keys) != list(cfg["obs_keys"]):
+        problems.append(f"obs_keys {cfg['obs_keys']} (the task has {list(obs_keys)})")
+    if problems:
+        trained = cfg.get("task_name") or "an unnamed task"
+        target = task_name or "this task"
+        raise CheckpointError(
+            f"checkpoint {where!r} does not match {target}: it was trained on {trained} with "
+            + ", ".join(problems)
+            + f". Use a checkpoint trained for {target} (checkpoints/{task_name or '<task>'}), or train one: "
+            f"python scripts/train.py task={task_name or '<task>'}"
+        )
+
+
+def load_policy(
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    obs_dim: int | None = None,
+    action_dim: int | None = None,
+    task_name: str | None = None,
+    obs_keys: list[str] | None = None,
+) -> DiffusionPolicy:
+    """Load a policy (eval mode) from a checkpoint directory, or either file in it.
+
+    If ``obs_dim`` / ``action_dim`` / ``obs_keys`` are given they are checked against the
+    checkpoint (``task_name`` only makes the message clearer).  Raises :class:`CheckpointError`
+    (a ValueError) naming the file and the fix on any problem.
+    """
+    from safetensors import SafetensorError  # type: ignore[attr-defined]
+    from safetensors.torch import load as st_load
+
+    meta = read_metadata(path)
+    meta_path, weights_path = resolve_checkpoint(path)
+    check_compatible(meta, str(meta_path.parent), obs_dim, action_dim, task_name, obs_keys)
+
+    try:
+        config = PolicyConfig.from_dict(meta["config"])
+        obs_norm = MinMaxNormalizer.from_dict(meta["obs_normalizer"])
+        act_norm = MinMaxNormalizer.from_dict(meta["action_normalizer"])
+        policy = DiffusionPolicy(config, obs_norm, act_norm)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(
+            f"checkpoint file {str(meta_path)!r} is corrupt or from an incompatible version ({type(e).__name__}: {e}); "
+            f"re-download or re-train the checkpoint"
+        ) from None
+
+    blob = weights_path.read_bytes()
+    expected = meta.get("weights_sha256")
+    if expected is not None and hashlib.sha256(blob).hexdigest() != expected:
+        raise CheckpointError(
+            f"checkpoint file {str(weights_path)!r} is corrupt (its SHA-256 does not match the one recorded in "
+            f"{META_NAME}; truncated or modified); re-download or re-train the checkpoint"
+        )
+    try:
+        state = st_load(blob)
+    except (SafetensorError, ValueError, RuntimeError, OSError) as e:
+        raise CheckpointError(
+            f"checkpoint file {str(weights_path)!r} is corrupt (not a readable safetensors file: {e}); "
+            f"re-download or re-train the checkpoint"
+        ) from None
+    try:
+        policy.model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(
+            f"checkpoint file {str(weights_path)!r} does not match the network described in {META_NAME} ({msg}); "
+            f"the two files come from different checkpoints: re-copy the directory or re-train"
+        ) from None
+    return policy.to(device).eval()
+
+
+def load_training_info(path: str | os.PathLike) -> dict[str, Any]:
+    return read_metadata(path).get("training", {})

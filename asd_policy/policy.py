@@ -1,0 +1,337 @@
+"""The diffusion policy: U-Net + normaliser + noise schedule + horizons + sampler choice.
+
+A :class:`DiffusionPolicy` maps a batch of observation histories (environment units) to action
+chunks (environment units), sampling through :func:`asd_policy.sampling.sample`::
+
+    policy = load_policy("checkpoints/reach_around")            # or build_policy(...)
+    out = policy.predict_action(obs_history)                    # [B, n_obs_steps, obs_dim]
+    out.actions        # [B, n_action_steps, action_dim]: the steps to execute now
+    out.action_pred    # [B, horizon, action_dim]: the whole predicted chunk
+    out.stats          # SamplerStats (sequential_calls, nfe, ...)
+    actions, action_pred, stats = out                           # it is a NamedTuple
+
+Horizons follow diffusion_policy: the chunk covers ``horizon`` steps starting at the oldest
+observation in the history, so the first action to execute is the one at index
+``n_obs_steps - 1`` (aligned with the newest observation), and ``n_action_steps`` are executed.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from asd_policy.model import ConditionalUnet1D, UNET_SIZES, UNetConfig
+from asd_policy.normalizer import MinMaxNormalizer
+from asd_policy.schedule import NoiseSchedule
+
+__all__ = [
+    "DEFAULT_SCHEDULE",
+    "DEFAULT_SAMPLER",
+    "SAMPLER_KEYS",
+    "PolicyConfig",
+    "PolicyOutput",
+    "DiffusionPolicy",
+    "build_policy",
+]
+
+#: diffusion_policy's DDPM configuration.
+DEFAULT_SCHEDULE: dict = {
+    "num_train_timesteps": 100,
+    "beta_schedule": "squaredcos_cap_v2",
+    "prediction_type": "epsilon",
+    "clip_sample": True,
+}
+
+#: The sampler used when predict_action is not told otherwise.  Keys that do not belong to the
+#: chosen method (see SAMPLER_KEYS) are ignored, so one config can hold every method's settings.
+DEFAULT_SAMPLER: dict = {
+    "method": "asd",
+    "speculation_length": 16,
+    "anchor": "reuse",
+    "num_inference_steps": 10,
+    "eta": 0.0,
+}
+
+#: Which config keys each method takes.
+SAMPLER_KEYS: dict[str, tuple[str, ...]] = {
+    "ddpm": (),
+    "ddim": ("num_inference_steps", "eta"),
+    "asd": ("speculation_length", "anchor"),
+}
+
+
+@dataclass
+class PolicyConfig:
+    """Everything (besides weights and normaliser) needed to rebuild a policy; JSON-serialisable."""
+
+    obs_dim: int
+    action_dim: int
+    n_obs_steps: int = 2
+    horizon: int = 16
+    n_action_steps: int = 8
+    unet: dict = field(default_factory=dict)  # UNetConfig.to_dict(); action_dim/cond_dim filled in
+    schedule: dict = field(default_factory=lambda: dict(DEFAULT_SCHEDULE))
+    sampler: dict = field(default_factory=lambda: dict(DEFAULT_SAMPLER))
+    task_name: str | None = None
+    obs_keys: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("obs_dim", "action_dim", "n_obs_steps", "horizon", "n_action_steps"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+            setattr(self, name, int(v))
+        if self.n_obs_steps - 1 + self.n_action_steps > self.horizon:
+            raise ValueError(
+                f"n_obs_steps - 1 + n_action_steps must be <= horizon (the executed steps start at index "
+                f"n_obs_steps - 1 of the chunk); got {self.n_obs_steps} - 1 + {self.n_action_steps} > {self.horizon}"
+            )
+        unet = {**UNET_SIZES["small"], "size": "small", **dict(self.unet)}
+        unet["action_dim"] = self.action_dim
+        unet["cond_dim"] = self.n_obs_steps * self.obs_dim
+        ucfg = UNetConfig.from_dict(unet)
+        if self.horizon % ucfg.horizon_multiple:
+            raise ValueError(
+                f"horizon={self.horizon} must be a multiple of {ucfg.horizon_multiple} for a U-Net with "
+                f"{len(ucfg.down_dims)} levels"
+            )
+        self.unet = ucfg.to_dict()
+        self.schedule = {**DEFAULT_SCHEDULE, **dict(self.schedule)}
+        NoiseSchedule.from_config(self.schedule)  # validates
+        self.sampler = {**DEFAULT_SAMPLER, **dict(self.sampler)}
+        if self.sampler["method"] not in SAMPLER_KEYS:
+            raise ValueError(f"sampler.method={self.sampler['method']!r} is unknown; use one of {tuple(SAMPLER_KEYS)}")
+        if self.obs_keys is not None:
+            self.obs_keys = [str(k) for k in self.obs_keys]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PolicyConfig":
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown policy config keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+class PolicyOutput(NamedTuple):
+    actions: Tensor  # [B, n_action_steps, action_dim], environment units: execute these
+    action_pred: Tensor  # [B, horizon, action_dim], environment units: the whole predicted chunk
+    stats: Any  # asd_policy.sampling.SamplerStats
+
+
+class DiffusionPolicy(nn.Module):
+    """A DDPM diffusion policy over action chunks, conditioned on a short observation history."""
+
+    def __init__(
+        self,
+        config: PolicyConfig,
+        obs_normalizer: MinMaxNormalizer | None = None,
+        action_normalizer: MinMaxNormalizer | None = None,
+    ):
+        super().__init__()
+        self.config = config
+        self.model = ConditionalUnet1D(UNetConfig.from_dict(config.unet))
+        self.schedule = NoiseSchedule.from_config(config.schedule)
+        # identity normalisers until fitted (min -1, max 1)
+        self.obs_normalizer = obs_normalizer or MinMaxNormalizer(-np.ones(config.obs_dim), np.ones(config.obs_dim))
+        self.action_normalizer = action_normalizer or MinMaxNormalizer(
+            -np.ones(config.action_dim), np.ones(config.action_dim)
+        )
+        if self.obs_normalizer.dim != config.obs_dim:
+            raise ValueError(f"obs normaliser has dim {self.obs_normalizer.dim}, config.obs_dim={config.obs_dim}")
+        if self.action_normalizer.dim != config.action_dim:
+            raise ValueError(
+                f"action normaliser has dim {self.action_normalizer.dim}, config.action_dim={config.action_dim}"
+            )
+
+    # ---- conveniences ----------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def obs_dim(self) -> int:
+        return self.config.obs_dim
+
+    @property
+    def action_dim(self) -> int:
+        return self.config.action_dim
+
+    @property
+    def n_obs_steps(self) -> int:
+        return self.config.n_obs_steps
+
+    @property
+    def horizon(self) -> int:
+        return self.config.horizon
+
+    @property
+    def n_action_steps(self) -> int:
+        return self.config.n_action_steps
+
+    def set_normalizers(self, obs_normalizer: MinMaxNormalizer, action_normalizer: MinMaxNormalizer) -> None:
+        device = self.device
+        self.obs_normalizer = obs_normalizer.to(device)
+        self.action_normalizer = action_normalizer.to(device)
+
+    def sampler_kwargs(self, method: str | None = None, **overrides) -> tuple[str, dict]:
+        """(method, keyword arguments for sample()) from the config, with per-call overrides."""
+        cfg = dict(self.config.sampler)
+        method = method or cfg["method"]
+        if method not in SAMPLER_KEYS:
+            raise ValueError(f"method={method!r} is unknown; use one of {tuple(SAMPLER_KEYS)}")
+        kwargs = {k: cfg[k] for k in SAMPLER_KEYS[method] if k in cfg}
+        kwargs.update(overrides)
+        return method, kwargs
+
+    # ---- conditioning ----------------------------------------------------------------------
+    def _cond(self, obs_history: Tensor) -> Tensor:
+        """Normalised, flattened ``[B, n_obs_steps * obs_dim]`` conditioning (takes the newest steps)."""
+        obs = obs_history[:, -self.n_obs_steps :]
+        if obs.dim() != 3 or obs.shape[1] != self.n_obs_steps or obs.shape[2] != self.obs_dim:
+            raise ValueError(
+                f"obs_history must be [B, n_obs_steps={self.n_obs_steps}, obs_dim={self.obs_dim}] "
+                f"(or a longer history), got {tuple(obs_history.shape)}"
+            )
+        return self.obs_normalizer.normalize(obs).reshape(obs.shape[0], -1)
+
+    # ---- inference -------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict_action(
+        self,
+        obs_history: Tensor | np.ndarray,
+        method: str | None = None,
+        generator: torch.Generator | None = None,
+        **sampler_kwargs: Any,
+    ) -> PolicyOutput:
+        """Sample action chunks for a batch of observation histories.
+
+        Args:
+            obs_history: ``[B, n_obs_steps, obs_dim]`` (a longer history is cut to its newest
+                ``n_obs_steps``), environment units; numpy or torch, any device.
+            method: ``"ddpm"``, ``"ddim"`` or ``"asd"``; default from ``config.sampler``.
+            generator: a ``torch.Generator`` for reproducible samples.
+            sampler_kwargs: override the config's sampler settings for this call
+                (``speculation_length``, ``anchor``, ``num_inference_steps``, ``eta``, ``noise``...).
+        Returns:
+            :class:`PolicyOutput` ``(actions, action_pred, stats)`` with ``actions``
+            ``[B, n_action_steps, action_dim]`` and ``action_pred`` ``[B, horizon, action_dim]``,
+            both float32 in environment units on the policy's device.
+        """
+        from asd_policy.sampling import sample  # the sampler module is the lead's; imported at use
+
+        device = self.device
+        obs = torch.as_tensor(obs_history, dtype=torch.float32, device=device)
+        if obs.dim() == 2:
+            raise ValueError(
+                f"obs_history must be [B, n_obs_steps, obs_dim]; got a 2-D array {tuple(obs.shape)} "
+                f"(add the batch axis: obs_history[None])"
+            )
+        cond = self._cond(obs)
+        method, kwargs = self.sampler_kwargs(method, **sampler_kwargs)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            x, stats = sample(
+                self.model,
+                self.schedule,
+                shape=(obs.shape[0], self.horizon, self.action_dim),
+                method=method,
+                cond=cond,
+                generator=generator,
+                device=device,
+                **kwargs,
+            )
+        finally:
+            self.model.train(was_training)
+        action_pred = self.action_normalizer.unnormalize(x.float())
+        start = self.n_obs_steps - 1
+        actions = action_pred[:, start : start + self.n_action_steps]
+        return PolicyOutput(actions, action_pred, stats)
+
+    # ---- training --------------------------------------------------------------------------
+    def compute_loss(
+        self,
+        obs: Tensor,
+        actions: Tensor,
+        model: nn.Module | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """The DDPM training loss on a batch of windows (environment units).
+
+        Args:
+            obs: ``[B, >= n_obs_steps, obs_dim]``; the first ``n_obs_steps`` are the history.
+            actions: ``[B, horizon, action_dim]``.
+            model: the network to train (e.g. its DDP wrapper); default ``self.model``.
+        """
+        model = self.model if model is None else model
+        b = actions.shape[0]
+        if actions.shape[1:] != (self.horizon, self.action_dim):
+            raise ValueError(f"actions must be [B, {self.horizon}, {self.action_dim}], got {tuple(actions.shape)}")
+        cond = self._cond(obs[:, : self.n_obs_steps])
+        x0 = self.action_normalizer.normalize(actions)
+        sched = self.schedule
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        t = torch.randint(0, sched.num_train_timesteps, (b,), generator=generator, device=x0.device)
+        x_t = sched.add_noise(x0, noise, t)
+        target = sched.training_target(x0, noise, t)
+        pred = model(x_t, t, cond)
+        return F.mse_loss(pred.float(), target.float())
+
+    # ---- serialisation helpers (used by asd_policy.checkpoint) ------------------------------
+    def metadata(self) -> dict:
+        return {
+            "config": self.config.to_dict(),
+            "obs_normalizer": self.obs_normalizer.to_dict(),
+            "action_normalizer": self.action_normalizer.to_dict(),
+        }
+
+    def copy(self) -> "DiffusionPolicy":
+        return copy.deepcopy(self)
+
+
+def build_policy(
+    obs_dim: int,
+    action_dim: int,
+    size: str | tuple[int, ...] = "small",
+    n_obs_steps: int = 2,
+    horizon: int = 16,
+    n_action_steps: int = 8,
+    schedule: dict | None = None,
+    sampler: dict | None = None,
+    task_name: str | None = None,
+    obs_keys: list[str] | None = None,
+    obs_normalizer: MinMaxNormalizer | None = None,
+    action_normalizer: MinMaxNormalizer | None = None,
+    **unet_overrides: Any,
+) -> DiffusionPolicy:
+    """A fresh (untrained) policy; ``size`` is a U-Net size name (tiny/small/chi) or down_dims."""
+    if isinstance(size, str):
+        if size not in UNET_SIZES:
+            raise ValueError(f"unknown U-Net size {size!r}; known sizes: {sorted(UNET_SIZES)}")
+        unet = {**UNET_SIZES[size], "size": size}
+    else:
+        unet = {"down_dims": tuple(size), "size": None}
+    unet.update(unet_overrides)
+    config = PolicyConfig(
+        obs_dim=obs_dim,
+        action_dim=action_dim,
+        n_obs_steps=n_obs_steps,
+        horizon=horizon,
+        n_action_steps=n_action_steps,
+        unet=unet,
+        schedule=schedule or {},
+        sampler=sampler or {},
+        task_name=task_name,
+        obs_keys=obs_keys,
+    )
+    return DiffusionPolicy(config, obs_normalizer, action_normalizer)

@@ -1,1 +1,33 @@
-"""Tasks behind one gymnasium interface (imported as `asd_envs`)."""
+"""Tasks behind one gymnasium interface (imported as `asd_envs`).
+
+    import asd_envs
+    env = asd_envs.make_env("reach_around")            # gymnasium.Env, flat float32 Box obs
+    spec = asd_envs.get_task("reach_around")           # TaskSpec: obs_keys, obs_dim, action_dim, ...
+    expert = asd_envs.make_expert("reach_around", env, rng=0)
+    asd_envs.list_tasks()
+
+Rendering is headless: MUJOCO_GL defaults to "egl" (set here, before mujoco is imported) unless
+the user already set it.
+"""
+import os as _os
+import sys as _sys
+
+if _sys.platform.startswith("linux"):
+    _os.environ.setdefault("MUJOCO_GL", "egl")
+
+from .registry import TaskSpec, get_task, list_tasks, make_env, make_expert, register_task  # noqa: E402
+from . import tasks as _tasks  # noqa: E402,F401  (registers the built-in tasks)
+
+DEFAULT_TASK = "reach_around"
+TASKS = tuple(list_tasks())
+
+__all__ = [
+    "DEFAULT_TASK",
+    "TASKS",
+    "TaskSpec",
+    "get_task",
+    "list_tasks",
+    "make_env",
+    "make_expert",
+    "register_task",
+]

@@ -1,0 +1,245 @@
+"""Demonstration reader for robomimic-format hdf5 files.
+
+Reads the files written by ``scripts/collect.py`` and the real robomimic low-dim datasets
+(``lift/ph/low_dim_v15.hdf5`` etc.) alike::
+
+    from asd_policy.data import load_demonstrations
+    demos = load_demonstrations("data/reach_around.hdf5")
+    demos.episodes[0].obs        # float32 [T, obs_dim], keys concatenated in demos.obs_keys order
+    demos.episodes[0].actions    # float32 [T, action_dim]
+    demos.train_names, demos.valid_names, demos.env_args, demos.task_name
+
+Default observation keys (``obs_keys=None``), in order of preference:
+1. the ``asd_obs_keys`` attribute our collector writes;
+2. the registered task's keys when the file's env is a known task (``Lift`` -> ``lift`` ...);
+3. robomimic's standard low-dim keys present in the file: ``robot{i}_eef_pos``,
+   ``robot{i}_eef_quat``, ``robot{i}_gripper_qpos`` for every robot, then ``object``.
+
+Every problem with the input (missing file, not an HDF5 file, truncated/corrupt file, missing
+group or key, inconsistent lengths) raises one ``FileNotFoundError`` / ``ValueError`` that names
+the file and says how to fix it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+# robosuite env names of robomimic's datasets -> our task names
+ROBOMIMIC_ENV_TO_TASK = {
+    "Lift": "lift",
+    "PickPlaceCan": "can",
+    "NutAssemblySquare": "square",
+    "TwoArmTransport": "transport",
+    "ToolHang": "tool_hang",
+}
+
+_FIX = "regenerate it with `python scripts/collect.py task=<task> output=<path>`"
+
+
+@dataclass
+class Episode:
+    name: str
+    obs: np.ndarray  # float32 [T, obs_dim]
+    actions: np.ndarray  # float32 [T, action_dim]
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+
+@dataclass
+class Demonstrations:
+    path: str
+    episodes: list[Episode]
+    obs_keys: tuple[str, ...]
+    obs_key_dims: tuple[int, ...]
+    env_args: dict
+    task_name: str | None
+    train_names: list[str]
+    valid_names: list[str]
+    masks: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def obs_dim(self) -> int:
+        return int(sum(self.obs_key_dims))
+
+    @property
+    def action_dim(self) -> int:
+        return int(self.episodes[0].actions.shape[1])
+
+    @property
+    def num_samples(self) -> int:
+        return int(sum(len(e) for e in self.episodes))
+
+    def episode(self, name: str) -> Episode:
+        for e in self.episodes:
+            if e.name == name:
+                return e
+        raise KeyError(f"no episode {name!r} in {self.path}")
+
+    @property
+    def train_episodes(self) -> list[Episode]:
+        names = set(self.train_names)
+        return [e for e in self.episodes if e.name in names]
+
+    @property
+    def valid_episodes(self) -> list[Episode]:
+        names = set(self.valid_names)
+        return [e for e in self.episodes if e.name in names]
+
+
+def _demo_sort_key(name: str):
+    m = re.search(r"(\d+)$", name)
+    return (0, int(m.group(1)), name) if m else (1, 0, name)
+
+
+def _decode(x) -> str:
+    return x.decode("utf-8") if isinstance(x, (bytes, np.bytes_)) else str(x)
+
+
+def _default_obs_keys(data_attrs, env_args: dict, task_name: str | None, available: Sequence[str]):
+    if "asd_obs_keys" in data_attrs:
+        return tuple(json.loads(_decode(data_attrs["asd_obs_keys"])))
+    if task_name is not None:
+        try:
+            import asd_envs
+
+            if task_name in asd_envs.list_tasks():
+                return tuple(asd_envs.get_task(task_name).obs_keys)
+        except ImportError:  # pragma: no cover - asd_envs is part of this project
+            pass
+    keys = []
+    robots = sorted({int(m.group(1)) for k in available if (m := re.match(r"robot(\d+)_", k))})
+    for r in robots:
+        for suffix in ("eef_pos", "eef_quat", "gripper_qpos"):
+            if f"robot{r}_{suffix}" in available:
+                keys.append(f"robot{r}_{suffix}")
+    if "object" in available:
+        keys.append("object")
+    return tuple(keys)
+
+
+def load_demonstrations(path: str | os.PathLike, obs_keys: Sequence[str] | None = None) -> Demonstrations:
+    """Load every demo of a robomimic-format hdf5 file (see module docstring)."""
+    import h5py
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"demonstration file not found: {path!r}; create it with "
+            f"`python scripts/collect.py task=<task> output={path}` or pass the path of a robomimic dataset"
+        )
+    if os.path.isdir(path):
+        raise ValueError(f"{path!r} is a directory, expected a robomimic-format .hdf5 file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise ValueError(
+            f"{path!r} is not a readable HDF5 file (corrupt or truncated?): {e}; {_FIX}"
+        ) from None
+    try:
+        with f:
+            return _read(f, path, obs_keys)
+    except (OSError, RuntimeError, KeyError) as e:  # corrupt chunks / broken links while reading
+        raise ValueError(f"{path!r} could not be read (corrupt file?): {e}; {_FIX}") from None
+
+
+def _read(f, path: str, obs_keys: Sequence[str] | None) -> Demonstrations:
+    import h5py
+
+    if "data" not in f:
+        raise ValueError(
+            f"{path!r} has no 'data' group, so it is not a robomimic-format dataset "
+            f"(top-level keys: {sorted(f.keys())}); {_FIX}"
+        )
+    data = f["data"]
+    env_args: dict = {}
+    if "env_args" in data.attrs:
+        try:
+            env_args = json.loads(_decode(data.attrs["env_args"]))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path!r}: data.attrs['env_args'] is not valid JSON ({e}); {_FIX}") from None
+    task_name = None
+    if "asd_task" in data.attrs:
+        task_name = _decode(data.attrs["asd_task"])
+    elif env_args.get("asd_task"):
+        task_name = str(env_args["asd_task"])
+    elif env_args.get("env_name") in ROBOMIMIC_ENV_TO_TASK:
+        task_name = ROBOMIMIC_ENV_TO_TASK[env_args["env_name"]]
+
+    names = sorted((k for k in data.keys() if isinstance(data[k], h5py.Group)), key=_demo_sort_key)
+    if not names:
+        raise ValueError(f"{path!r} contains no demos under 'data/'; {_FIX}")
+    first = data[names[0]]
+    if "obs" not in first:
+        raise ValueError(f"{path!r}: demo {names[0]!r} has no 'obs' group; {_FIX}")
+    available = list(first["obs"].keys())
+    if obs_keys is None:
+        obs_keys = _default_obs_keys(data.attrs, env_args, task_name, available)
+        if not obs_keys:
+            raise ValueError(
+                f"{path!r}: cannot tell which observation keys to use; pass obs_keys=[...] "
+                f"(available: {available})"
+            )
+    obs_keys = tuple(obs_keys)
+
+    episodes: list[Episode] = []
+    key_dims: tuple[int, ...] | None = None
+    for name in names:
+        g = data[name]
+        for part in ("obs", "actions"):
+            if part not in g:
+                raise ValueError(f"{path!r}: demo {name!r} has no {part!r}; {_FIX}")
+        actions = np.asarray(g["actions"][()], dtype=np.float32)
+        if actions.ndim == 1:
+            actions = actions[:, None]
+        T = len(actions)
+        parts = []
+        for key in obs_keys:
+            if key not in g["obs"]:
+                raise ValueError(
+                    f"{path!r}: observation key {key!r} missing in demo {name!r} "
+                    f"(available: {sorted(g['obs'].keys())}); pass obs_keys= with keys the file has"
+                )
+            arr = np.asarray(g["obs"][key][()], dtype=np.float32).reshape(len(g["obs"][key]), -1)
+            if len(arr) != T:
+                raise ValueError(
+                    f"{path!r}: demo {name!r} has {len(arr)} steps of obs/{key} but {T} actions"
+                )
+            parts.append(arr)
+        dims = tuple(p.shape[1] for p in parts)
+        if key_dims is None:
+            key_dims = dims
+        elif dims != key_dims:
+            raise ValueError(f"{path!r}: demo {name!r} has key widths {dims}, earlier demos {key_dims}")
+        obs = np.concatenate(parts, axis=1) if parts else np.zeros((T, 0), np.float32)
+        if not (np.isfinite(obs).all() and np.isfinite(actions).all()):
+            raise ValueError(f"{path!r}: demo {name!r} contains NaN or inf values; {_FIX}")
+        episodes.append(Episode(name=name, obs=obs, actions=actions))
+
+    masks: dict[str, list[str]] = {}
+    if "mask" in f:
+        for k in f["mask"].keys():
+            masks[k] = [_decode(x) for x in np.asarray(f["mask"][k][()]).reshape(-1)]
+    known = set(names)
+    for k, v in masks.items():
+        missing = [n for n in v if n not in known]
+        if missing:
+            raise ValueError(f"{path!r}: mask/{k} names demos that do not exist: {missing[:5]}")
+    train = masks.get("train", list(names))
+    valid = masks.get("valid", [])
+    return Demonstrations(
+        path=path,
+        episodes=episodes,
+        obs_keys=obs_keys,
+        obs_key_dims=key_dims or (),
+        env_args=env_args,
+        task_name=task_name,
+        train_names=sorted(train, key=_demo_sort_key),
+        valid_names=sorted(valid, key=_demo_sort_key),
+        masks=masks,
+    )

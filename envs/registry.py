@@ -1,0 +1,103 @@
+"""Task registry: one name -> one gymnasium env with a flat low-dim observation.
+
+Every task is described by a frozen :class:`TaskSpec` (observation keys in concatenation order,
+dimensions, control rate, episode length). The env factories are imported lazily so that the
+own MuJoCo task works without robosuite / robomimic / gymnasium-robotics installed.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import gymnasium as gym
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Static description of a task.
+
+    ``obs_keys`` is the order in which the per-key arrays are concatenated into the flat
+    observation; ``obs_key_dims`` gives each key's width (same order).
+    """
+
+    name: str
+    obs_keys: tuple[str, ...]
+    obs_key_dims: tuple[int, ...]
+    action_dim: int
+    control_hz: float
+    max_episode_steps: int
+    family: str  # "mujoco" (own MJCF), "robomimic" (robosuite via robomimic), "gymnasium_robotics"
+    description: str = ""
+    entry_point: str = ""  # "module:function" building the unwrapped env from (spec, **overrides)
+    expert_entry_point: str = ""  # "module:Class" of the scripted expert
+    env_kwargs: dict = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def obs_dim(self) -> int:
+        return int(sum(self.obs_key_dims))
+
+    def obs_slices(self) -> dict[str, slice]:
+        """Where each key lives in the flat observation."""
+        out, start = {}, 0
+        for key, dim in zip(self.obs_keys, self.obs_key_dims):
+            out[key] = slice(start, start + dim)
+            start += dim
+        return out
+
+
+_TASKS: dict[str, TaskSpec] = {}
+
+
+def register_task(spec: TaskSpec) -> None:
+    _TASKS[spec.name] = spec
+
+
+def list_tasks() -> list[str]:
+    return sorted(_TASKS)
+
+
+def get_task(task_name: str) -> TaskSpec:
+    try:
+        return _TASKS[task_name]
+    except KeyError:
+        raise ValueError(
+            f"unknown task {task_name!r}; known tasks: {', '.join(list_tasks())}"
+        ) from None
+
+
+def _load(entry_point: str) -> Callable[..., Any]:
+    module, _, attr = entry_point.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def make_env(task_name: str, **overrides: Any) -> gym.Env:
+    """Build the task's env: flat float32 Box observation (keys in ``get_task(name).obs_keys``
+    order), Box action in [-1, 1], ``info["is_success"]`` on every step, wrapped in a TimeLimit.
+
+    ``overrides`` go to the task's constructor (e.g. ``render_mode``, ``max_episode_steps``,
+    ``render_size``; see docs/tasks.md for each task's options).
+    """
+    spec = get_task(task_name)
+    max_steps = int(overrides.pop("max_episode_steps", spec.max_episode_steps))
+    env = _load(spec.entry_point)(spec, **overrides)
+    env = gym.wrappers.TimeLimit(env, max_episode_steps=max_steps)
+    return env
+
+
+def make_expert(task_name: str, env: gym.Env, rng: Any = None):
+    """Scripted expert for ``task_name`` acting in ``env`` (the env returned by ``make_env``).
+
+    ``rng``: a ``numpy.random.Generator`` or an int seed; it drives the expert's randomised
+    choices (mode, approach path, speed). The expert is used as::
+
+        expert = make_expert("reach_around", env, rng=0)
+        obs, info = env.reset(seed=0); expert.reset()
+        action = expert.act(obs)          # reads privileged state from env.unwrapped
+    """
+    import numpy as np
+
+    spec = get_task(task_name)
+    if not isinstance(rng, np.random.Generator):
+        rng = np.random.default_rng(rng)
+    return _load(spec.expert_entry_point)(env, rng)

@@ -1,0 +1,91 @@
+"""Small stand-ins for the eval/rollout/real-time tests: a toy reaching env and fake policies."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+
+class ToyReach(gym.Env):
+    """A point moves toward a goal in 2-D; success within 0.1. obs = [pos, goal]."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 50, "control_hz": 50}
+
+    def __init__(self, render_mode=None, fail_seeds=(), fail_at=3, max_episode_steps=30):
+        self.observation_space = gym.spaces.Box(-2.0, 2.0, (4,), np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.render_mode = render_mode
+        self.fail_seeds = set(fail_seeds)
+        self.fail_at = fail_at
+        self.control_hz = 50.0
+        self._seed = None
+        self._t = 0
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self._seed = seed
+        self._t = 0
+        self.pos = self.np_random.uniform(-1, 1, 2).astype(np.float32)
+        self.goal = self.np_random.uniform(-1, 1, 2).astype(np.float32)
+        return self._obs(), {"is_success": False}
+
+    def _obs(self):
+        return np.concatenate([self.pos, self.goal]).astype(np.float32)
+
+    def step(self, action):
+        self._t += 1
+        if self._seed in self.fail_seeds and self._t >= self.fail_at:
+            raise RuntimeError(f"simulated physics blow-up (seed {self._seed})")
+        self.pos = np.clip(self.pos + 0.25 * np.asarray(action, np.float32), -2, 2).astype(np.float32)
+        success = bool(np.linalg.norm(self.pos - self.goal) < 0.1)
+        return self._obs(), float(success), success, False, {"is_success": success}
+
+    def render(self):
+        img = np.zeros((16, 16, 3), np.uint8)
+        x, y = ((self.pos + 2) / 4 * 15).astype(int)
+        img[y, x] = 255
+        return img
+
+
+def make_toy(render_mode=None, **kw):
+    return gym.wrappers.TimeLimit(ToyReach(render_mode=render_mode, **kw), max_episode_steps=30)
+
+
+@dataclass
+class FakeStats:
+    sequential_calls: int
+    nfe: int
+
+
+class FakePolicy:
+    """Proportional controller with sampler-dependent 'cost' (sleep per sequential call)."""
+
+    task_name = "toy"
+
+    def __init__(self, delay_per_call=0.0, n_obs_steps=2, n_action_steps=4, noise=0.3, fixed_latency=0.0):
+        self.n_obs_steps = n_obs_steps
+        self.n_action_steps = n_action_steps
+        self.horizon = 8
+        self.obs_dim = 4
+        self.action_dim = 2
+        self.device = torch.device("cpu")
+        self.delay_per_call = delay_per_call
+        self.fixed_latency = fixed_latency
+        self.noise = noise
+        self.calls = 0
+
+    def predict_action(self, obs_history, method="ddpm", generator=None, **kw):
+        self.calls += 1
+        seq = {"ddpm": 100, "ddim": int(kw.get("num_inference_steps", 10))}.get(
+            method, 100 // int(kw.get("speculation_length", 16)) + 4)
+        b = obs_history.shape[0]
+        if self.delay_per_call or self.fixed_latency:
+            time.sleep(self.fixed_latency + seq * self.delay_per_call)
+        obs = obs_history[:, -1]
+        direction = (obs[:, 2:] - obs[:, :2]) * 4.0
+        noise = torch.randn((b, self.n_action_steps, 2), generator=generator) * self.noise
+        acts = (direction[:, None, :] + noise).clamp(-1, 1)
+        return acts, FakeStats(sequential_calls=seq, nfe=seq * b)

@@ -1,0 +1,255 @@
+"""Statistical tests of the samplers against known answers.
+
+The central claim: ASD draws exactly from sequential DDPM's distribution. With an exact denoiser for
+Gaussian-mixture data the two samplers are compared by an energy-distance permutation test, mode
+weights and within-mode spread. Each check is also run on planted bugs and must catch them, so the
+tests are known to have power. All randomness is seeded: the outcomes are deterministic.
+"""
+
+import math
+
+import pytest
+import torch
+
+import asd_policy.sampling as sampling
+from asd_policy.analytic import GaussianMixtureDenoiser, two_mode_mixture
+from asd_policy.sampling import NoiseSchedule, accept_or_reflect, sample
+from stat_tests import energy_test
+
+ALPHA = 0.01
+SCHEDULE = NoiseSchedule(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", prediction_type="epsilon", clip_sample=True)
+MIXTURE = two_mode_mixture(SCHEDULE)  # modes at -/+0.6 (weights 0.3 / 0.7), std 0.1, event shape (4, 2)
+N = 1200
+
+
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# ---- the accept-or-reflect step ---------------------------------------------------------------
+
+
+def reflection_failures(fn, dim: int, distance: float, seed: int) -> list[str]:
+    """Run `fn` on N(mu_q, s^2) proposals; list how its output departs from N(mu_p, s^2 I)."""
+    g = seeded(seed)
+    n = 20000
+    sigma = 0.05 + torch.rand((), generator=g).item()
+    direction = torch.randn(dim, generator=g)
+    mu_q = torch.randn(dim, generator=g)
+    mu_p = mu_q + distance * sigma * direction / direction.norm()
+    draft = mu_q + sigma * torch.randn(n, dim, generator=g)
+    out, accepted = fn(draft, mu_q.expand(n, dim), mu_p.expand(n, dim), torch.full((n,), sigma), torch.rand(n, generator=g))
+
+    failures = []
+    # Known answer: P(accept) = overlap of the two Gaussians = 2 Phi(-distance / 2).
+    expected_rate = math.erfc(distance / 2 / math.sqrt(2))
+    rate = accepted.double().mean().item()
+    if abs(rate - expected_rate) > 5 * math.sqrt(expected_rate * (1 - expected_rate) / n) + 1e-3:
+        failures.append(f"acceptance rate {rate:.4f} != {expected_rate:.4f}")
+    z = (out.double().mean(0) - mu_p) / (sigma / math.sqrt(n))
+    if z.abs().max() > 4.5:
+        failures.append(f"mean off by {z.abs().max():.1f} standard errors")
+    cov = torch.cov(out.double().T).reshape(dim, dim) / sigma**2
+    if (cov - torch.eye(dim)).abs().max() > 6 * math.sqrt(2 / n):
+        failures.append(f"covariance/sigma^2 deviates from I by {(cov - torch.eye(dim)).abs().max():.3f}")
+    reference = mu_p + sigma * torch.randn(1000, dim, generator=g)
+    _, p = energy_test(out[:1000], reference, permutations=200, seed=seed)
+    if p < ALPHA:
+        failures.append(f"energy test p = {p:.4f}")
+    return failures
+
+
+def reflect_about_proposal_mean(draft, mu_q, mu_p, sigma, u):
+    """Planted bug: on rejection, reflect through the hyperplane at mu_q instead of between the means."""
+    _, accepted = accept_or_reflect(draft, mu_q, mu_p, sigma, u)
+    shape = draft.shape
+    draft, mu_q, mu_p = draft.flatten(1), mu_q.flatten(1), mu_p.flatten(1)
+    e = (mu_p - mu_q) / (mu_p - mu_q).norm(dim=-1, keepdim=True).clamp_min(1e-30)
+    w = draft - mu_q
+    wrong = mu_q + w - 2 * (e * w).sum(-1, keepdim=True) * e
+    return torch.where(accepted[:, None], draft, wrong).reshape(shape), accepted
+
+
+def always_accept(draft, mu_q, mu_p, sigma, u):
+    """Planted bug: keep every draft (the output is then the proposal, not the target)."""
+    _, accepted = accept_or_reflect(draft, mu_q, mu_p, sigma, u)
+    return draft, torch.ones_like(accepted)
+
+
+@pytest.mark.parametrize("dim", [1, 3, 16])
+@pytest.mark.parametrize("distance", [0.2, 1.5, 6.0])  # |mu_p - mu_q| in units of sigma: close to far apart
+def test_accept_or_reflect_reproduces_the_target(dim, distance):
+    assert reflection_failures(accept_or_reflect, dim, distance, seed=dim * 10 + int(distance * 10)) == []
+
+
+@pytest.mark.parametrize("bug", [reflect_about_proposal_mean, always_accept])
+@pytest.mark.parametrize("dim", [1, 16])
+def test_reflection_check_catches_planted_bugs(bug, dim):
+    assert reflection_failures(bug, dim, 1.5, seed=dim) != []
+
+
+def test_accept_or_reflect_handles_identical_means():
+    draft = torch.randn(100, 4)
+    out, accepted = accept_or_reflect(draft, torch.zeros(100, 4), torch.zeros(100, 4), torch.ones(100), torch.rand(100))
+    assert accepted.all() and torch.equal(out, draft)
+
+
+# ---- the whole sampler ------------------------------------------------------------------------
+
+
+def mode_one_fraction(x: torch.Tensor, model: GaussianMixtureDenoiser = MIXTURE) -> float:
+    return model.nearest_mode(x).double().mean().item()
+
+
+def within_mode_std(x: torch.Tensor, model: GaussianMixtureDenoiser = MIXTURE) -> float:
+    return (x - model.means[model.nearest_mode(x)].float()).std().item()
+
+
+def sampler_failures(x: torch.Tensor, reference: torch.Tensor, seed: int) -> list[str]:
+    """How samples x depart from reference samples of the same size (empty: indistinguishable)."""
+    failures = []
+    _, p = energy_test(x, reference, permutations=300, seed=seed)
+    if p < ALPHA:
+        failures.append(f"energy test p = {p:.4f}")
+    f1, f2 = mode_one_fraction(x), mode_one_fraction(reference)
+    pooled = (f1 + f2) / 2
+    z = (f1 - f2) / math.sqrt(pooled * (1 - pooled) * 2 / x.shape[0])
+    if abs(z) > 3.0:
+        failures.append(f"mode weights differ: {f1:.3f} vs {f2:.3f} (z = {z:.1f})")
+    s1, s2 = within_mode_std(x), within_mode_std(reference)
+    # std of a sample std over ~N * 8 roughly-normal values: s / sqrt(2 * N * 8)
+    z = (s1 - s2) / (s2 * math.sqrt(2 / (2 * x.shape[0] * 8)))
+    if abs(z) > 4.0:
+        failures.append(f"within-mode std differs: {s1:.4f} vs {s2:.4f} (z = {z:.1f})")
+    return failures
+
+
+@pytest.fixture(scope="module")
+def ddpm_reference() -> torch.Tensor:
+    x, stats = sample(MIXTURE, SCHEDULE, (N, 4, 2), method="ddpm", generator=seeded(1000))
+    assert stats.sequential_calls == 100 and stats.nfe == 100 * N
+    return x
+
+
+def test_ddpm_reproduces_the_mixture(ddpm_reference):
+    # the baseline itself: mode weight 0.7 (binomial, 4 sigma) and spread close to the data's 0.1
+    assert abs(mode_one_fraction(ddpm_reference) - 0.7) < 4 * math.sqrt(0.21 / N)
+    data = MIXTURE.sample_data(N, seeded(5))
+    assert abs(mode_one_fraction(data) - 0.7) < 4 * math.sqrt(0.21 / N)
+    assert 0.07 < within_mode_std(ddpm_reference) < 0.11
+
+
+@pytest.mark.parametrize("anchor", ["reuse", "fresh"])
+@pytest.mark.parametrize("L", [2, 8, 32])
+def test_asd_matches_ddpm(ddpm_reference, L, anchor):
+    x, stats = sample(MIXTURE, SCHEDULE, (N, 4, 2), method="asd", generator=seeded(L), speculation_length=L, anchor=anchor)
+    assert sampler_failures(x, ddpm_reference, seed=L) == []
+    assert stats.rounds.max() < 100  # it did speculate
+    assert 0.5 < stats.acceptance_rate < 1.0
+
+
+@pytest.mark.parametrize("bug", [always_accept, reflect_about_proposal_mean])
+@pytest.mark.parametrize("L", [8, 32])
+def test_sampler_check_catches_planted_bugs(ddpm_reference, monkeypatch, bug, L):
+    monkeypatch.setattr(sampling, "accept_or_reflect", bug)
+    x, _ = sample(MIXTURE, SCHEDULE, (N, 4, 2), method="asd", generator=seeded(L), speculation_length=L)
+    assert sampler_failures(x, ddpm_reference, seed=L) != []
+
+
+class ShiftedMixture(torch.nn.Module):
+    """The mixture translated by a per-row offset `cond`: a conditional model with a known answer."""
+
+    def __init__(self, base: GaussianMixtureDenoiser, schedule: NoiseSchedule):
+        super().__init__()
+        self.base, self.abar = base, schedule.alphas_cumprod.float()
+
+    def forward(self, x_t, t, cond):
+        a = self.abar[t].sqrt().reshape(-1, 1, 1)
+        eps = self.base(x_t - a * cond[:, None, None], t)  # eps is unchanged by the shift
+        return eps
+
+
+def test_batched_chains_follow_their_own_conditioning(ddpm_reference):
+    offsets = torch.tensor([-3.0, 0.0, 2.0, 5.0]).repeat_interleave(N // 4)
+    model = ShiftedMixture(MIXTURE, SCHEDULE)
+    schedule = NoiseSchedule(num_train_timesteps=100, clip_sample=False)  # shifted data leaves [-1, 1]
+    x, stats = sample(model, schedule, (N, 4, 2), method="asd", cond=offsets, generator=seeded(7), speculation_length=8)
+    ref, _ = sample(model, schedule, (N, 4, 2), method="ddpm", cond=offsets, generator=seeded(8))
+    for k in range(4):
+        rows = slice(k * N // 4, (k + 1) * N // 4)
+        assert (x[rows].mean() - ref[rows].mean()).abs() < 0.1
+        centred = x[rows] - offsets[rows, None, None]
+        assert 0.5 < mode_one_fraction(centred) < 0.9
+    # chains advanced independently: they took different numbers of rounds, and finished chains
+    # consumed no rows (each chain contributes at most L rows per round it was active)
+    assert stats.rounds.min() < stats.rounds.max()
+    assert stats.nfe <= int(stats.rounds.sum()) * 8
+    assert stats.sequential_calls == int(stats.rounds.max())
+
+
+def test_one_step_fresh_asd_is_sequential_ddpm():
+    for batch in (1, 5):
+        _, stats = sample(MIXTURE, SCHEDULE, (batch, 4, 2), method="asd", generator=seeded(0), speculation_length=1, anchor="fresh")
+        assert stats.sequential_calls == 100
+        assert stats.acceptance_rate == 1.0
+
+
+def test_reuse_makes_fewer_sequential_calls_than_fresh():
+    calls = {}
+    for anchor in ("fresh", "reuse"):
+        _, stats = sample(MIXTURE, SCHEDULE, (64, 4, 2), method="asd", generator=seeded(3), speculation_length=8, anchor=anchor)
+        calls[anchor] = stats.sequential_calls
+        per_chain = stats.rounds.float().mean().item() * (2 if anchor == "fresh" else 1)
+        assert per_chain < 100 / 2
+    assert calls["reuse"] < calls["fresh"]
+
+
+@pytest.mark.parametrize("method,kwargs", [("ddpm", {}), ("ddim", {"eta": 0.5}), ("asd", {}), ("asd", {"anchor": "fresh", "speculation_length": 4})])
+def test_seeded_runs_are_reproducible(method, kwargs):
+    a, sa = sample(MIXTURE, SCHEDULE, (16, 4, 2), method=method, generator=seeded(11), **kwargs)
+    b, sb = sample(MIXTURE, SCHEDULE, (16, 4, 2), method=method, generator=seeded(11), **kwargs)
+    c, _ = sample(MIXTURE, SCHEDULE, (16, 4, 2), method=method, generator=seeded(12), **kwargs)
+    assert torch.equal(a, b) and torch.equal(sa.rounds, sb.rounds) and sa.nfe == sb.nfe
+    assert not torch.equal(a, c)
+
+
+def test_ddim_makes_one_call_per_inference_step():
+    _, stats = sample(MIXTURE, SCHEDULE, (3, 4, 2), method="ddim", generator=seeded(0), num_inference_steps=10)
+    assert stats.sequential_calls == 10 and stats.nfe == 30
+
+
+# ---- bad input --------------------------------------------------------------------------------
+
+
+def test_bad_arguments_name_the_argument():
+    g = seeded(0)
+    with pytest.raises(ValueError, match="method"):
+        sample(MIXTURE, SCHEDULE, (2, 4, 2), method="dpm", generator=g)
+    with pytest.raises(ValueError, match="speculation_length"):
+        sample(MIXTURE, SCHEDULE, (2, 4, 2), method="asd", speculation_length=0)
+    with pytest.raises(ValueError, match="anchor"):
+        sample(MIXTURE, SCHEDULE, (2, 4, 2), method="asd", anchor="stale")
+    with pytest.raises(ValueError, match="shape"):
+        sample(MIXTURE, SCHEDULE, (0, 4, 2), method="ddpm")
+    with pytest.raises(ValueError, match="cond"):
+        sample(MIXTURE, SCHEDULE, (2, 4, 2), method="ddpm", cond=torch.zeros(3, 5))
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        sample(MIXTURE, SCHEDULE, (2, 4, 2), method="ddim", num_inference_steps=0)
+    with pytest.raises(TypeError, match="schedule"):
+        sample(MIXTURE, "squaredcos", (2, 4, 2))
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        sample(MIXTURE, SCHEDULE, (2, 4, 2), method="ddpm", speculation_length=4)
+
+
+@pytest.mark.parametrize("method", ["ddpm", "ddim", "asd"])
+def test_bad_model_output_is_reported(method):
+    def wrong_shape(x, t, cond):
+        return x[:, :-1]
+
+    def nan_model(x, t, cond):
+        return torch.full_like(x, float("nan"))
+
+    with pytest.raises(ValueError, match="model returned"):
+        sample(wrong_shape, SCHEDULE, (2, 4, 2), method=method)
+    with pytest.raises(ValueError, match="NaN"):
+        sample(nan_model, SCHEDULE, (2, 4, 2), method=method)

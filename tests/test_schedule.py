@@ -1,0 +1,100 @@
+"""The transition coefficients agree with diffusers' schedulers, the reference implementation."""
+
+import pytest
+import torch
+
+from asd_policy.analytic import two_mode_mixture
+from asd_policy.sampling import NoiseSchedule, SamplerStats, sample_ddim
+
+diffusers = pytest.importorskip("diffusers")
+
+CONFIGS = [
+    dict(beta_schedule="squaredcos_cap_v2", prediction_type="epsilon", clip_sample=True),
+    dict(beta_schedule="linear", prediction_type="epsilon", clip_sample=False),
+    dict(beta_schedule="scaled_linear", prediction_type="sample", clip_sample=True, clip_sample_range=0.5),
+    dict(beta_schedule="linear", prediction_type="v_prediction", clip_sample=True),
+    dict(beta_schedule="squaredcos_cap_v2", prediction_type="sample", clip_sample=False, variance_type="fixed_large"),
+]
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("num_train_timesteps", [100, 37])
+def test_ddpm_step_matches_diffusers(config, num_train_timesteps):
+    ours = NoiseSchedule(num_train_timesteps=num_train_timesteps, **config)
+    ref = diffusers.DDPMScheduler(num_train_timesteps=num_train_timesteps, **config)
+    ref.set_timesteps(num_train_timesteps)
+    torch.testing.assert_close(ours.alphas_cumprod.float(), ref.alphas_cumprod, rtol=1e-6, atol=1e-7)
+
+    g = torch.Generator().manual_seed(0)
+    for step in [num_train_timesteps - 1, num_train_timesteps // 2, 3, 1, 0]:
+        x = 1.5 * torch.randn(6, 16, 3, generator=g)
+        model_output = torch.randn(6, 16, 3, generator=g)
+        t = torch.full((6,), step, dtype=torch.long)
+        # diffusers adds sqrt(variance) * randn(generator) for t > 0: replay the same noise.
+        out = ref.step(model_output, step, x, generator=torch.Generator().manual_seed(step))
+        noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(step))
+
+        A, B, S = ours.coefficients(t, x.double())
+        x0hat = ours.predict_x0(model_output.double(), x.double(), t)
+        torch.testing.assert_close(x0hat.float(), out.pred_original_sample, rtol=2e-4, atol=1e-4)
+        ours_prev = A * x.double() + B * x0hat + S * noise.double()
+        # diffusers computes in float32: compare at float32 precision of the (sometimes large) terms
+        torch.testing.assert_close(ours_prev.float(), out.prev_sample, rtol=2e-4, atol=1e-4)
+        if step > 0:
+            # diffusers forms 1 - abar in float32; near t = 0 (abar ~ 1) that cancellation costs digits
+            assert S[0].item() ** 2 == pytest.approx(float(ref._get_variance(step)), rel=1e-3)
+        else:
+            assert S[0].item() == 0.0 and A[0].item() == 0.0 and B[0].item() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample"])
+@pytest.mark.parametrize("eta", [0.0, 0.7])
+def test_ddim_matches_diffusers(prediction_type, eta):
+    schedule = NoiseSchedule(num_train_timesteps=100, prediction_type=prediction_type, clip_sample=True)
+    model = two_mode_mixture(schedule)
+    ref = diffusers.DDIMScheduler(
+        num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type, clip_sample=True
+    )
+    ref.set_timesteps(10)
+    assert ref.timesteps.tolist() == [90, 80, 70, 60, 50, 40, 30, 20, 10, 0]
+
+    x_T = torch.randn(64, 4, 2, generator=torch.Generator().manual_seed(1))
+    ours = sample_ddim(model, schedule.to("cpu"), x_T.clone(), generator=torch.Generator().manual_seed(2),
+                       num_inference_steps=10, eta=eta, stats=SamplerStats("ddim", 64))
+    x, g = x_T.clone(), torch.Generator().manual_seed(2)
+    for step in ref.timesteps:
+        t = torch.full((64,), int(step), dtype=torch.long)
+        noise = torch.randn(x.shape, generator=g) if eta > 0 else None
+        x = ref.step(model(x, t), int(step), x, eta=eta, variance_noise=noise).prev_sample
+    torch.testing.assert_close(ours, x, rtol=1e-4, atol=1e-4)
+
+
+def test_schedule_validates_its_arguments():
+    with pytest.raises(ValueError, match="beta_schedule"):
+        NoiseSchedule(beta_schedule="cosine")
+    with pytest.raises(ValueError, match="prediction_type"):
+        NoiseSchedule(prediction_type="eps")
+    with pytest.raises(ValueError, match="num_train_timesteps"):
+        NoiseSchedule(num_train_timesteps=0)
+    with pytest.raises(ValueError, match="variance_type"):
+        NoiseSchedule(variance_type="learned")
+
+
+def test_config_round_trip_ignores_foreign_keys():
+    schedule = NoiseSchedule(num_train_timesteps=50, beta_schedule="linear", clip_sample=False)
+    # a diffusers / diffusion_policy scheduler config carries keys we do not use
+    again = NoiseSchedule.from_config({**schedule.config(), "_class_name": "DDPMScheduler", "steps_offset": 0})
+    assert again.config() == schedule.config()
+    torch.testing.assert_close(again.A, schedule.A)
+
+
+def test_add_noise_and_training_target_invert_the_prediction():
+    for prediction_type in ["epsilon", "sample", "v_prediction"]:
+        schedule = NoiseSchedule(prediction_type=prediction_type, clip_sample=False)
+        g = torch.Generator().manual_seed(0)
+        x0, noise = torch.rand(8, 16, 2, generator=g) * 2 - 1, torch.randn(8, 16, 2, generator=g)
+        t = torch.randint(0, 100, (8,), generator=g)
+        x_t = schedule.add_noise(x0, noise, t)
+        x0hat, eps = schedule.predict_x0_eps(schedule.training_target(x0, noise, t), x_t, t)
+        torch.testing.assert_close(x0hat, x0, atol=2e-3, rtol=1e-3)
+        torch.testing.assert_close(eps, noise, atol=2e-3, rtol=1e-3)

@@ -216,6 +216,17 @@ def _stats_numbers(stats: Any, batch: int) -> tuple[int | None, int | None, Any,
             vals = [_get(e, "nfe") for e in per]
             if all(v is not None for v in vals):
                 nfe_el = np.asarray(vals, dtype=np.float64)
+    # asd_policy.sampling.SamplerStats: per-element ``rounds`` [B]. A batch makes
+    # ``sequential_calls`` calls for its longest chain, so element b made
+    # rounds_b * sequential_calls / max(rounds) (exact for DDPM/DDIM and both ASD anchors), and its
+    # share of the batch's rows is proportional to its rounds.
+    if batch > 1 and (seq_el is None or nfe_el is None):
+        _, rounds = _int_and_per_element(_get(stats, "rounds"), batch)
+        if rounds is not None and rounds.max() > 0:
+            if seq_el is None and seq is not None:
+                seq_el = rounds * (seq / rounds.max())
+            if nfe_el is None and nfe is not None:
+                nfe_el = rounds * (nfe / rounds.sum())
     return seq, nfe, seq_el, nfe_el
 
 

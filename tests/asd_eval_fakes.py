@@ -84,8 +84,12 @@ class FakePolicy:
         b = obs_history.shape[0]
         if self.delay_per_call or self.fixed_latency:
             time.sleep(self.fixed_latency + seq * self.delay_per_call)
-        obs = obs_history[:, -1]
-        direction = (obs[:, 2:] - obs[:, :2]) * 4.0
+        obs = obs_history[:, -1].float()
+        remaining = obs[:, 2:] - obs[:, :2]  # plan a straight line to the goal (env moves 0.25 * a)
         noise = torch.randn((b, self.n_action_steps, 2), generator=generator) * self.noise
-        acts = (direction[:, None, :] + noise).clamp(-1, 1)
-        return acts, FakeStats(sequential_calls=seq, nfe=seq * b)
+        acts = []
+        for k in range(self.n_action_steps):
+            a = (remaining / 0.25 + noise[:, k]).clamp(-1, 1)
+            remaining = remaining - 0.25 * a
+            acts.append(a)
+        return torch.stack(acts, 1), FakeStats(sequential_calls=seq, nfe=seq * b)

@@ -1,0 +1,268 @@
+"""Evaluation: results.json schema, PNG, offline W&B run, resume, env failures, bad inputs, script."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from asd_eval_fakes import FakePolicy, ToyReach, make_toy
+from asd_policy.evaluation import (
+    EPISODES_NAME,
+    SAMPLER_PRESETS,
+    EvalError,
+    evaluate,
+    resolve_samplers,
+    wilson_interval,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SUMMARY_KEYS = {"episodes", "success_rate", "success_ci95", "chunk_latency_ms", "sequential_calls_mean",
+                "nfe_mean", "speedup_vs_ddpm"}
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """On a shared 2-core machine torch's default 2 threads can be ~30x slower than one."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def check_results_schema(res: dict, samplers: list[str], episodes: int) -> None:
+    assert {"task", "checkpoint", "device", "samplers", "episodes"} <= set(res)
+    assert list(res["samplers"]) == samplers
+    for name, s in res["samplers"].items():
+        assert SUMMARY_KEYS <= set(s), name
+        assert s["episodes"] == episodes
+        assert 0.0 <= s["success_rate"] <= 1.0
+        lo, hi = s["success_ci95"]
+        assert 0.0 <= lo <= s["success_rate"] <= hi <= 1.0
+        assert set(s["chunk_latency_ms"]) == {"mean", "p50", "p95", "p99"}
+        assert all(v > 0 for v in s["chunk_latency_ms"].values())
+        assert s["sequential_calls_mean"] >= 1 and s["nfe_mean"] >= s["sequential_calls_mean"] - 1e-9
+    assert len(res["episodes"]) == episodes * len(samplers)
+    for row in res["episodes"]:
+        assert {"sampler", "episode", "seed", "success", "steps", "error"} <= set(row)
+    # every sampler ran the same seeded episodes
+    seeds = {name: sorted(r["seed"] for r in res["episodes"] if r["sampler"] == name) for name in samplers}
+    assert len({tuple(v) for v in seeds.values()}) == 1
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A tiny untrained DiffusionPolicy checkpoint for the own task (10 diffusion steps)."""
+    asd_envs = pytest.importorskip("asd_envs")
+    pytest.importorskip("asd_policy.sampling")
+    from asd_policy.checkpoint import save_policy
+    from asd_policy.policy import build_policy
+
+    spec = asd_envs.get_task("reach_around")
+    torch.manual_seed(0)
+    pol = build_policy(spec.obs_dim, spec.action_dim, size="tiny", task_name=spec.name,
+                       schedule={"num_train_timesteps": 10}, n_action_steps=4, horizon=8)
+    d = tmp_path_factory.mktemp("ckpt") / "reach_around"
+    save_policy(pol, d)
+    return d
+
+
+def test_end_to_end_own_task_tiny_policy(tiny_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "run"
+    presets = {"asd": {"speculation_length": 4}}
+    res = evaluate("reach_around", tiny_checkpoint, samplers=["ddpm", "asd"], presets=presets, episodes=2,
+                   seed=7, out_dir=out, max_steps=8, logger="wandb", progress=False, verbose=False,
+                   wandb_config={"project": "asd-policy-test"})
+    on_disk = json.loads((out / "results.json").read_text())
+    check_results_schema(on_disk, ["ddpm", "asd"], 2)
+    assert on_disk["task"] == "reach_around" and on_disk["checkpoint"] == str(tiny_checkpoint)
+    assert [r["seed"] for r in on_disk["episodes"]][:2] == [7, 8]
+    assert on_disk["samplers"]["ddpm"]["sequential_calls_mean"] == 10  # DDPM: one call per step
+    assert on_disk["samplers"]["ddpm"]["speedup_vs_ddpm"] == 1.0
+    assert on_disk["samplers"]["asd"]["sampler"] == {"method": "asd", "speculation_length": 4, "anchor": "reuse"}
+    assert on_disk["complete"] is True
+    png = out / "success_vs_latency.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    # the offline W&B run holds the summary: as a file in the run and in its binary log
+    assert res["wandb"]["mode"] == "offline"
+    run_dir = Path(res["wandb"]["dir"])
+    assert run_dir.parent == out / "wandb" and run_dir.name.startswith("offline-run-")
+    summary = json.loads((run_dir / "files" / "eval_summary.json").read_text())
+    for name in ("ddpm", "asd"):
+        s = on_disk["samplers"][name]
+        assert summary[f"{name}/success_rate"] == s["success_rate"]
+        assert summary[f"{name}/chunk_latency_ms_p95"] == pytest.approx(s["chunk_latency_ms"]["p95"])
+        assert summary[f"{name}/sequential_calls_mean"] == pytest.approx(s["sequential_calls_mean"])
+    keys = (b"asd/success_rate", b"ddpm/chunk_latency_ms_p99", b"success_vs_latency", b"episodes")
+    deadline = time.monotonic() + 20  # wandb-core may still be flushing its log after finish()
+    while True:
+        log = next(run_dir.glob("run-*.wandb")).read_bytes()
+        if all(k in log for k in keys) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    for key in keys:
+        assert key in log, key
+
+
+def test_resume_does_not_repeat_finished_episodes(tmp_path):
+    resets: list[int] = []
+
+    class Counting(ToyReach):
+        interrupt_at = None
+
+        def reset(self, seed=None, options=None):
+            if seed == Counting.interrupt_at:
+                raise KeyboardInterrupt  # Ctrl-C in the middle of the evaluation
+            resets.append(seed)
+            return super().reset(seed=seed, options=options)
+
+    def env_fn(render_mode=None):
+        import gymnasium as gym
+
+        return gym.wrappers.TimeLimit(Counting(), 30)
+
+    kw = dict(policy=FakePolicy(), env_fn=env_fn, samplers=["ddpm", "asd"], episodes=4, seed=100,
+              out_dir=tmp_path, progress=False, verbose=False)
+    Counting.interrupt_at = 102  # episodes 0 and 1 finish for both samplers, then Ctrl-C
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(**kw)
+    assert sorted(resets) == [100, 100, 101, 101]
+    partial = json.loads((tmp_path / "results.json").read_text())
+    assert partial["complete"] is False and len(partial["episodes"]) == 4
+    lines = (tmp_path / EPISODES_NAME).read_text().splitlines()
+    assert len(lines) == 4
+    # a crash can leave a torn last line: it must be ignored, not break the resume
+    with open(tmp_path / EPISODES_NAME, "a") as f:
+        f.write('{"sampler": "ddpm", "episo')
+    resets.clear()
+    Counting.interrupt_at = None
+    res = evaluate(resume=True, **kw)
+    assert sorted(resets) == [102, 102, 103, 103]  # only the missing episodes ran
+    check_results_schema(res, ["ddpm", "asd"], 4)
+    assert res["complete"] is True
+    keys = [(r["sampler"], r["episode"]) for r in map(json.loads, (tmp_path / EPISODES_NAME).read_text().splitlines())]
+    assert len(keys) == len(set(keys)) == 8
+    # resuming with different settings is refused in one line
+    with pytest.raises(EvalError, match="cannot resume.*seed"):
+        evaluate(resume=True, **{**kw, "seed": 5})
+
+
+def test_env_error_is_a_failed_episode_and_eval_goes_on(tmp_path):
+    def env_fn(render_mode=None):
+        import gymnasium as gym
+
+        return gym.wrappers.TimeLimit(ToyReach(fail_seeds={1}, fail_at=2), 30)
+
+    res = evaluate(policy=FakePolicy(noise=0.0), env_fn=env_fn, samplers=["ddim"], episodes=3, num_envs=2,
+                   out_dir=tmp_path, progress=False, verbose=False)
+    rows = {r["episode"]: r for r in res["episodes"]}
+    assert "simulated physics blow-up" in rows[1]["error"] and rows[1]["success"] is False
+    assert rows[0]["error"] is None and rows[2]["error"] is None and rows[0]["success"] and rows[2]["success"]
+    assert res["samplers"]["ddim"]["errors"] == 1 and res["samplers"]["ddim"]["episodes"] == 3
+
+
+def test_videos_and_realtime_mode(tmp_path):
+    res = evaluate(policy=FakePolicy(fixed_latency=0.001, noise=0.0), env_fn=make_toy, samplers=["asd"],
+                   episodes=2, out_dir=tmp_path, realtime=True, control_hz=200.0, videos=1,
+                   progress=False, verbose=False)
+    rt = res["samplers"]["asd"]["realtime"]
+    assert rt["achieved_hz_mean"] > 150 and rt["deadline_misses"] >= 0
+    assert {"deadline_misses", "skipped_actions", "achieved_hz"} <= set(res["episodes"][0])
+    res2 = evaluate(policy=FakePolicy(), env_fn=make_toy, samplers=["asd"], episodes=1, out_dir=tmp_path / "v",
+                    videos=1, progress=False, verbose=False)
+    gif = Path(res2["paths"]["videos"]["asd_ep000"])
+    assert gif.read_bytes()[:3] == b"GIF"
+
+
+def test_bad_inputs_give_one_clear_line(tmp_path, tiny_checkpoint):
+    with pytest.raises(EvalError, match=r"unknown sampler 'nope'; known samplers: .*asd.*ddim.*ddpm"):
+        resolve_samplers(["ddpm", "nope"])
+    with pytest.raises(EvalError, match="checkpoint not found"):
+        evaluate("reach_around", tmp_path / "missing", out_dir=tmp_path, progress=False, verbose=False)
+    # a checkpoint of the right shape but trained for another task
+    from asd_policy.checkpoint import save_policy
+    from asd_policy.policy import build_policy
+
+    import asd_envs
+
+    spec = asd_envs.get_task("reach_around")
+    other = build_policy(spec.obs_dim, spec.action_dim, size="tiny", task_name="other_task",
+                         schedule={"num_train_timesteps": 10}, n_action_steps=4, horizon=8)
+    save_policy(other, tmp_path / "other")
+    with pytest.raises(EvalError, match="trained for task 'other_task', not 'reach_around'") as ei:
+        evaluate("reach_around", tmp_path / "other", out_dir=tmp_path, progress=False, verbose=False)
+    assert "\n" not in str(ei.value)
+    # a checkpoint whose dimensions do not fit the task
+    wrong = build_policy(spec.obs_dim + 1, spec.action_dim, size="tiny", task_name="reach_around",
+                         n_action_steps=4, horizon=8)
+    save_policy(wrong, tmp_path / "wrong")
+    with pytest.raises(EvalError, match="obs_dim") as ei:
+        evaluate("reach_around", tmp_path / "wrong", out_dir=tmp_path, progress=False, verbose=False)
+    assert "\n" not in str(ei.value)
+    with pytest.raises(EvalError, match="unknown task"):
+        evaluate("no_such_task", tiny_checkpoint, out_dir=tmp_path, progress=False, verbose=False)
+
+
+def test_presets_and_wilson():
+    assert set(SAMPLER_PRESETS) >= {"ddpm", "ddim", "asd"}
+    specs = resolve_samplers("ddpm,asd", presets={"asd": {"speculation_length": 8}})
+    assert [s.name for s in specs] == ["ddpm", "asd"] and specs[1].kwargs["speculation_length"] == 8
+    assert specs[1].kwargs["anchor"] == "reuse"
+    with pytest.raises(EvalError, match="twice"):
+        resolve_samplers(["asd", "asd"])
+    lo, hi = wilson_interval(50, 50)
+    assert hi == 1.0 and 0.92 < lo < 0.94
+    lo, hi = wilson_interval(0, 2)
+    assert lo == 0.0 and 0.65 < hi < 0.66
+
+
+# ---------------------------------------------------------------------------- the script (hydra)
+def run_script(args, cwd, timeout=240):
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "eval.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_script_run_prints_table_and_writes_results(tiny_checkpoint, tmp_path):
+    p = run_script([f"checkpoint={tiny_checkpoint}", "samplers=[ddpm,ddim]", "episodes=2", "max_steps=8",
+                    "logger=none", "torch_threads=1", f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "sampler" in p.stdout and "ddpm" in p.stdout and "ddim" in p.stdout
+    assert f"results: {tmp_path}/run/results.json" in p.stdout
+    check_results_schema(json.loads((tmp_path / "run" / "results.json").read_text()), ["ddpm", "ddim"], 2)
+    # bad inputs: one line on stderr, exit code 2
+    p = run_script([f"checkpoint={tiny_checkpoint}", "samplers=[ddpm,bogus]", "logger=none",
+                    f"hydra.run.dir={tmp_path}/bad"], cwd=tmp_path)
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines()[-1].startswith("error: unknown sampler 'bogus'")
+    p = run_script([f"checkpoint={tmp_path}/nope", "logger=none", f"hydra.run.dir={tmp_path}/bad2"], cwd=tmp_path)
+    assert p.returncode == 2 and "error: checkpoint not found" in p.stderr
+
+
+def test_multirun_sweep_each_job_in_its_own_dir(tiny_checkpoint, tmp_path):
+    p = run_script(["-m", f"checkpoint={tiny_checkpoint}", "samplers=[ddpm],[ddim]", "episodes=1", "max_steps=4",
+                    "logger=none", "progress=false", "torch_threads=1", f"hydra.sweep.dir={tmp_path}/sweep"],
+                   cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    results = sorted((tmp_path / "sweep").glob("*/results.json"))
+    assert len(results) == 2
+    assert {tuple(json.loads(r.read_text())["samplers"]) for r in results} == {("ddpm",), ("ddim",)}
+
+
+def test_submitit_local_launcher(tiny_checkpoint, tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    p = run_script(["-m", "hydra/launcher=local", f"checkpoint={tiny_checkpoint}", "samplers=[ddpm],[asd]",
+                    "episodes=1", "max_steps=4", "logger=none", "progress=false", "torch_threads=1",
+                    f"hydra.sweep.dir={tmp_path}/sweep"], cwd=tmp_path, timeout=400)
+    assert p.returncode == 0, p.stderr[-3000:]
+    results = sorted((tmp_path / "sweep").glob("*/results.json"))
+    assert len(results) == 2, p.stdout[-2000:] + p.stderr[-2000:]
+    assert {tuple(json.loads(r.read_text())["samplers"]) for r in results} == {("ddpm",), ("asd",)}
+    assert list((tmp_path / "sweep" / ".submitit").iterdir())  # the jobs went through submitit

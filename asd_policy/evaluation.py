@@ -119,7 +119,9 @@ def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> lis
     den = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / den
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return [max(0.0, centre - half), min(1.0, centre + half)]
+    lo = 0.0 if successes == 0 else min(max(0.0, centre - half), p)
+    hi = 1.0 if successes == n else max(min(1.0, centre + half), p)
+    return [lo, hi]
 
 
 def _policy_task(policy: Any) -> str | None:
@@ -197,6 +199,7 @@ def _row(sampler: str, episode: int, r: EpisodeResult, extra: Mapping[str, Any] 
         "nfe": list(r.nfe),
         "error": r.error,
         "wall_s": round(float(r.wall_s), 4),
+        "final_info": dict(r.final_info),
     }
     if extra:
         row.update(extra)
@@ -205,7 +208,10 @@ def _row(sampler: str, episode: int, r: EpisodeResult, extra: Mapping[str, Any] 
 
 def _flat_row(row: Mapping[str, Any]) -> dict:
     """A per-episode row without the per-chunk lists (for results.json, tables, W&B)."""
-    out = {k: v for k, v in row.items() if not isinstance(v, list)}
+    out = {k: v for k, v in row.items() if not isinstance(v, (list, dict))}
+    for k, v in (row.get("final_info") or {}).items():
+        if k not in ("is_success", "success"):
+            out[f"info.{k}"] = v
     lat = row.get("chunk_latency_ms") or []
     out["chunk_latency_ms_mean"] = float(np.mean(lat)) if lat else None
     out["chunk_latency_ms_p95"] = float(np.percentile(lat, 95)) if lat else None
@@ -244,6 +250,7 @@ def summarize(rows: Sequence[Mapping[str, Any]], specs: Sequence[SamplerSpec]) -
             "action_latency_ms": latency_summary([x for r in rs for x in _action_latencies(r)]),
             "errors": sum(1 for r in rs if r.get("error")),
             "sampler": spec.as_dict(),
+            "outcomes": _outcomes(rs),
         }
         if any("deadline_misses" in r for r in rs):
             ticks = sum(r.get("ticks", 0) for r in rs)
@@ -263,6 +270,21 @@ def summarize(rows: Sequence[Mapping[str, Any]], specs: Sequence[SamplerSpec]) -
         if ref_lat and mean:
             entry["speedup_vs_ddpm"] = ref_lat / mean
     return out
+
+
+def _outcomes(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, int]]:
+    """Counts of each categorical (str/int) value of the final info of successful episodes, e.g.
+    which side of the obstacle a multimodal task was solved on ({"passed_side": {"-1": 9, "1": 11}})."""
+    out: dict[str, dict[str, int]] = {}
+    for r in rows:
+        if not r.get("success"):
+            continue
+        for k, v in (r.get("final_info") or {}).items():
+            if k in ("is_success", "success") or isinstance(v, (bool, float)):
+                continue
+            out.setdefault(k, {}).setdefault(str(v), 0)
+            out[k][str(v)] += 1
+    return {k: dict(sorted(v.items())) for k, v in out.items() if len(v) <= 10}
 
 
 def _mean(values: Iterable[Any]) -> float | None:
@@ -295,6 +317,11 @@ def format_table(results: Mapping[str, Any]) -> str:
                              f"rate {_fmt(rt['achieved_hz_mean'])} Hz")
     if any(s.get("realtime") for s in results["samplers"].values()):
         head.append("real-time")
+    if any(s.get("outcomes") for s in results["samplers"].values()):
+        head.append("successes by outcome")
+        for line, s in zip(lines, results["samplers"].values()):
+            line.append("; ".join(f"{k} " + " ".join(f"{v}:{n}" for v, n in c.items())
+                                  for k, c in (s.get("outcomes") or {}).items()) or "-")
     widths = [max(len(h), *(len(l[i]) for l in lines)) if lines else len(h) for i, h in enumerate(head)]
     fmt_line = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w)  # noqa: E731
                                        for i, (c, w) in enumerate(zip(cells, widths)))
@@ -318,7 +345,8 @@ def plot_success_vs_latency(results: Mapping[str, Any], path: str | os.PathLike)
         lo, hi = s["success_ci95"]
         y = s["success_rate"]
         xerr = [[max(lat["mean"] - lat["p50"], 0.0)], [max(lat["p95"] - lat["mean"], 0.0)]]
-        ax.errorbar(lat["mean"], y, yerr=[[y - lo], [hi - y]], xerr=xerr, fmt="o", capsize=4,
+        yerr = [[max(y - lo, 0.0)], [max(hi - y, 0.0)]]
+        ax.errorbar(lat["mean"], y, yerr=yerr, xerr=xerr, fmt="o", capsize=4,
                     label=f"{name} ({_fmt(s['sequential_calls_mean'])} seq. calls)")
         ax.annotate(name, (lat["mean"], y), textcoords="offset points", xytext=(6, 6))
     ax.set_xscale("log")

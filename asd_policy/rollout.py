@@ -96,6 +96,7 @@ class EpisodeResult:
     error: str | None = None
     wall_s: float = 0.0
     frames: list[np.ndarray] | None = None
+    final_info: dict[str, Any] = field(default_factory=dict)  # scalar entries of the last info
 
     def action_latency_ms(self) -> list[float]:
         """Inference time per executed action: each chunk's latency spread over the actions
@@ -402,6 +403,7 @@ def rollout_episodes(
                     executed[i] += 1
                     r.episode_return += float(rew)
                     r.success = r.success or _is_success(info)
+                    r.final_info = _scalars(info)
                     history.push(i, o)
                     if term or trunc or (max_steps and r.steps >= max_steps):
                         active[i] = False
@@ -425,6 +427,17 @@ def rollout_episodes(
     for r in results:
         r.wall_s = wall
     return results
+
+
+def _scalars(info: Any) -> dict[str, Any]:
+    """The plain scalar entries of an env's info dict (e.g. which mode an episode took)."""
+    out: dict[str, Any] = {}
+    for k, v in (info or {}).items():
+        if isinstance(v, np.generic):
+            v = v.item()
+        if isinstance(v, (bool, int, float, str)) and not str(k).startswith("_"):
+            out[str(k)] = v
+    return out
 
 
 def _grab_frame(envs: Any, is_vector: bool, r: EpisodeResult) -> None:

@@ -20,10 +20,10 @@ import torch
 
 from asd_policy.schedule import NoiseSchedule
 
-__all__ = ["NoiseSchedule", "SamplerStats", "sample", "sample_ddpm", "sample_ddim", "sample_asd", "accept_or_reflect"]
+__all__ = ["NoiseSchedule", "SamplerStats", "sample", "sample_ddpm", "sample_ddim", "sample_asd", "sample_paradigms", "accept_or_reflect"]
 
 Model = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
-METHODS = ("ddpm", "ddim", "asd")
+METHODS = ("ddpm", "ddim", "asd", "paradigms")
 ANCHORS = ("reuse", "fresh")
 
 
@@ -135,13 +135,17 @@ def sample_ddpm(
     for step in reversed(range(schedule.num_train_timesteps)):
         t = torch.full((x.shape[0],), step, dtype=torch.long, device=x.device)
         x0hat, _ = _denoise(model, schedule, x, t, cond, stats)
-        A, B, S = schedule.coefficients(t, x)
-        x = A * x + B * x0hat
-        if step > 0:
-            x = x + S * _randn(x.shape, generator, x)
+        z = _randn(x.shape, generator, x) if step > 0 else torch.zeros_like(x)
+        x = ddpm_step(schedule, x, x0hat, t, z)
     stats.rounds += schedule.num_train_timesteps
     stats.steps_total += schedule.num_train_timesteps * x.shape[0]
     return x
+
+
+def ddpm_step(schedule: NoiseSchedule, x: torch.Tensor, x0hat: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """x_{t-1} = A_t x_t + B_t x0hat + S_t z (S_0 = 0: the last step is the readout x0hat)."""
+    A, B, S = schedule.coefficients(t, x)
+    return A * x + B * x0hat + S * z
 
 
 # ---- DDIM -----------------------------------------------------------------------------------
@@ -177,19 +181,26 @@ def sample_ddim(
     stats = stats or SamplerStats("ddim", x.shape[0])
     steps = ddim_timesteps(schedule.num_train_timesteps, num_inference_steps)
     ratio = schedule.num_train_timesteps // num_inference_steps
-    abar = schedule.alphas_cumprod
     for step in steps:
         t = torch.full((x.shape[0],), step, dtype=torch.long, device=x.device)
         x0hat, eps = _denoise(model, schedule, x, t, cond, stats)
-        a_t = abar[step]
-        a_prev = abar[step - ratio] if step - ratio >= 0 else torch.ones((), dtype=abar.dtype, device=abar.device)
-        std = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).sqrt()
-        x = a_prev.sqrt() * x0hat + (1 - a_prev - std**2).sqrt() * eps
-        if eta > 0:
-            x = x + std * _randn(x.shape, generator, x)
+        z = _randn(x.shape, generator, x) if eta > 0 else torch.zeros_like(x)
+        x = ddim_step(schedule, x0hat, eps, t, ratio, eta, z)
     stats.rounds += len(steps)
     stats.steps_total += len(steps) * x.shape[0]
     return x
+
+
+def ddim_step(
+    schedule: NoiseSchedule, x0hat: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, ratio: int, eta: float, z: torch.Tensor
+) -> torch.Tensor:
+    """x_{t-ratio} = sqrt(abar_prev) x0hat + sqrt(1 - abar_prev - std^2) eps + std z, abar_prev = 1 below t = 0."""
+    abar = schedule.alphas_cumprod
+    shape = (-1,) + (1,) * (x0hat.dim() - 1)
+    a_t = abar[t].reshape(shape)
+    a_prev = torch.where(t >= ratio, abar[(t - ratio).clamp_min(0)], torch.ones_like(abar[t])).reshape(shape)
+    std = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).sqrt()
+    return a_prev.sqrt() * x0hat + (1 - a_prev - std**2).clamp_min(0).sqrt() * eps + std * z
 
 
 # ---- autospeculative decoding ---------------------------------------------------------------
@@ -240,89 +251,39 @@ def sample_asd(
     anchor="reuse": m_a = the previous round's model output at its last accepted input (one call
     per round). The first reuse round drafts with m_a = 0: any anchor fixed before the round's noise
     keeps the output exact, and at t = T-1 the step barely depends on x0hat (B_t ~ 0).
-    Chains finish independently; finished chains cost nothing. One host synchronisation per round.
+    Chains finish independently and finished chains cost nothing: each round evaluates only the
+    drafted rows of unfinished chains. One host synchronisation per round.
     """
-    L = speculation_length
-    if anchor not in ANCHORS:
-        raise ValueError(f"anchor={anchor!r} is unknown; use one of {ANCHORS}")
-    if not isinstance(L, int) or L < 1:
-        raise ValueError(f"speculation_length must be an int >= 1, got {L!r}")
+    L = _check_asd_arguments(speculation_length, anchor)
     stats = stats or SamplerStats("asd", x.shape[0])
     device, T = x.device, schedule.num_train_timesteps
-    A_tab, B_tab, S_tab = schedule.A, schedule.B, schedule.S
-    event = (1,) * (x.dim() - 1)  # broadcasts a per-row coefficient over one sample
-
     t = torch.full((x.shape[0],), T - 1, dtype=torch.long, device=device)  # -1 once finished
     m_anchor = torch.zeros_like(x)
     out = torch.empty_like(x)
-    t_host = [T - 1] * x.shape[0]
     rounds, accepted_drafts, checked_drafts = (torch.zeros(x.shape[0], dtype=torch.long, device=device) for _ in range(3))
-    first_verified_row = 1 if anchor == "fresh" else 0  # in fresh mode row 0 is the anchor call itself
+    first_row = 1 if anchor == "fresh" else 0  # in fresh mode row 0 is the anchor call itself
 
-    while True:
-        active_list = [b for b, tb in enumerate(t_host) if tb >= 0]
-        if not active_list:
-            break
-        n = len(active_list)
+    def denoise(x_rows: torch.Tensor, t_rows: torch.Tensor, cond_rows: Any) -> torch.Tensor:
+        return _denoise(model, schedule, x_rows, t_rows, cond_rows, stats)[0]
+
+    t_host = t.tolist()
+    while active_list := [b for b, tb in enumerate(t_host) if tb >= 0]:
         active = _index_tensor(active_list, device)
-        # Rows j = 0..L-1 of chain b verify the transition from step t_b - j; only steps >= 0 exist.
-        rows = [(i, j) for i, b in enumerate(active_list) for j in range(first_verified_row, min(L, t_host[b] + 1))]
-
-        xa, ta = x[active], t[active]
-        if anchor == "fresh":
-            ma, _ = _denoise(model, schedule, xa, ta, _take_rows(cond, active), stats)
-        else:
-            ma = m_anchor[active]
-
-        # 1. Draft: xhat_{j+1} = A xhat_j + B m_a + S z_j at step t - j (the anchor stands in for x0hat).
-        steps = ta[:, None] - torch.arange(L, device=device)  # [n, L]
-        A, B, S = (tab[steps.clamp_min(0)].reshape(n, L, *event) for tab in (A_tab, B_tab, S_tab))
+        # Rows j of chain i verify the step from t_i - j; only steps >= 0 exist, so chains near the
+        # end verify fewer rows. Built on the host from t_host: no synchronisation needed.
+        rows = [(i, j) for i, b in enumerate(active_list) for j in range(first_row, min(L, t_host[b] + 1))]
+        verify_rows = tuple(_index_tensor(list(r), device) for r in zip(*rows)) if rows else ()
+        n = len(active_list)
         z = _randn((n, L, *x.shape[1:]), generator, x)
-        drafts = [xa]
-        for j in range(L):
-            drafts.append(A[:, j] * drafts[j] + B[:, j] * ma + S[:, j] * z[:, j])
-        xhat = torch.stack(drafts, dim=1)  # [n, L+1, ...]; xhat[:, j] is the input of step t - j
-
-        # 2. Verify: one batched call, m_j = x0hat(xhat_j, t - j) for every drafted row of every chain.
-        m = ma[:, None].expand(n, L, *x.shape[1:]).clone()
-        if rows:
-            row_chain = _index_tensor([i for i, _ in rows], device)
-            row_j = _index_tensor([j for _, j in rows], device)
-            m[row_chain, row_j], _ = _denoise(
-                model, schedule, xhat[row_chain, row_j], steps[row_chain, row_j], _take_rows(cond, active[row_chain]), stats
-            )
-
-        # 3. Accept or reflect every noisy drafted step at once; a chain keeps its prefix up to the first rejection.
-        mu_q = A * xhat[:, :L] + B * ma[:, None]
-        mu_p = A * xhat[:, :L] + B * m
-        noisy = steps >= 1  # the readout at t = 0 is deterministic and never speculated
         u = _rand((n, L), generator, x)
-        sigma = torch.where(noisy, S.reshape(n, L), torch.ones_like(S.reshape(n, L)))
-        fixed, accepted = accept_or_reflect(
-            xhat[:, 1:].flatten(0, 1), mu_q.flatten(0, 1), mu_p.flatten(0, 1), sigma.flatten(), u.flatten()
+        x_a, t_a, m_a, value, finished, accepted, checked = asd_round(
+            denoise, schedule, x[active], t[active], m_anchor[active], _take_rows(cond, active), z, u, anchor, verify_rows
         )
-        fixed, accepted = fixed.reshape(xhat[:, 1:].shape), accepted.reshape(n, L)
-        rejected = noisy & ~accepted
-        any_rejected = rejected.any(dim=1)
-        num_noisy = noisy.sum(dim=1)
-        first_rejected = torch.where(any_rejected, rejected.long().argmax(dim=1), num_noisy)
-        steps_taken = first_rejected + any_rejected.long()  # the reflected step is taken too
-
-        chain = torch.arange(n, device=device)
-        # New state: the reflected draft at the first rejection, else the last accepted draft.
-        x_new = fixed[chain, (steps_taken - 1).clamp_min(0)]
-        x_new = torch.where((steps_taken > 0).reshape(n, *event), x_new, xa)
-        # A chain finishes when it accepted every noisy step and its readout row (t = 0) was verified.
-        finished = ~any_rejected & (ta < L)
-        out[active] = torch.where(finished.reshape(n, *event), m[chain, ta.clamp(0, L - 1)], out[active])
-        # Reuse: the model output at the last accepted input anchors the next round (one step stale).
-        m_anchor[active] = m[chain, torch.where(any_rejected, first_rejected, (num_noisy - 1).clamp_min(0))]
-        x[active] = x_new
-        t[active] = torch.where(finished, torch.full_like(ta, -1), ta - steps_taken)
-
+        x[active], t[active], m_anchor[active] = x_a, t_a, m_a
+        out[active] = torch.where(finished.reshape(n, *([1] * (x.dim() - 1))), value, out[active])
         rounds[active] += 1
-        accepted_drafts[active] += first_rejected
-        checked_drafts[active] += steps_taken
+        accepted_drafts[active] += accepted
+        checked_drafts[active] += checked
         t_host = t.tolist()  # the round's one host synchronisation
 
     stats.rounds += rounds.cpu()
@@ -332,12 +293,172 @@ def sample_asd(
     return out
 
 
+def asd_round(
+    denoise: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor],
+    schedule: NoiseSchedule,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    m_anchor: torch.Tensor,
+    cond: Any,
+    z: torch.Tensor,
+    u: torch.Tensor,
+    anchor: str,
+    verify_rows: tuple[torch.Tensor, ...] | None = None,
+) -> tuple[torch.Tensor, ...]:
+    """One draft-verify-accept round for n chains at once; pure tensor code (no host sync), so a
+    fixed-shape round can be captured in a CUDA graph.
+
+    x [n, ...] states at steps t [n] (-1: finished; such chains are left as they are), m_anchor
+    [n, ...] the reuse anchors, z [n, L, ...] draft noise, u [n, L] uniforms for the accept test.
+    denoise(x_rows, t_rows, cond_rows) -> x0hat rows. verify_rows: (chain, j) index tensors of the
+    rows to evaluate (empty tuple: none), or None to evaluate every row j >= (1 if fresh else 0).
+    Returns (x, t, next anchor, x0 of chains that finished now, finished, accepted drafts, checked drafts).
+    """
+    n, L = u.shape
+    device = x.device
+    event = (1,) * (x.dim() - 1)  # broadcasts a per-row coefficient over one sample
+    active = t >= 0
+    if anchor == "fresh":
+        m_a = denoise(x, t.clamp_min(0), cond)
+    else:
+        m_a = m_anchor
+
+    # 1. Draft: xhat_{j+1} = A xhat_j + B m_a + S z_j at step t - j (the anchor stands in for x0hat).
+    steps = t[:, None] - torch.arange(L, device=device)  # [n, L]
+    A, B, S = (tab[steps.clamp_min(0)].reshape(n, L, *event) for tab in (schedule.A, schedule.B, schedule.S))
+    drafts = [x]
+    for j in range(L):
+        drafts.append(A[:, j] * drafts[j] + B[:, j] * m_a + S[:, j] * z[:, j])
+    xhat = torch.stack(drafts, dim=1)  # [n, L+1, ...]; xhat[:, j] is the input of step t - j
+
+    # 2. Verify: one batched call, m_j = x0hat(xhat_j, t - j), for the drafted rows.
+    first_row = 1 if anchor == "fresh" else 0  # fresh: row 0 is the anchor call itself
+    if verify_rows is None:
+        chain = torch.arange(n, device=device).repeat_interleave(L - first_row)
+        m_rows = denoise(xhat[:, first_row:L].flatten(0, 1), steps[:, first_row:].clamp_min(0).flatten(), _take_rows(cond, chain))
+        m = torch.cat([m_a[:, None], m_rows.reshape(n, L - first_row, *x.shape[1:])], dim=1) if first_row else m_rows.reshape(xhat[:, :L].shape)
+    else:
+        m = m_a[:, None].expand(n, L, *x.shape[1:]).clone()
+        if verify_rows:
+            row_chain, row_j = verify_rows
+            m[row_chain, row_j] = denoise(xhat[row_chain, row_j], steps[row_chain, row_j], _take_rows(cond, row_chain))
+
+    # 3. Accept or reflect every noisy drafted step at once; a chain keeps its prefix up to the first rejection.
+    mu_q = A * xhat[:, :L] + B * m_a[:, None]
+    mu_p = A * xhat[:, :L] + B * m
+    noisy = steps >= 1  # the readout at t = 0 is deterministic and never speculated
+    sigma = torch.where(noisy, S.reshape(n, L), torch.ones_like(S.reshape(n, L)))
+    fixed, accepted = accept_or_reflect(xhat[:, 1:].flatten(0, 1), mu_q.flatten(0, 1), mu_p.flatten(0, 1), sigma.flatten(), u.flatten())
+    fixed, accepted = fixed.reshape(xhat[:, 1:].shape), accepted.reshape(n, L)
+    rejected = noisy & ~accepted
+    any_rejected = rejected.any(dim=1)
+    num_noisy = noisy.sum(dim=1)
+    first_rejected = torch.where(any_rejected, rejected.long().argmax(dim=1), num_noisy)  # = drafts accepted
+    steps_taken = first_rejected + any_rejected.long()  # the reflected step is taken too
+
+    chain = torch.arange(n, device=device)
+    # New state: the reflected draft at the first rejection, else the last accepted draft.
+    x_new = torch.where((steps_taken > 0).reshape(n, *event), fixed[chain, (steps_taken - 1).clamp_min(0)], x)
+    # A chain finishes when it accepted every noisy step and its readout row (t = 0) was verified.
+    finished = active & ~any_rejected & (t < L)
+    value = m[chain, t.clamp(0, L - 1)]
+    # Reuse: the model output at the last accepted input anchors the next round (one step stale).
+    m_next = m[chain, torch.where(any_rejected, first_rejected, (num_noisy - 1).clamp_min(0))]
+    t_new = torch.where(finished, torch.full_like(t, -1), torch.where(active, t - steps_taken, t))
+    return x_new, t_new, m_next, value, finished, first_rejected, steps_taken
+
+
+def _check_asd_arguments(speculation_length: int, anchor: str) -> int:
+    if anchor not in ANCHORS:
+        raise ValueError(f"anchor={anchor!r} is unknown; use one of {ANCHORS}")
+    if not isinstance(speculation_length, int) or isinstance(speculation_length, bool) or speculation_length < 1:
+        raise ValueError(f"speculation_length must be an int >= 1, got {speculation_length!r}")
+    return speculation_length
+
+
 def _index_tensor(values: list[int], device: torch.device) -> torch.Tensor:
     """A LongTensor of host-side indices on `device`, copied without blocking the host on a GPU."""
     index = torch.tensor(values, dtype=torch.long)
     if device.type == "cuda":
         return index.pin_memory().to(device, non_blocking=True)
     return index.to(device)
+
+
+# ---- ParaDiGMS (parallel Picard iteration) ---------------------------------------------------
+
+
+def sample_paradigms(
+    model: Model,
+    schedule: NoiseSchedule,
+    x: torch.Tensor,
+    cond: Any = None,
+    generator: torch.Generator | None = None,
+    window: int = 16,
+    tolerance: float = 0.1,
+    stats: SamplerStats | None = None,
+) -> torch.Tensor:
+    """ParaDiGMS (Shih et al. 2023): Picard iteration of the DDPM chain over a sliding window.
+
+    The noise of every step is drawn up front (in DDPM's order). Writing step k as
+    x_{k+1} = x_k + delta_k(x_k), each iteration evaluates the model at the `window` positions
+    after a chain's converged prefix in one batched call, replaces them by the Picard update
+    x_{b+i+1} = x_b + sum_{j<=i} delta_{b+j}, and slides past every position whose change was
+    within tolerance (mean squared change <= tolerance^2 * S_k^2). Approximate: tolerance = 0 would
+    reproduce DDPM; report the tolerance with every number.
+    """
+    if not isinstance(window, int) or window < 1:
+        raise ValueError(f"window must be an int >= 1, got {window!r}")
+    if tolerance < 0:
+        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
+    stats = stats or SamplerStats("paradigms", x.shape[0])
+    T, n, device = schedule.num_train_timesteps, x.shape[0], x.device
+    event = (1,) * (x.dim() - 1)
+    steps = torch.arange(T - 1, -1, -1, device=device)  # position k applies the step from t = T-1-k
+    z = torch.stack([_randn(x.shape, generator, x) if k < T - 1 else torch.zeros_like(x) for k in range(T)], dim=1)
+    traj = x[:, None].repeat(1, T + 1, *event)  # traj[:, k] = current estimate of the state before position k
+    A, B, S = (tab[steps] for tab in (schedule.A, schedule.B, schedule.S))
+    threshold = tolerance**2 * torch.maximum(S, S[T - 2] if T > 1 else S.new_ones(())) ** 2  # S_0 = 0: borrow S_1
+    begin = torch.zeros(n, dtype=torch.long, device=device)
+    begin_host = [0] * n
+    rounds = torch.zeros(n, dtype=torch.long, device=device)
+    offsets = torch.arange(window, device=device)
+
+    while active_list := [i for i, b in enumerate(begin_host) if b < T]:
+        active = _index_tensor(active_list, device)
+        pos = begin[active, None] + offsets  # [m, window]
+        valid = pos < T
+        pos_c = pos.clamp_max(T - 1)
+        chain = active[:, None].expand_as(pos_c)
+        x_k = traj[chain, pos_c]  # [m, window, ...]
+        # Evaluate only positions that exist (windows shrink at the end); known on the host.
+        rows = [(i, j) for i, b in enumerate(active_list) for j in range(min(window, T - begin_host[b]))]
+        row_i, row_j = (_index_tensor(list(r), device) for r in zip(*rows))
+        x0hat = torch.zeros_like(x_k)
+        x0hat[row_i, row_j], _ = _denoise(
+            model, schedule, x_k[row_i, row_j], steps[pos_c[row_i, row_j]], _take_rows(cond, active[row_i]), stats
+        )
+        shape = (*pos_c.shape, *event)
+        delta = (A[pos_c].reshape(shape) - 1) * x_k + B[pos_c].reshape(shape) * x0hat + S[pos_c].reshape(shape) * z[chain, pos_c]
+        delta = delta * valid.reshape(shape)
+        updated = traj[active, begin[active]][:, None] + delta.cumsum(dim=1)  # estimates of positions pos + 1
+        change = (updated - traj[chain, pos_c + 1]).square().flatten(2).mean(2)  # [m, window]
+        traj[chain[valid], pos_c[valid] + 1] = updated[valid]
+        # Slide past the converged prefix (the first window position is always exact).
+        bad = valid & (change > threshold[pos_c])
+        bad[:, 0] = False
+        converged = torch.where(bad.any(1), bad.long().argmax(1), valid.sum(1))
+        new_begin = (begin[active] + converged.clamp_min(1)).clamp_max(T)
+        # Positions beyond the window start from the newest estimate.
+        last = (pos_c[:, -1] + 1).clamp_max(T)
+        later = torch.arange(T + 1, device=device)[None] > last[:, None]
+        traj[active] = torch.where(later.reshape(len(active_list), T + 1, *event), traj[active, last][:, None], traj[active])
+        begin[active] = new_begin
+        rounds[active] += 1
+        begin_host = begin.tolist()  # the iteration's one host synchronisation
+
+    stats.rounds += rounds.cpu()
+    stats.steps_total += T * n
+    return traj[:, T]
 
 
 # ---- entry point ----------------------------------------------------------------------------
@@ -358,12 +479,13 @@ def sample(
     """Draw a batch of samples of `shape` = (B, H, D) from the model's reverse diffusion.
 
     method: "ddpm" (T sequential calls), "ddim" (num_inference_steps=10, eta=0.0) or
-    "asd" (speculation_length=16, anchor="reuse"; exactly DDPM's distribution).
+    "asd" (speculation_length=16, anchor="reuse"; exactly DDPM's distribution), or
+    "paradigms" (window=16, tolerance=0.1; approximate parallel Picard baseline).
     cond: conditioning with one row per batch element (Tensor or mapping of Tensors), or None.
     noise: the starting x_{T-1} (default: drawn from `generator`).
     Returns (samples, stats).
     """
-    samplers = {"ddpm": sample_ddpm, "ddim": sample_ddim, "asd": sample_asd}
+    samplers = {"ddpm": sample_ddpm, "ddim": sample_ddim, "asd": sample_asd, "paradigms": sample_paradigms}
     if method not in samplers:
         raise ValueError(f"method={method!r} is unknown; use one of {tuple(samplers)}")
     if not isinstance(schedule, NoiseSchedule):

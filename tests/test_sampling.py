@@ -241,7 +241,7 @@ def test_bad_arguments_name_the_argument():
         sample(MIXTURE, SCHEDULE, (2, 4, 2), method="ddpm", speculation_length=4)
 
 
-@pytest.mark.parametrize("method", ["ddpm", "ddim", "asd"])
+@pytest.mark.parametrize("method", ["ddpm", "ddim", "asd", "paradigms"])
 def test_bad_model_output_is_reported(method):
     def wrong_shape(x, t, cond):
         return x[:, :-1]
@@ -253,3 +253,26 @@ def test_bad_model_output_is_reported(method):
         sample(wrong_shape, SCHEDULE, (2, 4, 2), method=method)
     with pytest.raises(ValueError, match="NaN"):
         sample(nan_model, SCHEDULE, (2, 4, 2), method=method)
+
+
+# ---- ParaDiGMS --------------------------------------------------------------------------------
+
+
+def test_paradigms_with_zero_tolerance_is_ddpm_with_the_same_noise():
+    x_T = torch.randn(32, 4, 2, generator=seeded(5))
+    ddpm, _ = sample(MIXTURE, SCHEDULE, (32, 4, 2), method="ddpm", generator=seeded(1), noise=x_T)
+    for window in (1, 8, 100):
+        exact, stats = sample(MIXTURE, SCHEDULE, (32, 4, 2), method="paradigms", generator=seeded(1), noise=x_T, window=window, tolerance=0.0)
+        torch.testing.assert_close(exact, ddpm, atol=1e-5, rtol=0)
+
+
+def test_paradigms_trades_tolerance_for_sequential_calls():
+    x_T = torch.randn(32, 4, 2, generator=seeded(5))
+    ddpm, _ = sample(MIXTURE, SCHEDULE, (32, 4, 2), method="ddpm", generator=seeded(1), noise=x_T)
+    x, stats = sample(MIXTURE, SCHEDULE, (32, 4, 2), method="paradigms", generator=seeded(1), noise=x_T, window=16, tolerance=0.1)
+    assert stats.sequential_calls < 50
+    assert (x - ddpm).abs().max() < 0.05  # approximate, but close to the chain it iterates on
+    with pytest.raises(ValueError, match="window"):
+        sample(MIXTURE, SCHEDULE, (2, 4, 2), method="paradigms", window=0)
+    with pytest.raises(ValueError, match="tolerance"):
+        sample(MIXTURE, SCHEDULE, (2, 4, 2), method="paradigms", tolerance=-1.0)

@@ -15,7 +15,15 @@ import sys as _sys
 if _sys.platform.startswith("linux"):
     _os.environ.setdefault("MUJOCO_GL", "egl")
 
-from .registry import TaskSpec, get_task, list_tasks, make_env, make_expert, register_task  # noqa: E402
+from .registry import (  # noqa: E402
+    TaskSpec,
+    get_task,
+    list_tasks,
+    make_env,
+    make_env_from_metadata,
+    make_expert,
+    register_task,
+)
 from . import tasks as _tasks  # noqa: E402,F401  (registers the built-in tasks)
 
 DEFAULT_TASK = "reach_around"
@@ -28,6 +36,7 @@ __all__ = [
     "get_task",
     "list_tasks",
     "make_env",
+    "make_env_from_metadata",
     "make_expert",
     "register_task",
 ]

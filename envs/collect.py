@@ -58,6 +58,8 @@ def run_expert_episode(env, expert, seed: int, rng: np.random.Generator) -> dict
     sim = env.unwrapped
     obs, info = env.reset(seed=seed)
     expert.reset(rng=rng)
+    # robosuite rebuilds its MJCF at reset: robomimic keeps it per demo (``model_file``)
+    model_file = sim.model_xml() if hasattr(sim, "model_xml") else None
     obs_dicts = [sim.get_obs_dict()]
     actions, rewards, states = [], [], []
     success = False
@@ -85,6 +87,7 @@ def run_expert_episode(env, expert, seed: int, rng: np.random.Generator) -> dict
         "states": np.stack(states),
         "success": success,
         "step_time": step_time,
+        "model_file": model_file,
     }
 
 
@@ -114,7 +117,6 @@ def collect(
         "env_name": task, "type": 2, "env_kwargs": {k: v for k, v in overrides.items() if k != "render_mode"},
     }
     env_args.setdefault("asd_task", task)
-    model_file = sim.model_xml() if hasattr(sim, "model_xml") else None
 
     try:
         from tqdm import tqdm
@@ -135,7 +137,7 @@ def collect(
             if ep["success"]:
                 successes += 1
                 w.add_episode(ep["obs"], ep["actions"], ep["rewards"], ep["dones"], ep["states"],
-                              model_file=model_file)
+                              model_file=ep["model_file"])
                 kept += 1
                 steps += len(ep["actions"])
                 if bar is not None:

@@ -101,3 +101,30 @@ def make_expert(task_name: str, env: gym.Env, rng: Any = None):
     if not isinstance(rng, np.random.Generator):
         rng = np.random.default_rng(rng)
     return _load(spec.expert_entry_point)(env, rng)
+
+
+def make_env_from_metadata(env_meta: dict, obs_keys=None, max_episode_steps: int | None = None,
+                           **overrides: Any) -> gym.Env:
+    """Env from robomimic env metadata (``data.attrs["env_args"]`` of a robomimic dataset, or of
+    a file written by our collector). robosuite envs (type 1) of any name are supported (e.g.
+    ``TwoArmTransport``, ``ToolHang``), with robosuite 1.4-style controller configs converted;
+    files from our collector (``asd_task`` recorded) rebuild that task with the stored kwargs.
+    ``obs_keys`` default to robomimic's low-dim keys for every robot plus ``object``."""
+    meta = dict(env_meta)
+    task = meta.get("asd_task")
+    if task is not None and task in _TASKS and _TASKS[task].family != "robomimic":
+        kwargs = dict(meta.get("env_kwargs", {}))
+        kwargs.update(overrides)
+        if max_episode_steps is not None:
+            kwargs["max_episode_steps"] = max_episode_steps
+        return make_env(task, **kwargs)
+    if meta.get("type") != 1:
+        raise ValueError(
+            f"cannot build an env from metadata of type {meta.get('type')!r} "
+            f"(env_name {meta.get('env_name')!r}); supported: robosuite (type 1) and asd_envs tasks"
+        )
+    from .robomimic_tasks import HORIZONS, RobomimicEnv
+
+    env = RobomimicEnv(meta["env_name"], env_meta=meta, obs_keys=obs_keys, **overrides)
+    steps = max_episode_steps or HORIZONS.get(meta["env_name"], 400)
+    return gym.wrappers.TimeLimit(env, max_episode_steps=steps)

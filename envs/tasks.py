@@ -18,3 +18,25 @@ register_task(
         expert_entry_point="asd_envs.reach_around:ReachAroundExpert",
     )
 )
+
+# robomimic tasks (robosuite 1.5.2 through robomimic 0.3.0's env utilities; see robomimic_tasks.py)
+_RM_KEYS = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos", "object")
+for _name, _obj, _expert, _desc in [
+    ("lift", 10, "LiftExpert", "robomimic Lift: pick up the cube"),
+    ("can", 14, "CanExpert", "robomimic PickPlaceCan: put the can into its bin compartment"),
+    ("square", 14, "SquareExpert", "robomimic NutAssemblySquare: put the square nut on its peg"),
+]:
+    register_task(
+        TaskSpec(
+            name=_name,
+            obs_keys=_RM_KEYS,
+            obs_key_dims=(3, 4, 2, _obj),
+            action_dim=7,
+            control_hz=20.0,
+            max_episode_steps=400,
+            family="robomimic",
+            description=_desc,
+            entry_point="asd_envs.robomimic_tasks:make",
+            expert_entry_point=f"asd_envs.robomimic_experts:{_expert}",
+        )
+    )

@@ -1,0 +1,195 @@
+"""Training: windows, loss falls on a tiny dataset, checkpoint/resume, CLI, 2-process gloo DDP."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from asd_policy.checkpoint import load_policy
+from asd_policy.data import Episode
+from asd_policy.training import EMA, TrainConfig, WindowDataset, lr_at, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models on a shared 2-core machine train several times faster on one thread."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def write_demos(path, n_demos=6, T=30, seed=0, n_valid=2):
+    """A tiny robomimic-layout file: 2-D point moving to a goal; obs = pos(2) + goal(2); action = velocity."""
+    rng = np.random.default_rng(seed)
+    with h5py.File(path, "w") as f:
+        data = f.create_group("data")
+        data.attrs["env_args"] = json.dumps({"env_name": "Toy", "type": 99, "env_kwargs": {}})
+        total = 0
+        for i in range(n_demos):
+            pos = rng.uniform(-1, 1, 2)
+            goal = rng.uniform(-1, 1, 2)
+            obs_pos, obs_goal, acts = [], [], []
+            for _ in range(T):
+                a = np.clip(0.3 * (goal - pos), -0.2, 0.2)
+                obs_pos.append(pos.copy())
+                obs_goal.append(goal.copy())
+                acts.append(a)
+                pos = pos + a
+            g = data.create_group(f"demo_{i}")
+            g.create_dataset("obs/pos", data=np.array(obs_pos, np.float32))
+            g.create_dataset("obs/goal", data=np.array(obs_goal, np.float32))
+            g.create_dataset("actions", data=np.array(acts, np.float32))
+            g.attrs["num_samples"] = T
+            total += T
+        data.attrs["total"] = total
+        names = [f"demo_{i}".encode() for i in range(n_demos)]
+        f.create_dataset("mask/train", data=np.array(names[: n_demos - n_valid], dtype="S"))
+        f.create_dataset("mask/valid", data=np.array(names[n_demos - n_valid :], dtype="S"))
+    return path
+
+
+def tiny_cfg(tmp_path, **kw):
+    base = dict(
+        dataset=str(tmp_path / "demos.hdf5"),
+        obs_keys=["pos", "goal"],
+        out=str(tmp_path / "run"),
+        size="tiny",
+        steps=40,
+        batch_size=32,
+        lr=1e-3,
+        warmup_steps=5,
+        log_every=10,
+        val_every=20,
+        ckpt_every=20,
+        logger="none",
+        progress=False,
+        device="cpu",
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_window_dataset_pads_like_diffusion_policy():
+    ep = Episode("a", obs=np.arange(5, dtype=np.float32)[:, None], actions=np.arange(5, dtype=np.float32)[:, None] * 10)
+    ds = WindowDataset([ep], horizon=4, pad_before=1, pad_after=2)
+    # starts -1 .. T - horizon + pad_after = 3: five windows
+    assert len(ds) == 5
+    obs, act = ds.batch(torch.arange(5), n_obs_steps=2)
+    assert obs[:, :, 0].tolist() == [[0, 0], [0, 1], [1, 2], [2, 3], [3, 4]]
+    assert act[-1, :, 0].tolist() == [30, 40, 40, 40]
+    assert act[0, :, 0].tolist() == [0, 0, 10, 20]
+    # windows never cross episodes
+    ep2 = Episode("b", obs=100 + np.arange(5, dtype=np.float32)[:, None], actions=np.zeros((5, 1), np.float32))
+    ds2 = WindowDataset([ep, ep2], horizon=4, pad_before=1, pad_after=2)
+    o, _ = ds2.batch(torch.arange(len(ds2)), 2)
+    assert ((o < 100).all(dim=1) | (o >= 100).all(dim=1)).all()
+
+
+def test_lr_schedule_and_ema_decay():
+    cfg = TrainConfig(steps=100, warmup_steps=10, lr=1.0)
+    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(55, cfg) == pytest.approx(0.5) and lr_at(100, cfg) == pytest.approx(0.0)
+    ema = EMA(torch.nn.Linear(2, 2))
+    assert ema.decay(0) == 0.0 and 0.9 < ema.decay(10_000) <= 0.9999
+
+
+def test_loss_falls_and_checkpoint_loads(tmp_path):
+    write_demos(tmp_path / "demos.hdf5")
+    res0 = train(tiny_cfg(tmp_path, steps=0, out=str(tmp_path / "r0")))
+    res = train(tiny_cfg(tmp_path, steps=120, val_every=120, ckpt_every=0))
+    assert res.val_loss < 0.5 * res0.val_loss, (res0.val_loss, res.val_loss)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["train/loss"] for r in rows if "train/loss" in r]
+    assert losses[-1] < 0.5 * losses[0]
+    pol = load_policy(res.checkpoint, obs_dim=4, action_dim=2, obs_keys=["pos", "goal"])
+    info = json.loads((res.checkpoint / "policy.json").read_text())["training"]
+    assert info["steps"] == 120 and info["num_train_demos"] == 4 and info["num_valid_demos"] == 2
+    out = pol.predict_action(torch.zeros(3, 2, 4), method="ddim", generator=torch.Generator().manual_seed(0))
+    assert out.actions.shape == (3, 8, 2)
+
+
+def test_resume_after_a_finished_shorter_run_continues(tmp_path):
+    write_demos(tmp_path / "demos.hdf5")
+    train(tiny_cfg(tmp_path, out=str(tmp_path / "part"), steps=20, ckpt_every=20))
+    part = train(tiny_cfg(tmp_path, out=str(tmp_path / "part"), steps=30, ckpt_every=10))
+    assert part.step == 30
+    rows = [json.loads(line) for line in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows if "train/loss" in r]
+    assert steps == [10, 20, 30]  # started from step 20, not from scratch
+    assert json.loads((part.checkpoint / "policy.json").read_text())["training"]["steps"] == 30
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_bitwise_identically(tmp_path):
+    write_demos(tmp_path / "demos.hdf5")
+    full = train(tiny_cfg(tmp_path, out=str(tmp_path / "full"), steps=30, ckpt_every=10))
+
+    def crash_at_20(policy, step):  # the rollout hook runs before the step's save: last state is step 10
+        if step == 20:
+            raise _Stop
+        return {"success_rate": 0.0}
+
+    with pytest.raises(_Stop):
+        train(tiny_cfg(tmp_path, out=str(tmp_path / "cut"), steps=30, ckpt_every=10, rollout_every=20), crash_at_20)
+    assert json.loads((tmp_path / "cut" / "train_state" / "state.json").read_text())["step"] == 10
+    resumed = train(tiny_cfg(tmp_path, out=str(tmp_path / "cut"), steps=30, ckpt_every=10))
+    a = load_policy(full.checkpoint).model.state_dict()
+    b = load_policy(resumed.checkpoint).model.state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # and starting over ignores the state
+    fresh = train(tiny_cfg(tmp_path, out=str(tmp_path / "cut"), steps=5, resume=False, ckpt_every=0))
+    assert fresh.step == 5
+
+
+def test_bad_dataset_fails_clearly(tmp_path):
+    with pytest.raises(FileNotFoundError, match="collect"):
+        train(tiny_cfg(tmp_path, dataset=str(tmp_path / "missing.hdf5")))
+    with pytest.raises(ValueError, match="dataset"):
+        train(tiny_cfg(tmp_path, dataset=None))
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def test_plain_cli_trains(tmp_path):
+    write_demos(tmp_path / "demos.hdf5")
+    cmd = [
+        sys.executable, "-m", "asd_policy.training", "--dataset", str(tmp_path / "demos.hdf5"),
+        "--obs-keys", "pos", "goal", "--out", str(tmp_path / "cli"), "--steps", "10", "--size", "tiny",
+        "--batch-size", "16", "--logger", "none", "--no-progress", "--device", "cpu",
+    ]
+    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert load_policy(tmp_path / "cli" / "checkpoint").config.obs_dim == 4
+
+
+def test_two_process_gloo_ddp(tmp_path):
+    write_demos(tmp_path / "demos.hdf5")
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "-m", "asd_policy.training", "--dataset", str(tmp_path / "demos.hdf5"), "--obs-keys", "pos", "goal",
+        "--out", str(tmp_path / "ddp"), "--steps", "6", "--size", "tiny", "--batch-size", "16",
+        "--log-every", "2", "--logger", "none", "--no-progress", "--device", "cpu",
+    ]
+    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    pol = load_policy(tmp_path / "ddp" / "checkpoint")
+    assert json.loads((tmp_path / "ddp" / "checkpoint" / "policy.json").read_text())["training"]["world_size"] == 2
+    assert pol.config.action_dim == 2

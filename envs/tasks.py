@@ -40,3 +40,25 @@ for _name, _obj, _expert, _desc in [
             expert_entry_point=f"asd_envs.robomimic_experts:{_expert}",
         )
     )
+
+# gymnasium-robotics Fetch tasks (see fetch_tasks.py)
+from . import fetch_tasks as _ft  # noqa: E402
+
+for _name, _expert, _desc in [
+    ("fetch_push", "FetchPushExpert", "gymnasium-robotics FetchPush-v4: push the block to the goal"),
+    ("fetch_pick_place", "FetchPickPlaceExpert", "gymnasium-robotics FetchPickAndPlace-v4: move the block to the goal, often in the air"),
+]:
+    register_task(
+        TaskSpec(
+            name=_name,
+            obs_keys=_ft.OBS_KEYS,
+            obs_key_dims=_ft.OBS_KEY_DIMS,
+            action_dim=4,
+            control_hz=_ft.CONTROL_HZ,
+            max_episode_steps=_ft.MAX_EPISODE_STEPS,
+            family="gymnasium_robotics",
+            description=_desc,
+            entry_point="asd_envs.fetch_tasks:make",
+            expert_entry_point=f"asd_envs.fetch_tasks:{_expert}",
+        )
+    )

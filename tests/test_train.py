@@ -193,3 +193,26 @@ def test_two_process_gloo_ddp(tmp_path):
     pol = load_policy(tmp_path / "ddp" / "checkpoint")
     assert json.loads((tmp_path / "ddp" / "checkpoint" / "policy.json").read_text())["training"]["world_size"] == 2
     assert pol.config.action_dim == 2
+
+
+def test_hydra_script_trains_and_logs_wandb_offline(tmp_path):
+    pytest.importorskip("hydra")
+    pytest.importorskip("wandb")
+    write_demos(tmp_path / "demos.hdf5")
+    env = _env()
+    env["WANDB_MODE"] = "offline"
+    env.pop("WANDB_API_KEY", None)
+    cmd = [
+        sys.executable, str(REPO / "scripts" / "train.py"), "task=reach_around", f"dataset={tmp_path / 'demos.hdf5'}",
+        "obs_keys=[pos,goal]", "policy=tiny", "steps=6", "batch_size=16", "log_every=2", "val_every=3",
+        f"out={tmp_path / 'hy'}", "progress=false",
+    ]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    pol = load_policy(tmp_path / "hy" / "checkpoint")
+    assert pol.config.task_name == "reach_around" and pol.config.unet["size"] == "tiny"
+    assert list((tmp_path / "hy" / "wandb").glob("offline-run-*"))
+    # a missing dataset is one clear line, not a traceback
+    bad = subprocess.run(cmd[:2] + ["task=reach_around", "dataset=missing.hdf5", "logger=none"], env=env,
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert bad.returncode == 1 and "collect.py" in bad.stderr and "Traceback" not in bad.stderr

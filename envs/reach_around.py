@@ -25,6 +25,8 @@ import mujoco
 import numpy as np
 from gymnasium import spaces
 
+from ._render import close_renderer, make_renderer
+
 ASSET = os.path.join(os.path.dirname(__file__), "assets", "reach_around.xml")
 
 OBS_KEYS = ("agent_pos", "agent_vel", "goal_pos", "obstacle_pos", "goal_rel", "obstacle_rel")
@@ -179,17 +181,13 @@ class ReachAroundEnv(gym.Env):
             return None
         if self._renderer is None:
             h, w = self.render_size
-            self._renderer = mujoco.Renderer(self.model, height=h, width=w)
+            self._renderer = make_renderer(self.model, h, w)
         self._renderer.update_scene(self.data, camera="top")
         return self._renderer.render().copy()
 
     def close(self):
-        if self._renderer is not None:
-            try:
-                self._renderer.close()
-            except Exception:  # EGL teardown at interpreter exit can fail harmlessly
-                pass
-            self._renderer = None
+        close_renderer(self._renderer)
+        self._renderer = None
 
 
 def make(spec, **overrides) -> ReachAroundEnv:

@@ -29,6 +29,7 @@ import numpy as np
 from gymnasium import spaces
 
 from . import compat
+from ._render import close_renderer, make_renderer
 
 LOW_DIM_KEYS = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos")
 TASK_ENV_NAMES = {"lift": "Lift", "can": "PickPlaceCan", "square": "NutAssemblySquare"}
@@ -97,7 +98,8 @@ class RobomimicEnv(gym.Env):
         robots = kwargs.get("robots", ["Panda"])
         n_robots = 1 if isinstance(robots, str) else len(robots)
         self.obs_keys = tuple(obs_keys) if obs_keys is not None else default_obs_keys(n_robots)
-        compat.ensure_obs_utils(self.obs_keys)
+        with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+            compat.ensure_obs_utils(self.obs_keys)
         self.render_mode = render_mode
         if isinstance(render_size, int):
             render_size = (render_size, render_size)
@@ -185,19 +187,15 @@ class RobomimicEnv(gym.Env):
             h, w = self.render_size
             model.vis.global_.offwidth = max(model.vis.global_.offwidth, w)
             model.vis.global_.offheight = max(model.vis.global_.offheight, h)
-            self._renderer = mujoco.Renderer(model, height=h, width=w)
+            self._renderer = make_renderer(model, h, w)
             self._renderer_model = model
         self._renderer.update_scene(self.rs.sim.data._data, camera=self.render_camera)
         return self._renderer.render().copy()
 
     def close(self):
-        if self._renderer is not None:
-            try:
-                self._renderer.close()
-            except Exception:
-                pass
-            self._renderer = None
-            self._renderer_model = None
+        close_renderer(self._renderer)
+        self._renderer = None
+        self._renderer_model = None
 
 
 def make(spec, **overrides) -> RobomimicEnv:

@@ -750,10 +750,15 @@ def evaluate(
     if frames_saved:
         results_dict["paths"]["videos"] = {k: str(v) for k, v in frames_saved.items()}
     if logger == "wandb":
-        results_dict["wandb"] = log_to_wandb(results_dict, out, config or {
-            "task": task, "checkpoint": ckpt_str, "episodes": episodes, "seed": seed,
-            "samplers": {s.name: s.as_dict() for s in specs}, "num_envs": num_envs,
-            "realtime": realtime, "device": str(dev)}, wandb_config, plot_path, frames_saved)
+        try:
+            results_dict["wandb"] = log_to_wandb(results_dict, out, config or {
+                "task": task, "checkpoint": ckpt_str, "episodes": episodes, "seed": seed,
+                "samplers": {s.name: s.as_dict() for s in specs}, "num_envs": num_envs,
+                "realtime": realtime, "device": str(dev)}, wandb_config, plot_path, frames_saved)
+        except Exception as exc:  # noqa: BLE001 - the results are on disk; W&B is a copy of them
+            results_dict["wandb"] = {"error": f"{type(exc).__name__}: {exc}"}
+            print(f"warning: W&B logging failed ({type(exc).__name__}: {exc}); results are in {out}",
+                  file=sys.stderr)
     _atomic_json(out / RESULTS_NAME, results_dict)
     if verbose:
         print(format_table(results_dict))

@@ -63,9 +63,13 @@ def _resume_dir(cfg: DictConfig, run_dir: Path, task: str, checkpoint: str) -> P
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="eval")
 def main(cfg: DictConfig) -> None:
+    import logging
+
     import torch
 
     from asd_policy.evaluation import EvalError, evaluate
+
+    logging.getLogger("OpenGL").setLevel(logging.WARNING)  # PyOpenGL's INFO line on import
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     out_dir = run_dir
@@ -117,12 +121,28 @@ def main(cfg: DictConfig) -> None:
     print(f"results: {paths['results']}")
     print(f"plot:    {paths['plot']}")
     wb = results.get("wandb")
-    if wb:
+    if wb and "error" not in wb:
         if wb.get("mode") == "online" and wb.get("url"):
             print(f"W&B:     {wb['url']}")
         else:
             print(f"W&B:     {wb['mode']} run in {wb['dir']} (upload: wandb sync {wb['dir']})")
 
 
+def _check_task_args(argv: list[str]) -> None:
+    """``task=<unknown>`` -> one line (hydra would print a page), before hydra starts."""
+    import re
+
+    known = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs" / "task").glob("*.yaml"))
+    for arg in argv:
+        m = re.fullmatch(r"task=([\w,]+)", arg)
+        if not m or not known:
+            continue
+        for name in m.group(1).split(","):
+            if name not in known:
+                print(f"error: unknown task {name!r}; known tasks: {', '.join(known)}", file=sys.stderr)
+                sys.exit(2)
+
+
 if __name__ == "__main__":
+    _check_task_args(sys.argv[1:])
     main()

@@ -244,6 +244,12 @@ def test_script_run_prints_table_and_writes_results(tiny_checkpoint, tmp_path):
     assert p.stderr.strip().splitlines()[-1].startswith("error: unknown sampler 'bogus'")
     p = run_script([f"checkpoint={tmp_path}/nope", "logger=none", f"hydra.run.dir={tmp_path}/bad2"], cwd=tmp_path)
     assert p.returncode == 2 and "error: checkpoint not found" in p.stderr
+    p = run_script(["task=no_such_task", "logger=none"], cwd=tmp_path)
+    assert p.returncode == 2 and p.stderr.strip().startswith("error: unknown task 'no_such_task'; known tasks:")
+    p = run_script(["task=fetch_push", f"checkpoint={tiny_checkpoint}", "logger=none",
+                    f"hydra.run.dir={tmp_path}/bad3"], cwd=tmp_path)
+    last = p.stderr.strip().splitlines()[-1]
+    assert p.returncode == 2 and last.startswith("error: ") and "reach_around" in last and "fetch_push" in last
 
 
 def test_multirun_sweep_each_job_in_its_own_dir(tiny_checkpoint, tmp_path):

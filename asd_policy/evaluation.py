@@ -347,19 +347,19 @@ def plot_success_vs_latency(results: Mapping[str, Any], path: str | os.PathLike)
         xerr = [[max(lat["mean"] - lat["p50"], 0.0)], [max(lat["p95"] - lat["mean"], 0.0)]]
         yerr = [[max(y - lo, 0.0)], [max(hi - y, 0.0)]]
         ax.errorbar(lat["mean"], y, yerr=yerr, xerr=xerr, fmt="o", capsize=4,
-                    label=f"{name} ({_fmt(s['sequential_calls_mean'])} seq. calls)")
-        ax.annotate(name, (lat["mean"], y), textcoords="offset points", xytext=(6, 6))
+                    label=f"{name}: {_fmt(s['sequential_calls_mean'])} seq. calls, {lat['mean']:.3g} ms")
     ax.set_xscale("log")
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.margins(x=0.15)
     ax.set_xlabel("chunk inference latency, ms (mean; bars p50-p95, log scale)")
     ax.set_ylabel("success rate (95% Wilson interval)")
     ax.set_ylim(-0.05, 1.05)
     n = max((s["episodes"] for s in results["samplers"].values()), default=0)
-    ax.set_title(f"{results['task']}: success vs latency ({n} episodes per sampler)")
+    ax.set_title(f"{results['task'] or 'policy'}: success vs latency ({n} episodes per sampler)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()

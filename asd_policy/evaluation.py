@@ -565,6 +565,7 @@ def evaluate(
     videos: int = 0,
     progress: bool = True,
     verbose: bool = True,
+    command: str | None = None,
 ) -> dict:
     """Run every sampler on episodes ``0..episodes-1`` (env seed ``seed + i``) and report.
 
@@ -742,6 +743,8 @@ def evaluate(
         _close_envs(envs)
         results_dict = _assemble(task, ckpt_str, dev, specs, rows, seed, episodes, complete,
                                  time.perf_counter() - t0, meta)
+        if command:
+            results_dict["command"] = command
         _atomic_json(out / RESULTS_NAME, results_dict)
 
     plot_path = plot_success_vs_latency(results_dict, out / PLOT_NAME)

@@ -14,6 +14,7 @@ hydra run directory (outputs/eval/<task>/<time>/), prints the table and where ev
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -109,6 +110,7 @@ def main(cfg: DictConfig) -> None:
             videos=int(cfg.videos),
             progress=bool(cfg.progress),
             verbose=True,
+            command=" ".join(["python scripts/eval.py", *(shlex.quote(a) for a in sys.argv[1:])]),
         )
     except EvalError as exc:
         print(f"error: {exc}", file=sys.stderr)

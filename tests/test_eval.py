@@ -210,6 +210,18 @@ def test_bad_inputs_give_one_clear_line(tmp_path, tiny_checkpoint):
         evaluate("no_such_task", tiny_checkpoint, out_dir=tmp_path, progress=False, verbose=False)
 
 
+def test_markdown_report(tmp_path):
+    from asd_policy.report import write_report
+
+    evaluate(policy=FakePolicy(), env_fn=make_toy, samplers=["ddpm", "asd"], episodes=2, out_dir=tmp_path / "run",
+             progress=False, verbose=False, command="python scripts/eval.py episodes=2")
+    md = write_report([tmp_path / "run"], tmp_path / "docs" / "results.md").read_text()
+    assert "python scripts/eval.py episodes=2" in md
+    assert "| ddpm | method=ddpm | 2 |" in md and "| asd | method=asd" in md
+    assert "(results/None_run.png)" in md or "(results/" in md
+    assert list((tmp_path / "docs" / "results").glob("*.png"))
+
+
 def test_presets_and_wilson():
     assert set(SAMPLER_PRESETS) >= {"ddpm", "ddim", "asd"}
     specs = resolve_samplers("ddpm,asd", presets={"asd": {"speculation_length": 8}})

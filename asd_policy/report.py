@@ -1,0 +1,94 @@
+"""Markdown reports from evaluation results (``results.json`` written by ``scripts/eval.py``).
+
+    python scripts/report.py outputs/eval/reach_around/<run> [more runs...] --out docs/results.md
+
+copies each run's success-vs-latency plot next to the markdown file and writes one section per run:
+the command, the machine, and the per-sampler table.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+__all__ = ["markdown_table", "markdown_section", "write_report"]
+
+
+def _f(v: Any, spec: str = ".1f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def markdown_table(results: Mapping[str, Any]) -> str:
+    """The per-sampler summary of one results dict as a markdown table."""
+    head = ["sampler", "settings", "episodes", "success (95% CI)", "chunk latency ms: mean", "p50", "p95",
+            "p99", "seq. calls / chunk", "NFE / chunk", "speedup vs DDPM", "successes by outcome"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, s in results["samplers"].items():
+        lat = s["chunk_latency_ms"]
+        lo, hi = s["success_ci95"]
+        settings = ", ".join(f"{k}={v}" for k, v in (s.get("sampler") or {}).items())
+        outcomes = "; ".join(f"{k}: " + ", ".join(f"{v}: {n}" for v, n in c.items())
+                             for k, c in (s.get("outcomes") or {}).items()) or "-"
+        row = [name, settings, str(s["episodes"]),
+               f"{_f(s['success_rate'], '.2f')} [{lo:.2f}, {hi:.2f}]",
+               _f(lat["mean"]), _f(lat["p50"]), _f(lat["p95"]), _f(lat["p99"]),
+               _f(s["sequential_calls_mean"]), _f(s["nfe_mean"], ".0f"),
+               "-" if s["speedup_vs_ddpm"] is None else f"{s['speedup_vs_ddpm']:.2f}x", outcomes]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _short_path(p: Any) -> Any:
+    if not isinstance(p, str):
+        return p
+    try:
+        rel = os.path.relpath(p)
+    except ValueError:
+        return p
+    return p if rel.startswith("..") else rel
+
+
+def markdown_section(results: Mapping[str, Any], plot: str | None = None) -> str:
+    parts = [f"## {results['task']}", ""]
+    if results.get("command"):
+        parts += ["```bash", results["command"], "```", ""]
+    parts.append(
+        f"Checkpoint `{_short_path(results.get('checkpoint'))}`, device {results.get('device')} "
+        f"({results.get('device_name', '?')}), torch {results.get('torch', '?')}, seed {results.get('seed')}, "
+        f"{results.get('episodes_requested')} episodes per sampler (env seeds seed..seed+N-1, the same for "
+        f"every sampler), wall time {_f(results.get('wall_s'), '.0f')} s"
+        + ("" if results.get("complete", True) else " — **incomplete run**") + ".")
+    parts += ["", markdown_table(results), ""]
+    if plot:
+        parts += [f"![success vs latency, {results['task']}]({plot})", ""]
+    return "\n".join(parts)
+
+
+def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str = "Results") -> Path:
+    """Markdown for several eval runs; plots are copied to ``<out dir>/results/<task>_<run>.png``."""
+    out = Path(out)
+    img_dir = out.parent / "results"
+    sections = []
+    for d in run_dirs:
+        d = Path(d)
+        res_path = d / "results.json" if d.is_dir() else d
+        results = json.loads(res_path.read_text())
+        plot_src = res_path.parent / "success_vs_latency.png"
+        rel = None
+        if plot_src.exists():
+            img_dir.mkdir(parents=True, exist_ok=True)
+            dst = img_dir / f"{results['task']}_{res_path.parent.name}.png"
+            shutil.copyfile(plot_src, dst)
+            rel = str(dst.relative_to(out.parent))
+        sections.append(markdown_section(results, rel))
+    intro = (
+        f"# {title}\n\nSuccess rate (Wilson 95% interval) and chunk inference latency of each sampler on "
+        "the same seeded episodes, from `scripts/eval.py` (see docs/evaluation.md for the definitions). "
+        "Latency is device-synchronised per action chunk; sequential calls are the model invocations "
+        "made one after another per chunk; NFE the single-sample network evaluations.\n"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(intro + "\n" + "\n".join(sections))
+    return out

@@ -168,6 +168,16 @@ def test_env_error_is_a_failed_episode_and_eval_goes_on(tmp_path):
     assert res["samplers"]["ddim"]["errors"] == 1 and res["samplers"]["ddim"]["episodes"] == 3
 
 
+def test_gymnasium_vector_env_batches_match_list_mode(tmp_path):
+    kw = dict(policy=FakePolicy(noise=0.0), env_fn=make_toy, samplers=["ddpm", "ddim"], episodes=3, num_envs=2,
+              progress=False, verbose=False)
+    vec = evaluate(vector_env="sync", out_dir=tmp_path / "vec", **kw)
+    lst = evaluate(out_dir=tmp_path / "list", **kw)
+    check_results_schema(vec, ["ddpm", "ddim"], 3)
+    assert [(r["seed"], r["success"], r["steps"]) for r in vec["episodes"]] == \
+        [(r["seed"], r["success"], r["steps"]) for r in lst["episodes"]]
+
+
 def test_videos_and_realtime_mode(tmp_path):
     res = evaluate(policy=FakePolicy(fixed_latency=0.001, noise=0.0), env_fn=make_toy, samplers=["asd"],
                    episodes=2, out_dir=tmp_path, realtime=True, control_hz=200.0, videos=1,

@@ -300,7 +300,7 @@ def _fmt(v: Any, spec: str = ".1f") -> str:
 def format_table(results: Mapping[str, Any]) -> str:
     """The per-sampler summary as a fixed-width text table."""
     head = ["sampler", "episodes", "success", "95% CI", "chunk ms mean", "p50", "p95", "p99",
-            "seq calls", "NFE", "speedup"]
+            "ms/action", "seq calls", "NFE", "speedup"]
     lines = []
     for name, s in results["samplers"].items():
         lat = s["chunk_latency_ms"]
@@ -308,6 +308,7 @@ def format_table(results: Mapping[str, Any]) -> str:
         lines.append([
             name, str(s["episodes"]), _fmt(s["success_rate"], ".2f"), f"[{lo:.2f}, {hi:.2f}]",
             _fmt(lat["mean"]), _fmt(lat["p50"]), _fmt(lat["p95"]), _fmt(lat["p99"]),
+            _fmt((s.get("action_latency_ms") or {}).get("mean")),
             _fmt(s["sequential_calls_mean"]), _fmt(s["nfe_mean"], ".0f"),
             "-" if s["speedup_vs_ddpm"] is None else f"{s['speedup_vs_ddpm']:.2f}x",
         ])
@@ -462,6 +463,8 @@ def log_to_wandb(results: Mapping[str, Any], out_dir: Path, config: Mapping[str,
             summary[f"{name}/success_ci95_hi"] = s["success_ci95"][1]
             for q, v in s["chunk_latency_ms"].items():
                 summary[f"{name}/chunk_latency_ms_{q}"] = v
+            for q, v in (s.get("action_latency_ms") or {}).items():
+                summary[f"{name}/action_latency_ms_{q}"] = v
             summary[f"{name}/sequential_calls_mean"] = s["sequential_calls_mean"]
             summary[f"{name}/nfe_mean"] = s["nfe_mean"]
             summary[f"{name}/speedup_vs_ddpm"] = s["speedup_vs_ddpm"]

@@ -700,7 +700,12 @@ def evaluate(
                     continue
                 gen = torch.Generator(device=dev).manual_seed(int(seed) * 1_000_003 + todo[0])
                 if warmup and spec.name not in warmed:
-                    _warmup(policy, spec, envs, dev)
+                    try:
+                        _warmup(policy, spec, envs, dev)
+                    except (ValueError, TypeError, NotImplementedError) as exc:
+                        msg = " ".join(str(exc).split())
+                        raise EvalError(f"sampler {spec.name!r} ({spec.as_dict()}) does not run on this "
+                                        f"policy: {type(exc).__name__}: {msg}") from None
                     warmed.add(spec.name)
                 record = videos > 0 and video_counts[spec.name] < videos
                 if realtime:

@@ -216,6 +216,11 @@ def test_bad_inputs_give_one_clear_line(tmp_path, tiny_checkpoint):
     with pytest.raises(EvalError, match="obs_dim") as ei:
         evaluate("reach_around", tmp_path / "wrong", out_dir=tmp_path, progress=False, verbose=False)
     assert "\n" not in str(ei.value)
+    # a preset whose settings the sampler rejects: one line naming the sampler
+    with pytest.raises(EvalError, match=r"sampler 'asd' .* does not run on this policy: .*speculation_length") as ei:
+        evaluate("reach_around", tiny_checkpoint, samplers=["asd"], presets={"asd": {"speculation_length": 0}},
+                 out_dir=tmp_path / "L0", progress=False, verbose=False, max_steps=2)
+    assert "\n" not in str(ei.value)
     with pytest.raises(EvalError, match="unknown task"):
         evaluate("no_such_task", tiny_checkpoint, out_dir=tmp_path, progress=False, verbose=False)
 

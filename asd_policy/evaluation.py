@@ -671,9 +671,13 @@ def evaluate(
         rows = uniq
     _atomic_json(meta_path, meta)
     # rewrite the jsonl with the rows kept (drops a torn last line) and append from here on
-    with rows_path.open("w") as f:
+    tmp_rows = rows_path.with_suffix(".jsonl.tmp")
+    with tmp_rows.open("w") as f:
         for r in rows:
             f.write(json.dumps(r, default=_json_default) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp_rows, rows_path)  # atomic: a crash here never loses finished episodes
     done = {(r["sampler"], int(r["episode"])) for r in rows}
     names = {s.name for s in specs}
     n_done = sum(1 for s, e in done if s in names and e < episodes)

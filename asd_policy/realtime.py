@@ -139,7 +139,7 @@ class RealtimeController:
         n_action_steps: actions usable per chunk (default: the policy's).
         lookahead: start the next inference when this many actions (or fewer) are left after the
             current tick. Default: from the measured latency, ``ceil(latency/period + safety) - 1``.
-        safety: fraction of a tick added to the latency estimate (default 0.25).
+        safety: fraction of a tick added to the latency estimate (default 0.5).
         on_miss: ``"hold"`` (repeat the last action) or ``"zero"`` on a deadline miss.
     """
 
@@ -151,7 +151,7 @@ class RealtimeController:
         generator: torch.Generator | None = None,
         n_action_steps: int | None = None,
         lookahead: int | None = None,
-        safety: float = 0.25,
+        safety: float = 0.5,
         on_miss: str = "hold",
         warmup: bool = True,
     ):

@@ -178,7 +178,9 @@ def test_gymnasium_vector_env_batches_match_list_mode(tmp_path):
         [(r["seed"], r["success"], r["steps"]) for r in lst["episodes"]]
 
 
-def test_videos_and_realtime_mode(tmp_path):
+def test_videos_and_realtime_mode(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
     res = evaluate(policy=FakePolicy(fixed_latency=0.001, noise=0.0), env_fn=make_toy, samplers=["asd"],
                    episodes=2, out_dir=tmp_path, realtime=True, control_hz=200.0, videos=1,
                    progress=False, verbose=False)
@@ -186,9 +188,10 @@ def test_videos_and_realtime_mode(tmp_path):
     assert rt["achieved_hz_mean"] > 150 and rt["deadline_misses"] >= 0
     assert {"deadline_misses", "skipped_actions", "achieved_hz"} <= set(res["episodes"][0])
     res2 = evaluate(policy=FakePolicy(), env_fn=make_toy, samplers=["asd"], episodes=1, out_dir=tmp_path / "v",
-                    videos=1, progress=False, verbose=False)
+                    videos=1, progress=False, verbose=False, logger="wandb")
     gif = Path(res2["paths"]["videos"]["asd_ep000"])
     assert gif.read_bytes()[:3] == b"GIF"
+    assert list(Path(res2["wandb"]["dir"]).glob("files/media/videos/**/asd_ep000*.gif"))  # logged to W&B
 
 
 def test_bad_inputs_give_one_clear_line(tmp_path, tiny_checkpoint):

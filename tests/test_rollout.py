@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from asd_eval_fakes import FakePolicy, FakeStats, ToyReach, make_toy
+from asd_eval_fakes import FakePolicy, ToyReach, make_toy
 from asd_policy.rollout import (
     ObsHistory,
     SamplerSpec,

@@ -187,7 +187,7 @@ def sample_ddim(
         z = _randn(x.shape, generator, x) if eta > 0 else torch.zeros_like(x)
         x = ddim_step(schedule, x0hat, eps, t, ratio, eta, z)
     stats.rounds += len(steps)
-    stats.steps_total += len(steps) * x.shape[0]
+    stats.steps_total += schedule.num_train_timesteps * x.shape[0]  # it spans all T steps, N at a time
     return x
 
 

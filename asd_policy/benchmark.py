@@ -1,0 +1,258 @@
+"""Timing harness shared by scripts/bench_sampler.py and scripts/bench_latency.py.
+
+A benchmark is a grid of (model, batch size, sampler case, variant); each cell is timed over
+repeated chunks and reported with the sampler's own cost accounting. Variants: "eager" (the
+``sample`` function) and "graph" (``GraphedSampler``: CUDA graphs on a GPU, the same fixed-shape
+code eagerly on a CPU). Ratios are only compared within one run on one machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from asd_policy.analytic import GaussianMixtureDenoiser, two_mode_mixture
+from asd_policy.fast import GraphedSampler
+from asd_policy.sampling import NoiseSchedule, sample
+
+
+@dataclass(frozen=True)
+class Case:
+    """One sampler configuration: a label for tables and the keywords for `sample`."""
+
+    label: str
+    method: str
+    kwargs: dict = field(default_factory=dict)
+
+    def rows_per_call(self, batch: int) -> int:
+        """Rows in this method's largest batched model call (the 'one batched forward')."""
+        if self.method == "asd":
+            return batch * self.kwargs.get("speculation_length", 16)
+        if self.method == "paradigms":
+            return batch * self.kwargs.get("window", 16)
+        return batch
+
+
+def default_cases(speculation_lengths=(4, 8, 16, 32), anchors=("reuse", "fresh"), paradigms: bool = False) -> list[Case]:
+    cases = [Case("ddpm-100", "ddpm"), Case("ddim-10", "ddim", {"num_inference_steps": 10})]
+    if paradigms:
+        cases.append(Case("paradigms-w16-tol0.1", "paradigms", {"window": 16, "tolerance": 0.1}))
+    cases += [
+        Case(f"asd-L{L}-{anchor}", "asd", {"speculation_length": L, "anchor": anchor})
+        for anchor in anchors
+        for L in speculation_lengths
+    ]
+    return cases
+
+
+def bench_schedule() -> NoiseSchedule:
+    """diffusion_policy's schedule: 100 steps, squaredcos_cap_v2, epsilon, clip_sample."""
+    return NoiseSchedule(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", prediction_type="epsilon", clip_sample=True)
+
+
+def analytic_chunk_model(schedule: NoiseSchedule, horizon: int, action_dim: int) -> GaussianMixtureDenoiser:
+    """The exact two-mode mixture denoiser on action-chunk-shaped data, for acceptance numbers."""
+    return two_mode_mixture(schedule, event_shape=(horizon, action_dim))
+
+
+class ExactAnswersAtNetworkCost(torch.nn.Module):
+    """Runs the network (its full cost) but answers with the exact mixture denoiser.
+
+    Random weights give acceptance rates that say nothing about a trained policy; this model has the
+    timing of the real network and the acceptance behaviour of a perfectly trained denoiser.
+    """
+
+    def __init__(self, network: torch.nn.Module, exact: GaussianMixtureDenoiser) -> None:
+        super().__init__()
+        self.network, self.exact = network, exact
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        return self.exact(x_t, t) + 0.0 * self.network(x_t, t, cond)
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (torch {torch.__version__}, CUDA {torch.version.cuda})"
+    cpu = platform.processor() or "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} torch threads, {os.cpu_count()} cores visible (torch {torch.__version__})"
+
+
+def _timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
+    """Seconds one call takes, measured device-synchronised (CUDA events on a GPU)."""
+
+    def timed(fn: Callable[[], object]) -> float:
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize(device)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1000
+        import time
+
+        begin = time.perf_counter()
+        fn()
+        return time.perf_counter() - begin
+
+    return timed
+
+
+@torch.no_grad()
+def forward_time(model, shape: tuple[int, int, int], cond_dim: int, device: torch.device, graph: bool, repeats: int = 20) -> float:
+    """Median seconds of one model call on `shape` rows (graph-replayed when graph=True on CUDA)."""
+    x = torch.randn(shape, device=device)
+    t = torch.randint(0, 100, (shape[0],), device=device)
+    cond = torch.randn(shape[0], cond_dim, device=device) if cond_dim else None
+    call = lambda: model(x, t, cond)  # noqa: E731
+    if graph and device.type == "cuda":
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                call()
+        torch.cuda.current_stream(device).wait_stream(side)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            call()
+        call = g.replay
+    timed = _timer(device)
+    for _ in range(3):
+        timed(call)
+    return statistics.median(timed(call) for _ in range(repeats))
+
+
+@torch.no_grad()
+def run_grid(
+    models: dict[str, tuple[torch.nn.Module, int]],
+    schedule: NoiseSchedule,
+    horizon: int,
+    action_dim: int,
+    batches: list[int],
+    cases: list[Case],
+    variants: list[str],
+    device: torch.device,
+    repeats: int,
+    warmup: int = 1,
+    autocast_dtype: torch.dtype | None = None,
+    progress: Callable[[str], None] = print,
+) -> list[dict]:
+    """Time every cell; `models` maps a name to (model, cond_dim). Returns one plain dict per cell."""
+    rows = []
+    timed = _timer(device)
+    for model_name, (model, cond_dim) in models.items():
+        model = model.to(device).eval()
+        for batch in batches:
+            shape = (batch, horizon, action_dim)
+            cond = torch.randn(batch, cond_dim, device=device) if cond_dim else None
+            fwd_cache: dict[tuple[int, bool], float] = {}
+            for variant in variants:
+                graph = variant == "graph"
+                baseline_ms = None
+                for case in cases:
+                    if graph and case.method == "paradigms":
+                        continue  # no fixed-shape fast path for ParaDiGMS: compare it with the eager rows
+                    if not graph and "capture" in case.kwargs:
+                        continue  # capture modes exist only for the fixed-shape fast path
+                    if graph:
+                        fast = GraphedSampler(model, schedule, shape, case.method, cond_example=cond, device=device,
+                                              autocast_dtype=autocast_dtype, **case.kwargs)
+                        run = lambda seed: fast(cond, generator=torch.Generator().manual_seed(seed))  # noqa: E731
+                    else:
+                        run = lambda seed: sample(model, schedule, shape, case.method, cond=cond, device=device,  # noqa: E731
+                                                  generator=torch.Generator(device).manual_seed(seed), **case.kwargs)
+                    for seed in range(warmup):
+                        run(10_000 + seed)
+                    times, calls, nfe, accept, steps_per_round = [], [], [], [], []
+                    for seed in range(repeats):
+                        result = {}
+                        times.append(timed(lambda: result.setdefault("r", run(seed))))
+                        stats = result["r"][1]
+                        calls.append(stats.sequential_calls)
+                        nfe.append(stats.nfe)
+                        accept.append(stats.acceptance_rate)
+                        steps_per_round.append(stats.steps_per_round)
+                    rows_per_call = case.rows_per_call(batch)
+                    key = (rows_per_call, graph)
+                    if key not in fwd_cache:
+                        fwd_cache[key] = forward_time(model, (rows_per_call, horizon, action_dim), cond_dim, device, graph)
+                    median_ms = 1000 * statistics.median(times)
+                    if case.method == "ddpm" and baseline_ms is None:
+                        baseline_ms = median_ms  # the first DDPM row of a variant: DDPM-100 under the same optimisation
+                    calls_mean = statistics.mean(calls)
+                    row = {
+                        "model": model_name,
+                        "device": str(device),
+                        "batch": batch,
+                        "sampler": case.label,
+                        "method": case.method,
+                        "kwargs": case.kwargs,
+                        "variant": variant,
+                        "median_ms": median_ms,
+                        "p95_ms": 1000 * _percentile(times, 95),
+                        "sequential_calls": calls_mean,
+                        "nfe": statistics.mean(nfe),
+                        "acceptance_rate": statistics.mean(accept) if case.method == "asd" else None,
+                        "steps_per_round": statistics.mean(steps_per_round),
+                        "speedup_vs_ddpm": baseline_ms / median_ms if baseline_ms else None,
+                        "forward_ms": 1000 * fwd_cache[key],
+                        "overhead_ratio": median_ms / (calls_mean * 1000 * fwd_cache[key]),
+                    }
+                    rows.append(row)
+                    progress(format_row(row))
+    return rows
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+COLUMNS = [
+    ("model", "model", "{}"),
+    ("batch", "B", "{}"),
+    ("variant", "variant", "{}"),
+    ("sampler", "sampler", "{}"),
+    ("median_ms", "median ms", "{:.1f}"),
+    ("p95_ms", "p95 ms", "{:.1f}"),
+    ("sequential_calls", "seq. calls", "{:.1f}"),
+    ("nfe", "NFE", "{:.0f}"),
+    ("acceptance_rate", "accept", "{:.3f}"),
+    ("steps_per_round", "steps/round", "{:.2f}"),
+    ("speedup_vs_ddpm", "speedup vs DDPM", "{:.2f}x"),
+    ("overhead_ratio", "overhead", "{:.2f}"),
+]
+
+
+def format_row(row: dict) -> str:
+    return " | ".join(fmt.format(row[key]) if row.get(key) is not None else "-" for key, _, fmt in COLUMNS)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    header = "| " + " | ".join(title for _, title, _ in COLUMNS) + " |"
+    rule = "|" + "|".join("---" for _ in COLUMNS) + "|"
+    return "\n".join([header, rule] + [f"| {format_row(row)} |" for row in rows])
+
+
+def write_results(rows: list[dict], meta: dict, json_path: str | None, markdown_path: str | None) -> None:
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    if markdown_path:
+        Path(markdown_path).parent.mkdir(parents=True, exist_ok=True)
+        lines = [f"Device: {meta['device_description']}", f"Command: `{meta['command']}`", "", markdown_table(rows), ""]
+        Path(markdown_path).write_text("\n".join(lines))

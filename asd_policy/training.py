@@ -679,7 +679,11 @@ def train(
             if dist.is_main and rollout_fn is not None and cfg.rollout_every > 0 and (
                 done % cfg.rollout_every == 0 or done == cfg.steps
             ):
-                rollout_metrics = dict(rollout_fn(ema_policy, done) or {})
+                try:
+                    rollout_metrics = dict(rollout_fn(ema_policy, done) or {})
+                except Exception as e:  # noqa: BLE001 - an evaluation failure must not end training
+                    print(f"[train] rollout evaluation at step {done} failed: {type(e).__name__}: {e}", file=sys.stderr)
+                    rollout_metrics = {"error": f"{type(e).__name__}: {e}"}
                 log({f"rollout/{k}": v for k, v in rollout_metrics.items() if isinstance(v, (int, float))}, done)
 
             if cfg.ckpt_every > 0 and done % cfg.ckpt_every == 0 and done != cfg.steps:

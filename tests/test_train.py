@@ -128,7 +128,7 @@ def test_resume_after_a_finished_shorter_run_continues(tmp_path):
     assert json.loads((part.checkpoint / "policy.json").read_text())["training"]["steps"] == 30
 
 
-class _Stop(Exception):
+class _Stop(BaseException):  # like KeyboardInterrupt: not caught by the rollout guard
     pass
 
 

@@ -537,12 +537,12 @@ def train(
             print(f"[train] note: resuming a run that used dataset {meta['config']['dataset']!r}", file=sys.stderr)
 
     net: torch.nn.Module = policy.model
-    if cfg.compile:
-        net = torch.compile(net)
     if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         net = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net)  # after DDP, as PyTorch recommends
 
     if cfg.batch_size % dist.world_size:
         raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the number of processes {dist.world_size}")

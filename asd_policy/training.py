@@ -600,6 +600,7 @@ def train(
             "val_loss": last_val,
             "rollout": rollout_metrics,
             "torch": torch.__version__,
+            "command": " ".join(["python"] + sys.argv),
             **data_info(),
         }
         save_policy(ema_policy, out / CKPT_DIR, training_info=info)

@@ -60,6 +60,8 @@ SAMPLER_PRESETS: dict[str, dict[str, Any]] = {
     "asd": {"method": "asd", "speculation_length": 16, "anchor": "reuse"},  # exact, fewer calls
     "asd_fresh": {"method": "asd", "speculation_length": 16, "anchor": "fresh"},  # as published
     "asd8": {"method": "asd", "speculation_length": 8, "anchor": "reuse"},
+    # ParaDiGMS (Picard iteration over a sliding window): approximate; report its tolerance with it.
+    "paradigms": {"method": "paradigms", "window": 16, "tolerance": 0.1},
 }
 
 RESULTS_NAME = "results.json"
@@ -101,12 +103,16 @@ def resolve_samplers(
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise EvalError(f"sampler(s) listed twice: {', '.join(dup)}")
+    try:
+        from asd_policy.sampling import METHODS as methods
+    except ImportError:  # pragma: no cover
+        methods = ("ddpm", "ddim", "asd", "paradigms")
     specs = []
     for name, cfg in items:
         cfg = dict(cfg)
         method = cfg.pop("method", None)
-        if method not in ("ddpm", "ddim", "asd", "paradigms"):
-            raise EvalError(f"sampler {name!r} has method {method!r}; use ddpm, ddim or asd")
+        if method not in methods:
+            raise EvalError(f"sampler {name!r} has method {method!r}; use one of {', '.join(methods)}")
         specs.append(SamplerSpec(name=name, method=str(method), kwargs=cfg))
     return specs
 

@@ -25,6 +25,9 @@ from .registry import (  # noqa: E402
     register_task,
 )
 from . import tasks as _tasks  # noqa: E402,F401  (registers the built-in tasks)
+from .registry import register_gymnasium_ids as _register_gymnasium_ids  # noqa: E402
+
+_register_gymnasium_ids()  # gymnasium.make("asd_envs/reach_around-v0") works too
 
 DEFAULT_TASK = "reach_around"
 TASKS = tuple(list_tasks())

@@ -128,3 +128,22 @@ def make_env_from_metadata(env_meta: dict, obs_keys=None, max_episode_steps: int
     env = RobomimicEnv(meta["env_name"], env_meta=meta, obs_keys=obs_keys, **overrides)
     steps = max_episode_steps or HORIZONS.get(meta["env_name"], 400)
     return gym.wrappers.TimeLimit(env, max_episode_steps=steps)
+
+
+def _gym_entry(task_name: str, **overrides: Any) -> gym.Env:
+    """Entry point of the ``asd_envs/<task>-v0`` gymnasium ids (gymnasium adds the TimeLimit)."""
+    spec = get_task(task_name)
+    return _load(spec.entry_point)(spec, **overrides)
+
+
+def register_gymnasium_ids() -> None:
+    """Make every task available as ``gymnasium.make("asd_envs/<task>-v0")`` as well."""
+    for name, spec in _TASKS.items():
+        env_id = f"asd_envs/{name}-v0"
+        if env_id not in gym.registry:
+            gym.register(
+                id=env_id,
+                entry_point="asd_envs.registry:_gym_entry",
+                max_episode_steps=spec.max_episode_steps,
+                kwargs={"task_name": name},
+            )

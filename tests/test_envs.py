@@ -155,3 +155,11 @@ def test_vector_env(vec_cls):
         assert "is_success" in info and info["is_success"].shape == (2,)
     finally:
         venv.close()
+
+
+def test_gymnasium_make_id():
+    env = gym.make("asd_envs/reach_around-v0", render_mode=None)
+    assert env.spec.max_episode_steps == 100
+    a = env.reset(seed=4)[0]
+    np.testing.assert_array_equal(a, asd_envs.make_env("reach_around").reset(seed=4)[0])
+    env.close()

@@ -146,7 +146,7 @@ class CanExpert(_RobosuiteExpert):
         self.grasp_dz = float(self.rng.uniform(0.0, 0.015))
         self.carry_z = float(self.rng.uniform(0.2, 0.26))
         self.release_z = float(self.rng.uniform(0.12, 0.16))
-        self.carry_speed = float(self.rng.uniform(0.35, 0.55))
+        self.carry_speed = float(self.rng.uniform(0.7, 1.0))
         self.close_steps = int(self.rng.integers(6, 10))
         self.drop_xy = self.rng.uniform(-0.02, 0.02, size=2)
 

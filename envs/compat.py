@@ -32,8 +32,6 @@ import sys
 import types
 from typing import Any
 
-_READY = False
-
 
 def _stub(name: str, **attrs: Any) -> None:
     if name in sys.modules:
@@ -53,7 +51,6 @@ def _stub(name: str, **attrs: Any) -> None:
 def import_robomimic():
     """Import robosuite and robomimic's env utilities with the measures above applied.
     Returns ``(EnvUtils, ObsUtils)``. Raises ImportError with the install command when missing."""
-    global _READY
     try:
         import robosuite  # noqa: F401
     except ImportError as e:
@@ -74,7 +71,6 @@ def import_robomimic():
             "robomimic 0.3.0 is needed for the robomimic tasks: pip install --no-deps robomimic==0.3.0 "
             f"(original error: {e})"
         ) from e
-    _READY = True
     return EnvUtils, ObsUtils
 
 
@@ -114,7 +110,4 @@ def upgrade_env_meta(env_meta: dict) -> dict:
             refactor_composite_controller_config(c, r, ["right"]) if is_part_controller_config(c) else c
             for c, r in zip(cc, robots)
         ]
-    # keys robosuite 1.5 no longer accepts
-    for k in ("camera_depths",) if False else ():
-        kwargs.pop(k, None)
     return meta

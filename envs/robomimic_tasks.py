@@ -21,10 +21,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-from typing import Any, Sequence
+from typing import Sequence
 
 import gymnasium as gym
-import mujoco
 import numpy as np
 from gymnasium import spaces
 

@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--size", default="chi", help="U-Net size: tiny, small or chi (random weights)")
+    parser.add_argument("--checkpoint", help="time a trained policy's network instead (its dims override the ones below)")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8, 28])
     parser.add_argument("--horizon", type=int, default=16)
     parser.add_argument("--action-dim", type=int, default=10, help="10: robomimic's 7-D pose action padded like a 2-arm task; any width works")
@@ -54,14 +55,23 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     variants = args.variants or (["eager", "graph"] if device.type == "cuda" else ["eager"])
     schedule = bench_schedule()
-    cond_dim = 2 * args.obs_dim
-    network = build_unet(args.size, args.action_dim, cond_dim)
+    if args.checkpoint:
+        from asd_policy.checkpoint import load_policy
+
+        policy = load_policy(args.checkpoint)
+        network, name = policy.model, f"{policy.config.task_name or 'policy'}-{policy.config.unet.get('size') or 'custom'}"
+        args.horizon, args.action_dim = policy.config.horizon, policy.config.action_dim
+        cond_dim = policy.config.n_obs_steps * policy.config.obs_dim
+        schedule = policy.schedule
+    else:
+        cond_dim = 2 * args.obs_dim
+        network, name = build_unet(args.size, args.action_dim, cond_dim), f"unet-{args.size}"
     models = {}
     if "random" in args.models:
-        models[f"unet-{args.size}-random"] = (network, cond_dim)
+        models[f"{name}{'' if args.checkpoint else '-random'}"] = (network, cond_dim)
     if "exact" in args.models:
         exact = analytic_chunk_model(schedule, args.horizon, args.action_dim)
-        models[f"exact@unet-{args.size}"] = (ExactAnswersAtNetworkCost(network, exact), cond_dim)
+        models[f"exact@{name}"] = (ExactAnswersAtNetworkCost(network, exact), cond_dim)
     cases = default_cases(tuple(args.L), tuple(args.anchors), paradigms=True)
     cases.insert(1, Case("ddpm-100-chunk-graph", "ddpm", {"capture": "chunk"}))
 

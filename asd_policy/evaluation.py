@@ -354,7 +354,9 @@ def plot_success_vs_latency(results: Mapping[str, Any], path: str | os.PathLike)
         xerr = [[max(lat["mean"] - lat["p50"], 0.0)], [max(lat["p95"] - lat["mean"], 0.0)]]
         yerr = [[max(y - lo, 0.0)], [max(hi - y, 0.0)]]
         ax.errorbar(lat["mean"], y, yerr=yerr, xerr=xerr, fmt="o", capsize=4,
-                    label=f"{name}: {_fmt(s['sequential_calls_mean'])} seq. calls, {lat['mean']:.3g} ms")
+                    label=f"{name}: {_fmt(s['sequential_calls_mean'])} seq. calls, "
+                          f"{lat['mean']:.0f} ms" if lat["mean"] >= 10 else
+                          f"{name}: {_fmt(s['sequential_calls_mean'])} seq. calls, {lat['mean']:.3g} ms")
     ax.set_xscale("log")
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 

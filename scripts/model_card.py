@@ -1,0 +1,68 @@
+"""Write a checkpoint's model card (README.md) from its policy.json and an evaluation's results.json.
+
+    python scripts/model_card.py checkpoints/lift outputs/eval/lift/<run>/results.json [--targets 0.95]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def card(checkpoint: Path, results: dict, target: float | None) -> str:
+    meta = json.loads((checkpoint / "policy.json").read_text())
+    config, training = meta["config"], meta.get("training", {})
+    task = config.get("task_name") or results.get("task")
+    unet = config["unet"]
+    size_mb = (checkpoint / meta.get("weights_file", "policy.safetensors")).stat().st_size / 1e6
+    lines = [
+        f"# {task}: diffusion policy ({unet.get('size') or 'custom'} U-Net)",
+        "",
+        f"- **Task**: `{task}`; observation keys {', '.join(f'`{k}`' for k in config['obs_keys'])} "
+        f"(obs dim {config['obs_dim']}), action dim {config['action_dim']}.",
+        f"- **Policy**: ConditionalUnet1D, down_dims {unet['down_dims']}, {size_mb:.1f} MB of safetensors weights; "
+        f"obs horizon {config['n_obs_steps']}, prediction horizon {config['horizon']}, {config['n_action_steps']} actions executed per chunk; "
+        f"DDPM schedule {json.dumps(config['schedule'])}.",
+        f"- **Data**: scripted expert demonstrations, {training.get('num_train_demos', '?')} train + "
+        f"{training.get('num_valid_demos', '?')} validation episodes: `{training.get('dataset', '?')}`.",
+        f"- **Training**: {training.get('steps', '?')} steps, batch {training.get('batch_size', '?')}, lr {training.get('lr', '?')}, "
+        f"AMP {training.get('amp', '?')}, seed {training.get('seed', '?')}, {training.get('wall_time_s', 0):.0f} s on {training.get('device', '?')} "
+        f"(torch {training.get('torch', '?')}); final train loss {training.get('train_loss', float('nan')):.4f}, "
+        f"validation loss {training.get('val_loss', float('nan')):.4f}.",
+    ]
+    if training.get("note"):
+        lines.append(f"- **Note**: {training['note']}.")
+    lines += [
+        f"- **Command**: `{training.get('command', '?')}`",
+        "",
+        f"## Success rate ({results.get('device_name') or results.get('device')}, seeds {results.get('seed')}..., "
+        f"`{results.get('command', '?')}`)",
+        "",
+        "| sampler | episodes | success | 95% interval (Wilson) | sequential calls / chunk | NFE / chunk |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, row in results["samplers"].items():
+        lo, hi = row["success_ci95"]
+        lines.append(f"| {name} | {row['episodes']} | {row['success_rate']:.0%} | [{lo:.2f}, {hi:.2f}] | "
+                     f"{row['sequential_calls_mean']:.1f} | {row['nfe_mean']:.0f} |")
+    ddpm = results["samplers"].get("ddpm")
+    if target is not None and ddpm is not None:
+        verdict = "met" if ddpm["success_rate"] >= target else "**missed**"
+        lines += ["", f"Target with DDPM-100: >= {target:.0%}: {verdict} ({ddpm['success_rate']:.0%})."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("results", type=Path)
+    parser.add_argument("--target", type=float, default=None, help="the success-rate target for DDPM-100")
+    args = parser.parse_args()
+    text = card(args.checkpoint, json.loads(args.results.read_text()), args.target)
+    (args.checkpoint / "README.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

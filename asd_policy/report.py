@@ -66,7 +66,8 @@ def markdown_section(results: Mapping[str, Any], plot: str | None = None) -> str
     return "\n".join(parts)
 
 
-def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str = "Results") -> Path:
+def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str = "Results",
+                 notes: str | None = None) -> Path:
     """Markdown for several eval runs; plots are copied to ``<out dir>/results/<task>_<run>.png``."""
     out = Path(out)
     img_dir = out.parent / "results"
@@ -79,7 +80,8 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str = "
         rel = None
         if plot_src.exists():
             img_dir.mkdir(parents=True, exist_ok=True)
-            dst = img_dir / f"{results['task']}_{res_path.parent.name}.png"
+            run = res_path.parent.name
+            dst = img_dir / (f"{results['task']}.png" if run == results["task"] else f"{results['task']}_{run}.png")
             shutil.copyfile(plot_src, dst)
             rel = str(dst.relative_to(out.parent))
         sections.append(markdown_section(results, rel))
@@ -90,5 +92,8 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str = "
         "made one after another per chunk; NFE the single-sample network evaluations.\n"
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(intro + "\n" + "\n".join(sections))
+    text = intro + "\n" + "\n".join(sections)
+    if notes:
+        text += "\n" + notes.strip() + "\n"
+    out.write_text(text)
     return out

@@ -19,13 +19,15 @@ def main() -> None:
     ap.add_argument("runs", nargs="+", help="eval run directories (or their results.json)")
     ap.add_argument("--out", default="docs/results.md")
     ap.add_argument("--title", default="Results: success versus latency")
+    ap.add_argument("--notes", help="a markdown file appended at the end")
     args = ap.parse_args()
     for r in args.runs:
         p = Path(r)
         if not (p / "results.json").exists() and not (p.is_file() and p.suffix == ".json"):
             print(f"error: no results.json in {r}", file=sys.stderr)
             sys.exit(2)
-    print(write_report(args.runs, args.out, args.title))
+    notes = Path(args.notes).read_text() if args.notes else None
+    print(write_report(args.runs, args.out, args.title, notes))
 
 
 if __name__ == "__main__":

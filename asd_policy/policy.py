@@ -63,6 +63,7 @@ SAMPLER_KEYS: dict[str, tuple[str, ...]] = {
     "ddpm": (),
     "ddim": ("num_inference_steps", "eta"),
     "asd": ("speculation_length", "anchor"),
+    "paradigms": ("window", "tolerance"),
 }
 
 

@@ -30,11 +30,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--L", type=int, nargs="+", default=[4, 8, 16, 32], help="speculation lengths")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--models", nargs="+", default=["analytic", "unet"], choices=["analytic", "unet"])
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--json")
     parser.add_argument("--markdown")
     args = parser.parse_args(argv)
 
     torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     schedule = bench_schedule()
     models = {}

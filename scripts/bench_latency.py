@@ -47,11 +47,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", nargs="+", default=["random", "exact"], choices=["random", "exact"])
     parser.add_argument("--bf16", action="store_true", help="run the network under bf16 autocast in the graph variant")
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--json")
     parser.add_argument("--markdown")
     args = parser.parse_args(argv)
 
     torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     variants = args.variants or (["eager", "graph"] if device.type == "cuda" else ["eager"])
     schedule = bench_schedule()

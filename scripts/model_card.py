@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 
-def card(checkpoint: Path, results: dict, target: float | None) -> str:
+def card(checkpoint: Path, results: dict | None, target: float | None) -> str:
     meta = json.loads((checkpoint / "policy.json").read_text())
     config, training = meta["config"], meta.get("training", {})
     task = config.get("task_name") or results.get("task")
@@ -33,8 +33,13 @@ def card(checkpoint: Path, results: dict, target: float | None) -> str:
     ]
     if training.get("note"):
         lines.append(f"- **Note**: {training['note']}.")
+    lines.append(f"- **Command**: `{training.get('command', '?')}`")
+    if results is None:
+        lines += ["", "## Success rate", "", f"Not measured yet. Measure it with `python scripts/eval.py task={task} "
+                  f"checkpoint={checkpoint} episodes=50` and rewrite this card with `python scripts/model_card.py "
+                  f"{checkpoint} <run dir>/results.json`."]
+        return "\n".join(lines) + "\n"
     lines += [
-        f"- **Command**: `{training.get('command', '?')}`",
         "",
         f"## Success rate ({results.get('device_name') or results.get('device')}, seeds {results.get('seed')}..., "
         f"`{results.get('command', '?')}`)",
@@ -56,10 +61,11 @@ def card(checkpoint: Path, results: dict, target: float | None) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", type=Path)
-    parser.add_argument("results", type=Path)
+    parser.add_argument("results", type=Path, nargs="?", help="an evaluation's results.json (omit: card says not measured)")
     parser.add_argument("--target", type=float, default=None, help="the success-rate target for DDPM-100")
     args = parser.parse_args()
-    text = card(args.checkpoint, json.loads(args.results.read_text()), args.target)
+    results = json.loads(args.results.read_text()) if args.results else None
+    text = card(args.checkpoint, results, args.target)
     (args.checkpoint / "README.md").write_text(text)
     print(text)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from pathlib import Path
 import torch
 
 from asd_policy.analytic import GaussianMixtureDenoiser, two_mode_mixture
+from asd_policy.devices import describe_device
 from asd_policy.fast import GraphedSampler
 from asd_policy.sampling import NoiseSchedule, sample
 
@@ -77,18 +77,11 @@ class ExactAnswersAtNetworkCost(torch.nn.Module):
         return self.exact(x_t, t) + 0.0 * self.network(x_t, t, cond)
 
 
-def describe_device(device: torch.device) -> str:
+def describe_machine(device: torch.device) -> str:
+    """The device's name with the software versions and cores that a benchmark table must state."""
     if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (torch {torch.__version__}, CUDA {torch.version.cuda})"
-    cpu = platform.processor() or "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} torch threads, {os.cpu_count()} cores visible (torch {torch.__version__})"
+        return f"{describe_device(device)} (torch {torch.__version__}, CUDA {torch.version.cuda})"
+    return f"{describe_device(device)}, {os.cpu_count()} cores visible (torch {torch.__version__})"
 
 
 def _timer(device: torch.device) -> Callable[[Callable[[], object]], float]:

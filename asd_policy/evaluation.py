@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
+
+from asd_policy.devices import describe_device
 
 from asd_policy.rollout import (
     EpisodeResult,
@@ -172,21 +173,6 @@ def _check_dims(policy: Any, env: Any, task: str | None) -> None:
         raise EvalError(f"policy expects obs_dim={obs_dim} but task {task!r} has {o[-1]}")
     if act_dim is not None and a and int(a[-1]) != int(act_dim):
         raise EvalError(f"policy emits action_dim={act_dim} but task {task!r} has {a[-1]}")
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{name}, {torch.get_num_threads()} torch threads"
 
 
 # ---------------------------------------------------------------------------------- rows
@@ -798,7 +784,7 @@ def _assemble(task, ckpt, dev, specs, rows, seed, episodes, complete, wall, meta
         "device": str(dev),
         "samplers": summarize(keep, specs),
         "episodes": [_flat_row(r) for r in keep],
-        "device_name": _device_name(dev),
+        "device_name": describe_device(dev),
         "seed": int(seed),
         "episodes_requested": int(episodes),
         "complete": bool(complete),

@@ -24,7 +24,7 @@ from asd_policy.benchmark import (
     analytic_chunk_model,
     bench_schedule,
     default_cases,
-    describe_device,
+    describe_machine,
     markdown_table,
     run_grid,
     write_results,
@@ -78,9 +78,9 @@ def main(argv: list[str] | None = None) -> None:
     cases = default_cases(tuple(args.L), tuple(args.anchors), paradigms=True)
     cases.insert(1, Case("ddpm-100-chunk-graph", "ddpm", {"capture": "chunk"}))
 
-    print(f"device: {describe_device(device)}", flush=True)
+    print(f"device: {describe_machine(device)}", flush=True)
     start = time.time()
-    meta = {"device_description": describe_device(device), "command": "python " + " ".join(sys.argv), "script": "bench_latency",
+    meta = {"device_description": describe_machine(device), "command": "python " + " ".join(sys.argv), "script": "bench_latency",
             "bf16": args.bf16, "paradigms_tolerance": 0.1, "paradigms_window": 16}
     rows = []
     for batch in args.batch:  # smallest first; results are written after each batch size, so a cut-off run keeps them

@@ -15,7 +15,7 @@ import sys
 
 import torch
 
-from asd_policy.benchmark import analytic_chunk_model, bench_schedule, default_cases, describe_device, markdown_table, run_grid, write_results
+from asd_policy.benchmark import analytic_chunk_model, bench_schedule, default_cases, describe_machine, markdown_table, run_grid, write_results
 from asd_policy.model import build_unet
 
 
@@ -46,12 +46,12 @@ def main(argv: list[str] | None = None) -> None:
     if "unet" in args.models:
         cond_dim = 2 * args.obs_dim
         models[f"unet-{args.size}-random"] = (build_unet(args.size, args.action_dim, cond_dim), cond_dim)
-    print(f"device: {describe_device(device)}", flush=True)
+    print(f"device: {describe_machine(device)}", flush=True)
     rows = run_grid(models, schedule, args.horizon, args.action_dim, args.batch, default_cases(tuple(args.L)),
                     ["eager"], device, args.repeats, progress=lambda line: print(line, flush=True))
     print()
     print(markdown_table(rows))
-    meta = {"device_description": describe_device(device), "command": "python " + " ".join(sys.argv), "script": "bench_sampler"}
+    meta = {"device_description": describe_machine(device), "command": "python " + " ".join(sys.argv), "script": "bench_sampler"}
     write_results(rows, meta, args.json, args.markdown)
 
 

@@ -18,15 +18,6 @@ from asd_policy.normalizer import MinMaxNormalizer
 from asd_policy.policy import build_policy
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on a shared 2-core machine run several times faster on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture()
 def saved(tmp_path):
     torch.manual_seed(0)

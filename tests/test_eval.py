@@ -26,15 +26,6 @@ SUMMARY_KEYS = {"episodes", "success_rate", "success_ci95", "chunk_latency_ms", 
                 "nfe_mean", "speedup_vs_ddpm"}
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """On a shared 2-core machine torch's default 2 threads can be ~30x slower than one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def check_results_schema(res: dict, samplers: list[str], episodes: int) -> None:
     assert {"task", "checkpoint", "device", "samplers", "episodes"} <= set(res)
     assert list(res["samplers"]) == samplers

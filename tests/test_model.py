@@ -6,15 +6,6 @@ import torch
 from asd_policy.model import ConditionalUnet1D, UNetConfig, build_unet, count_parameters
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on a shared 2-core machine run several times faster on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("n,h,d,obs", [(1, 16, 2, 10), (5, 16, 7, 23), (3, 8, 4, 0), (2, 32, 3, 5)])
 def test_forward_shape_and_dtype(n, h, d, obs):
     torch.manual_seed(0)

@@ -8,15 +8,6 @@ from asd_policy.normalizer import MinMaxNormalizer
 from asd_policy.policy import DiffusionPolicy, PolicyConfig, build_policy
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on a shared 2-core machine run several times faster on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _policy(obs_dim=5, action_dim=2, **kw):
     torch.manual_seed(0)
     p = build_policy(obs_dim, action_dim, size="tiny", **kw)

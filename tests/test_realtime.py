@@ -11,15 +11,6 @@ from asd_eval_fakes import FakePolicy, make_toy
 from asd_policy.realtime import Rate, RealtimeController, run_realtime
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """On a shared 2-core machine torch's default 2 threads can be ~30x slower than one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class TickPolicy:
     """obs = [tick]; the chunk's action i is [tick + i]: an aligned action equals the current tick."""
 

@@ -16,15 +16,6 @@ from asd_policy.rollout import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """On a shared 2-core machine torch's default 2 threads can be ~30x slower than one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class RecordingPolicy(FakePolicy):
     def __init__(self, **kw):
         super().__init__(**kw)

@@ -18,15 +18,6 @@ from asd_policy.training import EMA, TrainConfig, WindowDataset, lr_at, train
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on a shared 2-core machine train several times faster on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def write_demos(path, n_demos=6, T=30, seed=0, n_valid=2):
     """A tiny robomimic-layout file: 2-D point moving to a goal; obs = pos(2) + goal(2); action = velocity."""
     rng = np.random.default_rng(seed)

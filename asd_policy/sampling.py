@@ -23,7 +23,6 @@ from asd_policy.schedule import NoiseSchedule
 __all__ = ["NoiseSchedule", "SamplerStats", "sample", "sample_ddpm", "sample_ddim", "sample_asd", "sample_paradigms", "accept_or_reflect"]
 
 Model = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
-METHODS = ("ddpm", "ddim", "asd", "paradigms")
 ANCHORS = ("reuse", "fresh")
 
 
@@ -40,6 +39,7 @@ class SamplerStats:
     sequential_calls: int = 0  # model invocations made one after another
     nfe: int = 0  # rows evaluated by the model in total (single-sample network evaluations)
     wall_time_s: float = 0.0
+    steps_total: int = 0  # diffusion steps taken, summed over chains
     rounds: torch.Tensor = field(default=None)  # [B] sequential rounds each chain took
     accepted_drafts: torch.Tensor = field(default=None)  # [B] drafted steps accepted as drawn
     checked_drafts: torch.Tensor = field(default=None)  # [B] drafted steps that reached the accept test
@@ -61,8 +61,6 @@ class SamplerStats:
         """Mean number of diffusion steps a chain advanced per sequential round."""
         rounds = int(self.rounds.sum())
         return self.steps_total / rounds if rounds else float("nan")
-
-    steps_total: int = 0  # diffusion steps taken, summed over chains
 
     def as_dict(self) -> dict:
         """Plain numbers, for loggers and results files."""
@@ -485,9 +483,8 @@ def sample(
     noise: the starting x_{T-1} (default: drawn from `generator`).
     Returns (samples, stats).
     """
-    samplers = {"ddpm": sample_ddpm, "ddim": sample_ddim, "asd": sample_asd, "paradigms": sample_paradigms}
-    if method not in samplers:
-        raise ValueError(f"method={method!r} is unknown; use one of {tuple(samplers)}")
+    if method not in SAMPLERS:
+        raise ValueError(f"method={method!r} is unknown; use one of {METHODS}")
     if not isinstance(schedule, NoiseSchedule):
         raise TypeError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
     shape = tuple(shape)
@@ -504,13 +501,17 @@ def sample(
 
     stats = SamplerStats(method, shape[0])
     start = time.perf_counter()
-    x = samplers[method](model, schedule.to(device, dtype), x, cond=cond, generator=generator, stats=stats, **method_kwargs)
+    x = SAMPLERS[method](model, schedule.to(device, dtype), x, cond=cond, generator=generator, stats=stats, **method_kwargs)
     if stats._finite is not None and not bool(stats._finite):
         raise ValueError("model returned NaN or inf during sampling; check the model's weights, inputs and cond")
     if x.is_cuda:
         torch.cuda.synchronize(x.device)
     stats.wall_time_s = time.perf_counter() - start
     return x, stats
+
+
+SAMPLERS = {"ddpm": sample_ddpm, "ddim": sample_ddim, "asd": sample_asd, "paradigms": sample_paradigms}
+METHODS = tuple(SAMPLERS)
 
 
 def _infer_device(model: Model, cond: Any) -> torch.device:

@@ -69,17 +69,22 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def save_policy(policy: DiffusionPolicy, directory: str | os.PathLike, training_info: dict | None = None) -> Path:
+def save_policy(policy: DiffusionPolicy, directory: str | os.PathLike, training_info: dict | None = None,
+                weights_dtype: torch.dtype = torch.float32) -> Path:
     """Write ``policy`` (its current weights: pass the EMA policy) to ``directory``; returns it.
 
+    ``weights_dtype=torch.float16`` halves the file (what the shipped checkpoints use, to stay small
+    in git); loading always gives a float32 network, so the shipped policy is the rounded one.
     Files are written to temporaries and renamed, so an interrupted save never leaves a
     half-written checkpoint under the final names.
     """
+    if weights_dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"weights_dtype must be torch.float32, torch.float16 or torch.bfloat16, not {weights_dtype}")
     from safetensors.torch import save as st_save
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in policy.model.state_dict().items()}
+    state = {k: v.detach().to("cpu", weights_dtype).contiguous() for k, v in policy.model.state_dict().items()}
     blob = st_save(state, metadata={"format": FORMAT, "version": str(VERSION)})
     weights = directory / WEIGHTS_NAME
     _atomic_write_bytes(weights, blob)

@@ -42,6 +42,18 @@ def test_save_load_gives_identical_actions(saved, method):
     assert not q.model.training
 
 
+def test_half_precision_checkpoint_loads_the_rounded_network(saved, tmp_path):
+    p, d = saved
+    h = save_policy(p, tmp_path / "half", weights_dtype=torch.float16)
+    assert (h / WEIGHTS_NAME).stat().st_size < 0.6 * (d / WEIGHTS_NAME).stat().st_size
+    q = load_policy(h)
+    for (name, full), loaded in zip(p.model.state_dict().items(), q.model.state_dict().values()):
+        assert loaded.dtype == torch.float32, name
+        assert torch.equal(loaded, full.half().float()), name
+    with pytest.raises(ValueError, match="weights_dtype"):
+        save_policy(p, tmp_path / "int", weights_dtype=torch.int8)
+
+
 def test_checkpoint_holds_no_pickle(saved):
     _, d = saved
     assert sorted(f.name for f in d.iterdir()) == [META_NAME, WEIGHTS_NAME]

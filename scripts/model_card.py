@@ -31,6 +31,8 @@ def card(checkpoint: Path, results: dict | None, target: float | None) -> str:
         f"(torch {training.get('torch', '?')}); final train loss {training.get('train_loss', float('nan')):.4f}, "
         f"validation loss {training.get('val_loss', float('nan')):.4f}.",
     ]
+    if training.get("weights"):
+        lines.append(f"- **Weights**: {training['weights']}.")
     if training.get("note"):
         lines.append(f"- **Note**: {training['note']}.")
     lines.append(f"- **Command**: `{training.get('command', '?')}`")

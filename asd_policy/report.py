@@ -68,7 +68,8 @@ def markdown_section(results: Mapping[str, Any], plot: str | None = None) -> str
 
 def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str = "Results",
                  notes: str | None = None) -> Path:
-    """Markdown for several eval runs; plots are copied to ``<out dir>/results/<task>_<run>.png``."""
+    """Markdown for several eval runs. A run kept under the report's folder (e.g. docs/results/<task>/)
+    has its plot linked where it is; other runs' plots are copied to ``<out dir>/results/<task>_<run>.png``."""
     out = Path(out)
     img_dir = out.parent / "results"
     sections = []
@@ -78,7 +79,9 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str = "
         results = json.loads(res_path.read_text())
         plot_src = res_path.parent / "success_vs_latency.png"
         rel = None
-        if plot_src.exists():
+        if plot_src.exists() and plot_src.resolve().is_relative_to(out.parent.resolve()):
+            rel = str(plot_src.resolve().relative_to(out.parent.resolve()))
+        elif plot_src.exists():
             img_dir.mkdir(parents=True, exist_ok=True)
             run = res_path.parent.name
             dst = img_dir / (f"{results['task']}.png" if run == results["task"] else f"{results['task']}_{run}.png")

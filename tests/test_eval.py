@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -229,6 +230,12 @@ def test_markdown_report(tmp_path):
     assert "| ddpm | method=ddpm | 2 |" in md and "| asd | method=asd" in md
     assert "(results/None_run.png)" in md or "(results/" in md
     assert list((tmp_path / "docs" / "results").glob("*.png"))
+    # a run kept next to the report is linked in place, not copied
+    kept = tmp_path / "docs" / "results" / "toy"
+    shutil.copytree(tmp_path / "run", kept)
+    md = write_report([kept], tmp_path / "docs" / "results.md").read_text()
+    assert "(results/toy/success_vs_latency.png)" in md
+    assert not (tmp_path / "docs" / "results" / "None_toy.png").exists()
 
 
 def test_presets_and_wilson():

@@ -51,6 +51,10 @@ def _stub(name: str, **attrs: Any) -> None:
 def import_robomimic():
     """Import robosuite and robomimic's env utilities with the measures above applied.
     Returns ``(EnvUtils, ObsUtils)``. Raises ImportError with the install command when missing."""
+    # robosuite logs several harmless warnings while it imports (macros file, robosuite_models,
+    # mink) and sets its logger's level on import, so they are held back for the import only
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
     try:
         import robosuite  # noqa: F401
     except ImportError as e:
@@ -59,7 +63,8 @@ def import_robomimic():
             "pip install --no-deps robosuite==1.5.2 robomimic==0.3.0 && "
             'pip install -e ".[robomimic]" -c constraints/cpu.txt'
         ) from e
-    # robosuite logs several harmless warnings at import (macros file, robosuite_models, mink)
+    finally:
+        logging.disable(previous)
     logging.getLogger("robosuite_logs").setLevel(logging.ERROR)
     _stub("mujoco_py")
     _stub("egl_probe", get_available_devices=lambda: [])

@@ -126,3 +126,18 @@ def test_dataset_metadata_with_v14_controller_configs():
     obs, _ = env.reset(seed=0)
     assert obs.shape == env.observation_space.shape and env.action_space.shape == (14,)
     assert json.loads(json.dumps(env.unwrapped.env_meta()))["env_name"] == "TwoArmTransport"
+
+
+def test_robosuite_import_warnings_are_held_back():
+    """Making a robomimic task prints none of robosuite's import-time warnings (macros file,
+    robosuite_models, mink), which every eval log would otherwise start with."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import asd_envs; asd_envs.make_env('lift').close(); print('made')"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "made" in run.stdout
+    assert "robosuite WARNING" not in run.stderr and "macro file" not in run.stderr, run.stderr[-2000:]

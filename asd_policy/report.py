@@ -72,6 +72,7 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str = "
     has its plot linked where it is; other runs' plots are copied to ``<out dir>/results/<task>_<run>.png``."""
     out = Path(out)
     img_dir = out.parent / "results"
+    page_dir = out.parent.resolve()
     sections = []
     for d in run_dirs:
         d = Path(d)
@@ -79,14 +80,15 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str = "
         results = json.loads(res_path.read_text())
         plot_src = res_path.parent / "success_vs_latency.png"
         rel = None
-        if plot_src.exists() and plot_src.resolve().is_relative_to(out.parent.resolve()):
-            rel = str(plot_src.resolve().relative_to(out.parent.resolve()))
-        elif plot_src.exists():
-            img_dir.mkdir(parents=True, exist_ok=True)
-            run = res_path.parent.name
-            dst = img_dir / (f"{results['task']}.png" if run == results["task"] else f"{results['task']}_{run}.png")
-            shutil.copyfile(plot_src, dst)
-            rel = str(dst.relative_to(out.parent))
+        if plot_src.exists():
+            if plot_src.resolve().is_relative_to(page_dir):
+                rel = str(plot_src.resolve().relative_to(page_dir))
+            else:
+                img_dir.mkdir(parents=True, exist_ok=True)
+                run = res_path.parent.name
+                dst = img_dir / (f"{results['task']}.png" if run == results["task"] else f"{results['task']}_{run}.png")
+                shutil.copyfile(plot_src, dst)
+                rel = str(dst.relative_to(out.parent))
         sections.append(markdown_section(results, rel))
     intro = (
         f"# {title}\n\nSuccess rate (Wilson 95% interval) and chunk inference latency of each sampler on "

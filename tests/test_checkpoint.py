@@ -114,3 +114,23 @@ def test_corrupt_checkpoint_fails_clearly(saved, damage):
     msg = str(info.value)
     assert str(d) in msg
     assert "re-" in msg or "pass a directory" in msg  # says what to do
+
+
+def test_ship_checkpoint_script_stores_half_weights_and_the_dataset_command(saved, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    p, d = saved
+    repo = Path(__file__).resolve().parents[1]
+    run = subprocess.run(
+        [sys.executable, str(repo / "scripts" / "ship_checkpoint.py"), str(d), str(tmp_path / "shipped"),
+         "--dataset", "python scripts/collect.py task=toy num_demos=3 seed=0", "--note", "a test run"],
+        capture_output=True, text=True, timeout=120, cwd=repo)
+    assert run.returncode == 0, run.stderr[-2000:]
+    meta = json.loads((tmp_path / "shipped" / META_NAME).read_text())
+    assert meta["training"] == {"steps": 7, "dataset": "python scripts/collect.py task=toy num_demos=3 seed=0",
+                                "weights": "EMA weights stored as float16 (loaded into float32)", "note": "a test run"}
+    q = load_policy(tmp_path / "shipped")
+    for full, loaded in zip(p.model.state_dict().values(), q.model.state_dict().values()):
+        assert torch.equal(loaded, full.half().float())

@@ -81,8 +81,9 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str = "
         plot_src = res_path.parent / "success_vs_latency.png"
         rel = None
         if plot_src.exists():
-            if plot_src.resolve().is_relative_to(page_dir):
-                rel = str(plot_src.resolve().relative_to(page_dir))
+            plot_abs = plot_src.resolve()
+            if plot_abs.is_relative_to(page_dir):
+                rel = str(plot_abs.relative_to(page_dir))
             else:
                 img_dir.mkdir(parents=True, exist_ok=True)
                 run = res_path.parent.name

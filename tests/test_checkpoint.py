@@ -1,6 +1,9 @@
 """Checkpoints: save -> load gives identical actions; bad or mismatched checkpoints fail clearly."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,10 +120,6 @@ def test_corrupt_checkpoint_fails_clearly(saved, damage):
 
 
 def test_ship_checkpoint_script_stores_half_weights_and_the_dataset_command(saved, tmp_path):
-    import subprocess
-    import sys
-    from pathlib import Path
-
     p, d = saved
     repo = Path(__file__).resolve().parents[1]
     run = subprocess.run(

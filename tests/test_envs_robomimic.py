@@ -1,5 +1,8 @@
 """robomimic tasks over robosuite 1.5.2 (skipped when robosuite / robomimic are not installed)."""
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -131,10 +134,6 @@ def test_dataset_metadata_with_v14_controller_configs():
 def test_robosuite_import_warnings_are_held_back():
     """Making a robomimic task prints none of robosuite's import-time warnings (macros file,
     robosuite_models, mink), which every eval log would otherwise start with."""
-    import os
-    import subprocess
-    import sys
-
     code = "import asd_envs; asd_envs.make_env('lift').close(); print('made')"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")})

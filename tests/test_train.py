@@ -108,10 +108,11 @@ def test_loss_falls_and_checkpoint_loads(tmp_path):
     assert out.actions.shape == (3, 8, 2)
 
 
-def test_resume_after_a_finished_shorter_run_continues(tmp_path):
+def test_resume_after_a_finished_shorter_run_continues(tmp_path, capsys):
     write_demos(tmp_path / "demos.hdf5")
     train(tiny_cfg(tmp_path, out=str(tmp_path / "part"), steps=20, ckpt_every=20))
     part = train(tiny_cfg(tmp_path, out=str(tmp_path / "part"), steps=30, ckpt_every=10))
+    assert "warm restart" in capsys.readouterr().err  # the longer schedule raises the decayed lr again
     assert part.step == 30
     rows = [json.loads(line) for line in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in rows if "train/loss" in r]

@@ -533,19 +533,19 @@ def train(
     if cfg.resume and (state_dir / "state.json").is_file():
         meta = _load_state(state_dir, policy.model, ema, opt, gen, scaler)
         start_step, run_id = int(meta["step"]), meta.get("wandb_run_id")
-        if meta.get("config", {}).get("dataset") not in (None, dataset_path) and dist.is_main:
-            print(f"[train] note: resuming a run that used dataset {meta['config']['dataset']!r}", file=sys.stderr)
         saved = meta.get("config", {})
+        if saved.get("dataset") not in (None, dataset_path) and dist.is_main:
+            print(f"[train] note: resuming a run that used dataset {saved['dataset']!r}", file=sys.stderr)
         old_cfg = dataclasses.replace(
             cfg, **{k: saved[k] for k in ("steps", "lr", "warmup_steps", "min_lr_ratio") if k in saved}
         )
-        if lr_at(start_step, old_cfg) != lr_at(start_step, cfg) and dist.is_main:
+        old_lr, new_lr = lr_at(start_step, old_cfg), lr_at(start_step, cfg)
+        if old_lr != new_lr and dist.is_main:
             # Extending a finished run is a warm restart, not a continuation: say so, since the
             # learning rate jumps back up from where the old schedule had decayed it.
             print(
                 f"[train] note: resuming at step {start_step} with a different schedule (steps {old_cfg.steps} -> "
-                f"{cfg.steps}); the learning rate goes from {lr_at(start_step, old_cfg):.3g} to "
-                f"{lr_at(start_step, cfg):.3g} (a warm restart of the cosine)",
+                f"{cfg.steps}); the learning rate goes from {old_lr:.3g} to {new_lr:.3g} (a warm restart of the cosine)",
                 file=sys.stderr,
             )
 

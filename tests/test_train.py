@@ -124,7 +124,7 @@ class _Stop(BaseException):  # like KeyboardInterrupt: not caught by the rollout
     pass
 
 
-def test_interrupted_run_resumes_bitwise_identically(tmp_path):
+def test_interrupted_run_resumes_bitwise_identically(tmp_path, capsys):
     write_demos(tmp_path / "demos.hdf5")
     full = train(tiny_cfg(tmp_path, out=str(tmp_path / "full"), steps=30, ckpt_every=10))
 
@@ -136,7 +136,9 @@ def test_interrupted_run_resumes_bitwise_identically(tmp_path):
     with pytest.raises(_Stop):
         train(tiny_cfg(tmp_path, out=str(tmp_path / "cut"), steps=30, ckpt_every=10, rollout_every=20), crash_at_20)
     assert json.loads((tmp_path / "cut" / "train_state" / "state.json").read_text())["step"] == 10
+    capsys.readouterr()
     resumed = train(tiny_cfg(tmp_path, out=str(tmp_path / "cut"), steps=30, ckpt_every=10))
+    assert "warm restart" not in capsys.readouterr().err  # same schedule: a plain continuation
     a = load_policy(full.checkpoint).model.state_dict()
     b = load_policy(resumed.checkpoint).model.state_dict()
     for k in a:

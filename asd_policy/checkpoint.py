@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from asd_policy.io import atomic_write
 from asd_policy.normalizer import MinMaxNormalizer
 from asd_policy.policy import DiffusionPolicy, PolicyConfig
 
@@ -52,23 +53,6 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     """The checkpoint path does not exist (also a FileNotFoundError)."""
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def save_policy(policy: DiffusionPolicy, directory: str | os.PathLike, training_info: dict | None = None,
                 weights_dtype: torch.dtype = torch.float32) -> Path:
     """Write ``policy`` (its current weights: pass the EMA policy) to ``directory``; returns it.
@@ -87,7 +71,7 @@ def save_policy(policy: DiffusionPolicy, directory: str | os.PathLike, training_
     state = {k: v.detach().to("cpu", weights_dtype).contiguous() for k, v in policy.model.state_dict().items()}
     blob = st_save(state, metadata={"format": FORMAT, "version": str(VERSION)})
     weights = directory / WEIGHTS_NAME
-    _atomic_write_bytes(weights, blob)
+    atomic_write(weights, blob)
     meta = {
         "format": FORMAT,
         "version": VERSION,
@@ -96,7 +80,7 @@ def save_policy(policy: DiffusionPolicy, directory: str | os.PathLike, training_
         "weights_sha256": hashlib.sha256(blob).hexdigest(),
         "training": training_info or {},
     }
-    _atomic_write_bytes(directory / META_NAME, (json.dumps(meta, indent=2) + "\n").encode())
+    atomic_write(directory / META_NAME, (json.dumps(meta, indent=2) + "\n").encode())
     return directory
 
 

@@ -18,6 +18,7 @@ observation in the history, so the first action to execute is the one at index
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
@@ -27,44 +28,45 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from asd_policy.model import ConditionalUnet1D, UNET_SIZES, UNetConfig
+from asd_policy.config import check_choice, check_keys
 from asd_policy.normalizer import MinMaxNormalizer
+from asd_policy.sampler_config import SamplerConfig, sampler_options
+from asd_policy.sampling import METHODS, sample
 from asd_policy.schedule import NoiseSchedule
 
 __all__ = [
     "DEFAULT_SCHEDULE",
     "DEFAULT_SAMPLER",
-    "SAMPLER_KEYS",
+    "stored_sampler",
     "PolicyConfig",
     "PolicyOutput",
     "DiffusionPolicy",
     "build_policy",
 ]
 
-#: diffusion_policy's DDPM configuration.
+#: The schedule's keyword arguments (diffusers' DDPMScheduler names).
+SCHEDULE_KEYS = tuple(f.name for f in dataclasses.fields(NoiseSchedule) if f.init)
+#: The schedule stored in a new checkpoint: NoiseSchedule's defaults, diffusion_policy's DDPM-100.
 DEFAULT_SCHEDULE: dict = {
-    "num_train_timesteps": 100,
-    "beta_schedule": "squaredcos_cap_v2",
-    "prediction_type": "epsilon",
-    "clip_sample": True,
+    k: getattr(NoiseSchedule(), k) for k in ("num_train_timesteps", "beta_schedule", "prediction_type", "clip_sample")
 }
 
-#: The sampler used when predict_action is not told otherwise.  Keys that do not belong to the
-#: chosen method (see SAMPLER_KEYS) are ignored, so one config can hold every method's settings.
-DEFAULT_SAMPLER: dict = {
-    "method": "asd",
-    "speculation_length": 16,
-    "anchor": "reuse",
-    "num_inference_steps": 10,
-    "eta": 0.0,
-}
+#: The sampler stored in a new checkpoint: ASD with its function's default options.
+DEFAULT_SAMPLER: dict = {"method": "asd"}
 
-#: Which config keys each method takes.
-SAMPLER_KEYS: dict[str, tuple[str, ...]] = {
-    "ddpm": (),
-    "ddim": ("num_inference_steps", "eta"),
-    "asd": ("speculation_length", "anchor"),
-    "paradigms": ("window", "tolerance"),
-}
+
+def stored_sampler(settings: dict | None) -> dict:
+    """A checkpoint's default sampler with every option of its method filled in.
+
+    Checkpoints written before the options came from the sampler functions stored every
+    method's settings side by side; the options of other methods are dropped, unknown ones refused.
+    """
+    settings = {**DEFAULT_SAMPLER, **dict(settings or {})}
+    method = settings.pop("method")
+    check_choice("sampler.method", method, METHODS)
+    other = {k for m in METHODS if m != method for k in sampler_options(m)}
+    own = {k: v for k, v in settings.items() if k not in other or k in sampler_options(method)}
+    return SamplerConfig("policy", method, own).resolved().as_dict()
 
 
 @dataclass
@@ -103,11 +105,10 @@ class PolicyConfig:
                 f"{len(ucfg.down_dims)} levels"
             )
         self.unet = ucfg.to_dict()
+        check_keys("policy.schedule", self.schedule, SCHEDULE_KEYS)
         self.schedule = {**DEFAULT_SCHEDULE, **dict(self.schedule)}
-        NoiseSchedule.from_config(self.schedule)  # validates
-        self.sampler = {**DEFAULT_SAMPLER, **dict(self.sampler)}
-        if self.sampler["method"] not in SAMPLER_KEYS:
-            raise ValueError(f"sampler.method={self.sampler['method']!r} is unknown; use one of {tuple(SAMPLER_KEYS)}")
+        NoiseSchedule.from_config(self.schedule)  # validates the values
+        self.sampler = stored_sampler(self.sampler)
         if self.obs_keys is not None:
             self.obs_keys = [str(k) for k in self.obs_keys]
 
@@ -116,10 +117,7 @@ class PolicyConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "PolicyConfig":
-        known = set(cls.__dataclass_fields__)
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown policy config keys: {sorted(unknown)}")
+        check_keys("policy config", d, cls.__dataclass_fields__)
         return cls(**d)
 
 
@@ -185,14 +183,11 @@ class DiffusionPolicy(nn.Module):
         self.action_normalizer = action_normalizer.to(device)
 
     def sampler_kwargs(self, method: str | None = None, **overrides) -> tuple[str, dict]:
-        """(method, keyword arguments for sample()) from the config, with per-call overrides."""
-        cfg = dict(self.config.sampler)
-        method = method or cfg["method"]
-        if method not in SAMPLER_KEYS:
-            raise ValueError(f"method={method!r} is unknown; use one of {tuple(SAMPLER_KEYS)}")
-        kwargs = {k: cfg[k] for k in SAMPLER_KEYS[method] if k in cfg}
-        kwargs.update(overrides)
-        return method, kwargs
+        """(method, options for sample()): the stored sampler's, or ``method``'s with the stored
+        options where it is the stored method, then the per-call ``overrides``."""
+        method = method or self.config.sampler["method"]
+        resolved = SamplerConfig(method, method, overrides).resolved(self.config.sampler)
+        return method, dict(resolved.options)
 
     # ---- conditioning ----------------------------------------------------------------------
     def _cond(self, obs_history: Tensor) -> Tensor:
@@ -228,8 +223,6 @@ class DiffusionPolicy(nn.Module):
             ``[B, n_action_steps, action_dim]`` and ``action_pred`` ``[B, horizon, action_dim]``,
             both float32 in environment units on the policy's device.
         """
-        from asd_policy.sampling import sample  # the sampler module is the lead's; imported at use
-
         device = self.device
         obs = torch.as_tensor(obs_history, dtype=torch.float32, device=device)
         if obs.dim() == 2:
@@ -238,6 +231,7 @@ class DiffusionPolicy(nn.Module):
                 f"(add the batch axis: obs_history[None])"
             )
         cond = self._cond(obs)
+        noise = sampler_kwargs.pop("noise", None)
         method, kwargs = self.sampler_kwargs(method, **sampler_kwargs)
         was_training = self.model.training
         self.model.eval()
@@ -250,6 +244,7 @@ class DiffusionPolicy(nn.Module):
                 cond=cond,
                 generator=generator,
                 device=device,
+                noise=noise,
                 **kwargs,
             )
         finally:

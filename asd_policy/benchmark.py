@@ -12,7 +12,7 @@ import json
 import os
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,41 +20,56 @@ import torch
 from asd_policy.analytic import GaussianMixtureDenoiser, two_mode_mixture
 from asd_policy.devices import describe_device
 from asd_policy.fast import GraphedSampler
+from asd_policy.sampler_config import SamplerConfig
 from asd_policy.sampling import NoiseSchedule, sample
 
 
 @dataclass(frozen=True)
 class Case:
-    """One sampler configuration: a label for tables and the keywords for `sample`."""
+    """One timed sampler: its fully resolved settings and, for the fast path, a capture mode."""
 
-    label: str
-    method: str
-    kwargs: dict = field(default_factory=dict)
+    sampler: SamplerConfig
+    capture: str | None = None  # GraphedSampler's capture ("chunk": the whole DDPM/DDIM loop as one graph)
+
+    @property
+    def label(self) -> str:
+        return self.sampler.name + (f"-{self.capture}-graph" if self.capture else "")
+
+    @property
+    def method(self) -> str:
+        return self.sampler.method
+
+    @property
+    def kwargs(self) -> dict:
+        return dict(self.sampler.options)
 
     def rows_per_call(self, batch: int) -> int:
         """Rows in this method's largest batched model call (the 'one batched forward')."""
-        if self.method == "asd":
-            return batch * self.kwargs.get("speculation_length", 16)
-        if self.method == "paradigms":
-            return batch * self.kwargs.get("window", 16)
-        return batch
+        width = {"asd": "speculation_length", "paradigms": "window"}.get(self.method)
+        return batch * self.sampler.options[width] if width else batch
+
+
+def case(method: str, **options) -> Case:
+    """A case named after its settings (ddpm-100, ddim-10, asd-L16-reuse, paradigms-w16-tol0.1)."""
+    o = SamplerConfig(method, method, options).resolved().options
+    label = {
+        "ddpm": "ddpm-100",
+        "ddim": f"ddim-{o.get('num_inference_steps')}",
+        "asd": f"asd-L{o.get('speculation_length')}-{o.get('anchor')}",
+        "paradigms": f"paradigms-w{o.get('window')}-tol{o.get('tolerance')}",
+    }[method]
+    return Case(SamplerConfig(label, method, o))
 
 
 def default_cases(speculation_lengths=(4, 8, 16, 32), anchors=("reuse", "fresh"), paradigms: bool = False) -> list[Case]:
-    cases = [Case("ddpm-100", "ddpm"), Case("ddim-10", "ddim", {"num_inference_steps": 10})]
-    if paradigms:
-        cases.append(Case("paradigms-w16-tol0.1", "paradigms", {"window": 16, "tolerance": 0.1}))
-    cases += [
-        Case(f"asd-L{L}-{anchor}", "asd", {"speculation_length": L, "anchor": anchor})
-        for anchor in anchors
-        for L in speculation_lengths
-    ]
-    return cases
+    """DDPM, DDIM and ParaDiGMS at their sampler functions' defaults, then ASD over L and anchors."""
+    cases = [case("ddpm"), case("ddim")] + ([case("paradigms")] if paradigms else [])
+    return cases + [case("asd", speculation_length=L, anchor=a) for a in anchors for L in speculation_lengths]
 
 
 def bench_schedule() -> NoiseSchedule:
-    """diffusion_policy's schedule: 100 steps, squaredcos_cap_v2, epsilon, clip_sample."""
-    return NoiseSchedule(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", prediction_type="epsilon", clip_sample=True)
+    """diffusion_policy's schedule (100 steps, squaredcos_cap_v2, epsilon, clip_sample): NoiseSchedule's defaults."""
+    return NoiseSchedule()
 
 
 def analytic_chunk_model(schedule: NoiseSchedule, horizon: int, action_dim: int) -> GaussianMixtureDenoiser:
@@ -159,11 +174,12 @@ def run_grid(
                 for case in cases:
                     if graph and case.method == "paradigms":
                         continue  # no fixed-shape fast path for ParaDiGMS: compare it with the eager rows
-                    if not graph and "capture" in case.kwargs:
+                    if not graph and case.capture:
                         continue  # capture modes exist only for the fixed-shape fast path
                     if graph:
                         fast = GraphedSampler(model, schedule, shape, case.method, cond_example=cond, device=device,
-                                              autocast_dtype=autocast_dtype, **case.kwargs)
+                                              autocast_dtype=autocast_dtype, capture=case.capture or "round",
+                                              **case.kwargs)
                         run = lambda seed: fast(cond, generator=torch.Generator().manual_seed(seed))  # noqa: E731
                     else:
                         run = lambda seed: sample(model, schedule, shape, case.method, cond=cond, device=device,  # noqa: E731

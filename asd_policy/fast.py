@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from asd_policy.sampler_config import SamplerConfig
 from asd_policy.sampling import (
     Model,
     NoiseSchedule,
@@ -35,6 +36,7 @@ from asd_policy.sampling import (
     ddpm_step,
 )
 
+#: Methods with a fixed-shape, graph-capturable loop (ParaDiGMS's window is data-dependent).
 FAST_METHODS = ("ddpm", "ddim", "asd")
 
 
@@ -60,14 +62,14 @@ class GraphedSampler:
         graph: bool | None = None,
         capture: str = "round",
         autocast_dtype: torch.dtype | None = None,
-        speculation_length: int = 16,
-        anchor: str = "reuse",
-        num_inference_steps: int = 10,
-        eta: float = 0.0,
         warmup: int = 2,
+        **options: Any,
     ) -> None:
+        """``options``: the method's sampler options (``speculation_length``, ``anchor`` for ASD;
+        ``num_inference_steps``, ``eta`` for DDIM); unset ones take the sampler function's defaults."""
         if method not in FAST_METHODS:
             raise ValueError(f"method={method!r} has no fast path; use one of {FAST_METHODS}")
+        opts = SamplerConfig(method, method, options).resolved().options
         if capture not in ("round", "chunk") or (capture == "chunk" and method == "asd"):
             raise ValueError(f"capture={capture!r}: use 'round', or 'chunk' for ddpm/ddim (ASD's round count is data-dependent)")
         if cond_example is not None and not isinstance(cond_example, torch.Tensor):
@@ -82,9 +84,10 @@ class GraphedSampler:
         self.model, self.method, self.capture, self.shape = model, method, capture, tuple(shape)
         self.schedule = schedule.to(self.device)
         self.autocast_dtype = autocast_dtype
-        self.L = _check_asd_arguments(speculation_length, anchor) if method == "asd" else 0
-        self.anchor = anchor
-        self.eta = eta
+        self.L = _check_asd_arguments(opts["speculation_length"], opts["anchor"]) if method == "asd" else 0
+        self.anchor = opts.get("anchor")
+        self.eta = opts.get("eta")
+        num_inference_steps = opts.get("num_inference_steps")
         T = schedule.num_train_timesteps
         B = self.shape[0]
         if method == "ddim":

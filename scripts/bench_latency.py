@@ -76,12 +76,13 @@ def main(argv: list[str] | None = None) -> None:
         exact = analytic_chunk_model(schedule, args.horizon, args.action_dim)
         models[f"exact@{name}"] = (ExactAnswersAtNetworkCost(network, exact), cond_dim)
     cases = default_cases(tuple(args.L), tuple(args.anchors), paradigms=True)
-    cases.insert(1, Case("ddpm-100-chunk-graph", "ddpm", {"capture": "chunk"}))
+    cases.insert(1, Case(cases[0].sampler, capture="chunk"))
+    paradigms = next(c for c in cases if c.method == "paradigms").sampler.options
 
     print(f"device: {describe_machine(device)}", flush=True)
     start = time.time()
     meta = {"device_description": describe_machine(device), "command": "python " + " ".join(sys.argv), "script": "bench_latency",
-            "bf16": args.bf16, "paradigms_tolerance": 0.1, "paradigms_window": 16}
+            "bf16": args.bf16, "paradigms_tolerance": paradigms["tolerance"], "paradigms_window": paradigms["window"]}
     rows = []
     for batch in args.batch:  # smallest first; results are written after each batch size, so a cut-off run keeps them
         for name, model in models.items():

@@ -29,15 +29,6 @@ from typing import Sequence
 
 import numpy as np
 
-# robosuite env names of robomimic's datasets -> our task names
-ROBOMIMIC_ENV_TO_TASK = {
-    "Lift": "lift",
-    "PickPlaceCan": "can",
-    "NutAssemblySquare": "square",
-    "TwoArmTransport": "transport",
-    "ToolHang": "tool_hang",
-}
-
 _FIX = "regenerate it with `python scripts/collect.py task=<task> output=<path>`"
 
 
@@ -101,17 +92,22 @@ def _decode(x) -> str:
     return x.decode("utf-8") if isinstance(x, (bytes, np.bytes_)) else str(x)
 
 
+def _task_package():
+    """``asd_envs``, or None where it cannot be imported: a training-only machine may have no
+    gymnasium or mujoco, and the file then names its keys (or robomimic's defaults apply)."""
+    try:
+        import asd_envs
+    except ImportError:
+        return None
+    return asd_envs
+
+
 def _default_obs_keys(data_attrs, env_args: dict, task_name: str | None, available: Sequence[str]):
     if "asd_obs_keys" in data_attrs:
         return tuple(json.loads(_decode(data_attrs["asd_obs_keys"])))
-    if task_name is not None:
-        try:
-            import asd_envs
-
-            if task_name in asd_envs.list_tasks():
-                return tuple(asd_envs.get_task(task_name).obs_keys)
-        except ImportError:  # pragma: no cover - asd_envs is part of this project
-            pass
+    asd_envs = _task_package()
+    if task_name is not None and asd_envs is not None and task_name in asd_envs.list_tasks():
+        return tuple(asd_envs.get_task(task_name).obs_keys)
     keys = []
     robots = sorted({int(m.group(1)) for k in available if (m := re.match(r"robot(\d+)_", k))})
     for r in robots:
@@ -168,8 +164,10 @@ def _read(f, path: str, obs_keys: Sequence[str] | None) -> Demonstrations:
         task_name = _decode(data.attrs["asd_task"])
     elif env_args.get("asd_task"):
         task_name = str(env_args["asd_task"])
-    elif env_args.get("env_name") in ROBOMIMIC_ENV_TO_TASK:
-        task_name = ROBOMIMIC_ENV_TO_TASK[env_args["env_name"]]
+    elif _task_package() is not None:
+        from asd_envs.robomimic_tasks import ENV_NAME_TO_TASK
+
+        task_name = ENV_NAME_TO_TASK.get(env_args.get("env_name"))
 
     names = sorted((k for k in data.keys() if isinstance(data[k], h5py.Group)), key=_demo_sort_key)
     if not names:

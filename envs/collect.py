@@ -118,12 +118,10 @@ def collect(
     }
     env_args.setdefault("asd_task", task)
 
-    try:
-        from tqdm import tqdm
-        bar = tqdm(total=num_demos, desc=f"collect {task}", unit="demo", disable=not progress,
-                   file=sys.stderr, dynamic_ncols=True)
-    except ImportError:  # pragma: no cover
-        bar = None
+    from tqdm import tqdm
+
+    bar = tqdm(total=num_demos, desc=f"collect {task}", unit="demo", disable=not progress,
+               file=sys.stderr, dynamic_ncols=True)
 
     t_start = time.perf_counter()
     kept = episodes = successes = steps = 0
@@ -140,16 +138,13 @@ def collect(
                               model_file=ep["model_file"])
                 kept += 1
                 steps += len(ep["actions"])
-                if bar is not None:
-                    bar.update(1)
-            if bar is not None:
-                bar.set_postfix(success=f"{successes}/{episodes}")
+                bar.update(1)
+            bar.set_postfix(success=f"{successes}/{episodes}")
         if kept == 0:
             raise RuntimeError(
                 f"the {task} expert succeeded in none of {episodes} episodes; nothing written"
             )
-    if bar is not None:
-        bar.close()
+    bar.close()
     env.close()
     return CollectSummary(
         task=task, output=output, demos_kept=kept, episodes=episodes, successes=successes,

@@ -30,12 +30,20 @@ from gymnasium import spaces
 from . import compat
 from ._render import close_renderer, make_renderer
 
+# The one table of robomimic's benchmark tasks: our task name -> robosuite env name, the size of
+# the "object" observation, robomimic's rollout horizon. Tasks with an object size are registered
+# (envs/tasks.py); the others are known so that their datasets load under a task name.
+ROBOMIMIC_TASKS = {
+    "lift": ("Lift", 10, 400),
+    "can": ("PickPlaceCan", 14, 400),
+    "square": ("NutAssemblySquare", 14, 400),
+    "transport": ("TwoArmTransport", None, 700),
+    "tool_hang": ("ToolHang", None, 700),
+}
+ENV_NAME_TO_TASK = {env: task for task, (env, _, _) in ROBOMIMIC_TASKS.items()}
+HORIZONS = {env: horizon for env, _, horizon in ROBOMIMIC_TASKS.values()}
 LOW_DIM_KEYS = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos")
-TASK_ENV_NAMES = {"lift": "Lift", "can": "PickPlaceCan", "square": "NutAssemblySquare"}
-OBJECT_DIMS = {"lift": 10, "can": 14, "square": 14}
-HORIZON = 400
-# robomimic's rollout horizons for its benchmark tasks
-HORIZONS = {"Lift": 400, "PickPlaceCan": 400, "NutAssemblySquare": 400, "TwoArmTransport": 700, "ToolHang": 700}
+OBS_KEYS = LOW_DIM_KEYS + ("object",)
 CONTROL_HZ = 20.0
 
 
@@ -200,4 +208,4 @@ class RobomimicEnv(gym.Env):
 def make(spec, **overrides) -> RobomimicEnv:
     """Entry point for the registered robomimic tasks (lift / can / square)."""
     overrides.setdefault("obs_keys", spec.obs_keys)
-    return RobomimicEnv(TASK_ENV_NAMES[spec.name], **overrides)
+    return RobomimicEnv(ROBOMIMIC_TASKS[spec.name][0], **overrides)

@@ -20,20 +20,22 @@ register_task(
 )
 
 # robomimic tasks (robosuite 1.5.2 through robomimic 0.3.0's env utilities; see robomimic_tasks.py)
-_RM_KEYS = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos", "object")
-for _name, _obj, _expert, _desc in [
-    ("lift", 10, "LiftExpert", "robomimic Lift: pick up the cube"),
-    ("can", 14, "CanExpert", "robomimic PickPlaceCan: put the can into its bin compartment"),
-    ("square", 14, "SquareExpert", "robomimic NutAssemblySquare: put the square nut on its peg"),
+from . import robomimic_tasks as _rm  # noqa: E402
+
+for _name, _expert, _desc in [
+    ("lift", "LiftExpert", "robomimic Lift: pick up the cube"),
+    ("can", "CanExpert", "robomimic PickPlaceCan: put the can into its bin compartment"),
+    ("square", "SquareExpert", "robomimic NutAssemblySquare: put the square nut on its peg"),
 ]:
+    _env_name, _object_dim, _horizon = _rm.ROBOMIMIC_TASKS[_name]
     register_task(
         TaskSpec(
             name=_name,
-            obs_keys=_RM_KEYS,
-            obs_key_dims=(3, 4, 2, _obj),
+            obs_keys=_rm.OBS_KEYS,
+            obs_key_dims=(3, 4, 2, _object_dim),
             action_dim=7,
-            control_hz=20.0,
-            max_episode_steps=400,
+            control_hz=_rm.CONTROL_HZ,
+            max_episode_steps=_horizon,
             family="robomimic",
             description=_desc,
             entry_point="asd_envs.robomimic_tasks:make",

@@ -8,13 +8,9 @@ Writes data/demo_<i>/{obs,next_obs,actions,rewards,dones,states}, env_args, mask
 prints one summary line (demos kept, expert success rate, steps). Deterministic for a seed.
 """
 import logging
-import os
-import sys
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="collect")

@@ -153,22 +153,7 @@ def _read(f, path: str, obs_keys: Sequence[str] | None) -> Demonstrations:
             f"(top-level keys: {sorted(f.keys())}); {_FIX}"
         )
     data = f["data"]
-    env_args: dict = {}
-    if "env_args" in data.attrs:
-        try:
-            env_args = json.loads(_decode(data.attrs["env_args"]))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path!r}: data.attrs['env_args'] is not valid JSON ({e}); {_FIX}") from None
-    task_name = None
-    if "asd_task" in data.attrs:
-        task_name = _decode(data.attrs["asd_task"])
-    elif env_args.get("asd_task"):
-        task_name = str(env_args["asd_task"])
-    elif _task_package() is not None:
-        from asd_envs.robomimic_tasks import ENV_NAME_TO_TASK
-
-        task_name = ENV_NAME_TO_TASK.get(env_args.get("env_name"))
-
+    env_args, task_name = _env_metadata(data.attrs, path)
     names = sorted((k for k in data.keys() if isinstance(data[k], h5py.Group)), key=_demo_sort_key)
     if not names:
         raise ValueError(f"{path!r} contains no demos under 'data/'; {_FIX}")
@@ -188,37 +173,73 @@ def _read(f, path: str, obs_keys: Sequence[str] | None) -> Demonstrations:
     episodes: list[Episode] = []
     key_dims: tuple[int, ...] | None = None
     for name in names:
-        g = data[name]
-        for part in ("obs", "actions"):
-            if part not in g:
-                raise ValueError(f"{path!r}: demo {name!r} has no {part!r}; {_FIX}")
-        actions = np.asarray(g["actions"][()], dtype=np.float32)
-        if actions.ndim == 1:
-            actions = actions[:, None]
-        T = len(actions)
-        parts = []
-        for key in obs_keys:
-            if key not in g["obs"]:
-                raise ValueError(
-                    f"{path!r}: observation key {key!r} missing in demo {name!r} "
-                    f"(available: {sorted(g['obs'].keys())}); pass obs_keys= with keys the file has"
-                )
-            arr = np.asarray(g["obs"][key][()], dtype=np.float32).reshape(len(g["obs"][key]), -1)
-            if len(arr) != T:
-                raise ValueError(
-                    f"{path!r}: demo {name!r} has {len(arr)} steps of obs/{key} but {T} actions"
-                )
-            parts.append(arr)
-        dims = tuple(p.shape[1] for p in parts)
+        episode, dims = _read_episode(data[name], name, obs_keys, path)
         if key_dims is None:
             key_dims = dims
         elif dims != key_dims:
             raise ValueError(f"{path!r}: demo {name!r} has key widths {dims}, earlier demos {key_dims}")
-        obs = np.concatenate(parts, axis=1) if parts else np.zeros((T, 0), np.float32)
-        if not (np.isfinite(obs).all() and np.isfinite(actions).all()):
-            raise ValueError(f"{path!r}: demo {name!r} contains NaN or inf values; {_FIX}")
-        episodes.append(Episode(name=name, obs=obs, actions=actions))
+        episodes.append(episode)
+    masks = _read_masks(f, names, path)
+    return Demonstrations(
+        path=path,
+        episodes=episodes,
+        obs_keys=obs_keys,
+        obs_key_dims=key_dims or (),
+        env_args=env_args,
+        task_name=task_name,
+        train_names=sorted(masks.get("train", list(names)), key=_demo_sort_key),
+        valid_names=sorted(masks.get("valid", []), key=_demo_sort_key),
+        masks=masks,
+    )
 
+
+def _env_metadata(attrs, path: str) -> tuple[dict, str | None]:
+    """(env_args, task name): our collector's ``asd_task``, else the task of robomimic's env name."""
+    env_args: dict = {}
+    if "env_args" in attrs:
+        try:
+            env_args = json.loads(_decode(attrs["env_args"]))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path!r}: data.attrs['env_args'] is not valid JSON ({e}); {_FIX}") from None
+    if "asd_task" in attrs:
+        return env_args, _decode(attrs["asd_task"])
+    if env_args.get("asd_task"):
+        return env_args, str(env_args["asd_task"])
+    if _task_package() is None:
+        return env_args, None
+    from asd_envs.robomimic_tasks import ENV_NAME_TO_TASK
+
+    return env_args, ENV_NAME_TO_TASK.get(env_args.get("env_name"))
+
+
+def _read_episode(g, name: str, obs_keys: Sequence[str], path: str) -> tuple[Episode, tuple[int, ...]]:
+    """One demo group -> its Episode (keys concatenated in order) and the width of each key."""
+    for part in ("obs", "actions"):
+        if part not in g:
+            raise ValueError(f"{path!r}: demo {name!r} has no {part!r}; {_FIX}")
+    actions = np.asarray(g["actions"][()], dtype=np.float32)
+    if actions.ndim == 1:
+        actions = actions[:, None]
+    T = len(actions)
+    parts = []
+    for key in obs_keys:
+        if key not in g["obs"]:
+            raise ValueError(
+                f"{path!r}: observation key {key!r} missing in demo {name!r} "
+                f"(available: {sorted(g['obs'].keys())}); pass obs_keys= with keys the file has"
+            )
+        arr = np.asarray(g["obs"][key][()], dtype=np.float32).reshape(len(g["obs"][key]), -1)
+        if len(arr) != T:
+            raise ValueError(f"{path!r}: demo {name!r} has {len(arr)} steps of obs/{key} but {T} actions")
+        parts.append(arr)
+    obs = np.concatenate(parts, axis=1) if parts else np.zeros((T, 0), np.float32)
+    if not (np.isfinite(obs).all() and np.isfinite(actions).all()):
+        raise ValueError(f"{path!r}: demo {name!r} contains NaN or inf values; {_FIX}")
+    return Episode(name=name, obs=obs, actions=actions), tuple(p.shape[1] for p in parts)
+
+
+def _read_masks(f, names: Sequence[str], path: str) -> dict[str, list[str]]:
+    """robomimic's ``mask/<split>`` lists of demo names, checked against the demos present."""
     masks: dict[str, list[str]] = {}
     if "mask" in f:
         for k in f["mask"].keys():
@@ -228,16 +249,4 @@ def _read(f, path: str, obs_keys: Sequence[str] | None) -> Demonstrations:
         missing = [n for n in v if n not in known]
         if missing:
             raise ValueError(f"{path!r}: mask/{k} names demos that do not exist: {missing[:5]}")
-    train = masks.get("train", list(names))
-    valid = masks.get("valid", [])
-    return Demonstrations(
-        path=path,
-        episodes=episodes,
-        obs_keys=obs_keys,
-        obs_key_dims=key_dims or (),
-        env_args=env_args,
-        task_name=task_name,
-        train_names=sorted(train, key=_demo_sort_key),
-        valid_names=sorted(valid, key=_demo_sort_key),
-        masks=masks,
-    )
+    return masks

@@ -13,7 +13,7 @@ import torch
 
 from asd_policy.checkpoint import load_policy
 from asd_policy.data import Episode
-from asd_policy.training import EMA, TrainConfig, WindowDataset, lr_at, train
+from asd_policy.training import EMA, TrainConfig, WindowDataset, cosine_lr, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,7 +53,7 @@ def tiny_cfg(tmp_path, **kw):
         dataset=str(tmp_path / "demos.hdf5"),
         obs_keys=["pos", "goal"],
         out=str(tmp_path / "run"),
-        size="tiny",
+        policy={"size": "tiny"},
         steps=40,
         batch_size=32,
         lr=1e-3,
@@ -86,9 +86,10 @@ def test_window_dataset_pads_like_diffusion_policy():
 
 
 def test_lr_schedule_and_ema_decay():
-    cfg = TrainConfig(steps=100, warmup_steps=10, lr=1.0)
-    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
-    assert lr_at(55, cfg) == pytest.approx(0.5) and lr_at(100, cfg) == pytest.approx(0.0)
+    sched = dict(lr=1.0, steps=100, warmup_steps=10)
+    assert cosine_lr(0, **sched) == pytest.approx(0.1) and cosine_lr(9, **sched) == pytest.approx(1.0)
+    assert cosine_lr(55, **sched) == pytest.approx(0.5) and cosine_lr(100, **sched) == pytest.approx(0.0)
+    assert cosine_lr(100, **sched, min_lr_ratio=0.1) == pytest.approx(0.1)
     ema = EMA(torch.nn.Linear(2, 2))
     assert ema.decay(0) == 0.0 and 0.9 < ema.decay(10_000) <= 0.9999
 
@@ -134,7 +135,7 @@ def test_interrupted_run_resumes_bitwise_identically(tmp_path, capsys):
         return {"success_rate": 0.0}
 
     with pytest.raises(_Stop):
-        train(tiny_cfg(tmp_path, out=str(tmp_path / "cut"), steps=30, ckpt_every=10, rollout_every=20), crash_at_20)
+        train(tiny_cfg(tmp_path, out=str(tmp_path / "cut"), steps=30, ckpt_every=10, rollout={"every": 20}), crash_at_20)
     assert json.loads((tmp_path / "cut" / "train_state" / "state.json").read_text())["step"] == 10
     capsys.readouterr()
     resumed = train(tiny_cfg(tmp_path, out=str(tmp_path / "cut"), steps=30, ckpt_every=10))

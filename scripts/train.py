@@ -6,83 +6,59 @@
     python scripts/train.py task=reach_around steps=2000 logger=none
     torchrun --standalone --nproc_per_node=4 scripts/train.py task=lift policy=chi   # DDP
 
-Re-running with the same `out` resumes; `resume=false` starts over. See docs/training.md.
+Every setting and its default is a field of asd_policy.training.TrainConfig, registered here as
+hydra's `train_schema`; configs/train.yaml only picks the task and policy groups and the run
+directory. Re-running with the same `out` resumes; `resume=false` starts over. See docs/training.md.
 Without hydra installed: python -m asd_policy.training --dataset X.hdf5 --out DIR (same options).
 """
-import os
+import dataclasses
 import sys
+import typing
 
 import hydra
+from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from asd_policy.config import did_you_mean
+from asd_policy.training import TrainConfig, rollout_callback, train
+
+ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 
 
-def to_train_config(cfg: DictConfig):
-    """The TrainConfig described by the composed hydra config."""
-    from asd_policy.training import TrainConfig
+def unknown_key(cls: type, override: str) -> str | None:
+    """The error for a command-line override whose key is not a setting of ``cls``, else None.
 
-    c = OmegaConf.to_container(cfg, resolve=True)
-    policy = c["policy"]
-    task = c.get("task") or {}
-    dataset = c.get("dataset")
-    if dataset:
-        dataset = hydra.utils.to_absolute_path(os.path.expanduser(dataset))
-    return TrainConfig(
-        dataset=dataset,
-        task=task.get("name"),
-        out=hydra.utils.to_absolute_path(c["out"]),
-        obs_keys=c.get("obs_keys"),
-        size=policy["size"],
-        n_obs_steps=policy["n_obs_steps"],
-        horizon=policy["horizon"],
-        n_action_steps=policy["n_action_steps"],
-        schedule=policy.get("schedule") or {},
-        sampler=policy.get("sampler") or {},
-        steps=c["steps"],
-        batch_size=c["batch_size"],
-        lr=c["lr"],
-        weight_decay=c["weight_decay"],
-        adam_betas=tuple(c["adam_betas"]),
-        warmup_steps=c["warmup_steps"],
-        min_lr_ratio=c["min_lr_ratio"],
-        grad_clip=c["grad_clip"],
-        ema_power=c["ema_power"],
-        ema_max_decay=c["ema_max_decay"],
-        amp=c["amp"],
-        compile=c["compile"],
-        seed=c["seed"],
-        device=c["device"],
-        log_every=c["log_every"],
-        val_every=c["val_every"],
-        val_max_windows=c["val_max_windows"],
-        ckpt_every=c["ckpt_every"],
-        rollout_every=c["rollout"]["every"],
-        resume=c["resume"],
-        logger=c["logger"],
-        wandb_project=c["wandb"]["project"],
-        wandb_name=c["wandb"]["name"],
-        progress=c["progress"],
-    )
+    Keys under a dict setting (``policy.schedule.*``, ``task.env_kwargs.*``) are left to the
+    config's own check; hydra's keys and group paths are hydra's to check.
+    """
+    key = override.split("=", 1)[0].lstrip("~+")
+    if "=" not in override or override.startswith("-") or key.startswith("hydra") or "/" in key or "@" in key:
+        return None
+    node: typing.Any = cls
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        names = [f.name for f in dataclasses.fields(node)]
+        if part not in names:
+            return f"unknown key {'.'.join(parts[: i + 1])!r}{did_you_mean(part, names)}; valid keys: {', '.join(names)}"
+        node = typing.get_type_hints(node)[part]
+        if not dataclasses.is_dataclass(node):
+            return None
+    return None
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
 def main(cfg: DictConfig) -> None:
-    from asd_policy.training import make_rollout_callback, train
-
-    tc = to_train_config(cfg)
-    if tc.dataset is None:
-        tc.dataset = hydra.utils.to_absolute_path(os.path.join("data", f"{tc.task}.hdf5"))
-    rollout = None
-    if tc.rollout_every > 0:
-        r = cfg.rollout
-        rollout = make_rollout_callback(tc.task, episodes=int(r.episodes), seed=int(r.seed), method=str(r.method))
     try:
-        train(tc, rollout_fn=rollout)
+        train_cfg = OmegaConf.to_object(cfg)
+        train(train_cfg, rollout_fn=rollout_callback(train_cfg))
     except (FileNotFoundError, ValueError) as e:  # bad input: one clear line, no traceback
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
 
 
 if __name__ == "__main__":
+    for arg in sys.argv[1:]:
+        if (error := unknown_key(TrainConfig, arg)) is not None:
+            print(f"error: {error}", file=sys.stderr)
+            raise SystemExit(1)
     main()

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +13,10 @@ import pytest
 import torch
 
 from asd_policy.checkpoint import load_policy
+from asd_policy.config import HELD_OUT_SEED, ConfigError, TaskConfig
 from asd_policy.data import Episode
-from asd_policy.training import EMA, TrainConfig, WindowDataset, cosine_lr, train
+from asd_policy.training import EMA, EpochBatches, TrainConfig, WindowDataset, cosine_lr, train
+from asd_policy.training.cli import parse_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -239,3 +242,105 @@ def test_bf16_autocast_runs_on_cpu(tmp_path):
     assert res.step == 4 and np.isfinite(res.val_loss)
     # the saved (EMA) weights are float32 whatever the autocast dtype
     assert all(v.dtype == torch.float32 for v in load_policy(res.checkpoint).model.state_dict().values())
+
+
+def test_config_validates_itself_naming_the_field():
+    with pytest.raises(ValueError, match="steps"):
+        TrainConfig(steps=-1)
+    with pytest.raises(ConfigError, match="did you mean 'small'"):
+        TrainConfig(policy={"size": "smal"})
+    with pytest.raises(ConfigError, match="did you mean 'ddpm'"):
+        TrainConfig(rollout={"method": "ddmp"})
+    with pytest.raises(ConfigError, match="did you mean 'num_train_timesteps'"):
+        TrainConfig(policy={"schedule": {"num_train_timestep": 50}})
+    with pytest.raises(ConfigError, match="did you mean 'episodes'"):
+        TrainConfig(rollout={"episode": 1})  # an unknown nested key, not silently dropped
+    with pytest.raises(ConfigError, match="amp"):
+        TrainConfig(amp="bf32")
+    with pytest.raises(ConfigError, match="horizon"):
+        TrainConfig(policy={"horizon": 6})  # not a multiple of 4
+    with pytest.raises(ConfigError, match="batch_size"):
+        TrainConfig(batch_size=0)
+
+
+def test_config_defaults_live_in_the_dataclass():
+    cfg = TrainConfig(task={"name": "lift"}, policy={"size": "chi"})
+    assert isinstance(cfg.task, TaskConfig) and cfg.run_dir() == os.path.join("runs", "train", "lift_chi")
+    assert cfg.dataset_path() == os.path.join("data", "lift.hdf5")
+    assert cfg.rollout.seed == HELD_OUT_SEED and cfg.rollout.method == "ddpm"
+    # the hydra config is the dataclass plus only what the yaml files change
+    hydra = pytest.importorskip("hydra")
+    from omegaconf import OmegaConf
+
+    runpy_globals = {"__name__": "train_script"}
+    exec(compile((REPO / "scripts" / "train.py").read_text(), "train.py", "exec"), runpy_globals)
+    with hydra.initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        composed = OmegaConf.to_object(hydra.compose("train", overrides=["task=lift", "policy=chi"]))
+    assert composed == TrainConfig(task=TaskConfig("lift"), policy={"size": "chi"}, out="runs/train/lift_chi")
+
+
+def test_plain_cli_flags_come_from_the_dataclass(capsys):
+    # every flag the docs and the shipped model cards use
+    cfg = parse_config([
+        "--dataset", "d.hdf5", "--out", "o", "--steps", "7", "--size", "chi", "--logger", "none", "--no-progress",
+        "--device", "cuda", "--ckpt-every", "5", "--val-every", "6", "--seed", "3", "--task", "lift",
+        "--batch-size", "64", "--lr", "2e-4", "--obs-keys", "a", "b", "--log-every", "9", "--rollout-every", "4",
+        "--rollout-episodes", "2",
+    ])
+    assert (cfg.steps, cfg.policy.size, cfg.task.name, cfg.obs_keys, cfg.rollout.episodes) == (7, "chi", "lift", ["a", "b"], 2)
+    assert (cfg.progress, cfg.logger, cfg.lr, cfg.batch_size, cfg.rollout.every) == (False, "none", 2e-4, 64, 4)
+    with pytest.raises(SystemExit) as e:
+        parse_config(["--stepz", "3"])
+    assert e.value.code == 2 and "--stepz" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_config(["--size", "smal"])
+    assert "did you mean 'small'" in capsys.readouterr().err
+
+
+def test_plain_cli_help_lists_the_flags():
+    r = subprocess.run([sys.executable, "-m", "asd_policy.training", "--help"], env=_env(), capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for flag in ("--dataset", "--steps", "--size", "--task", "--obs-keys", "--rollout-episodes", "--no-progress",
+                 "--policy-schedule", "--wandb-project"):
+        assert re.search(rf"{flag}(?![-\w])", r.stdout), flag
+
+
+def test_hydra_script_refuses_unknown_keys_with_a_suggestion(tmp_path):
+    pytest.importorskip("hydra")
+    for override, expected in (("stepz=3", "'steps'"), ("+policy.schedule.num_train_timestep=50", "'num_train_timesteps'"),
+                               ("rollout.method=ddmp", "'ddpm'")):
+        r = subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"), "logger=none", override], env=_env(),
+                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert r.returncode != 0 and "did you mean" in r.stderr and expected in r.stderr, (override, r.stderr[-2000:])
+        assert "Traceback" not in r.stderr
+
+
+def test_epoch_batches_are_a_function_of_the_step():
+    a, b = EpochBatches(50, 8, seed=1), EpochBatches(50, 8, seed=1)
+    order = [a.ids(k).tolist() for k in range(12)]
+    assert [b.ids(k).tolist() for k in reversed(range(12))][::-1] == order  # any visiting order, same batches
+    assert sorted(sum(order[:6], [])) == sorted(set(sum(order[:6], [])))  # no window twice in an epoch
+    r0, r1 = EpochBatches(50, 4, seed=1, rank=0, world_size=2), EpochBatches(50, 4, seed=1, rank=1, world_size=2)
+    assert set(r0.ids(0).tolist()).isdisjoint(r1.ids(0).tolist())
+
+
+def test_training_time_rollout_runs_the_evaluation(tmp_path):
+    """rollout.every > 0 evaluates the EMA policy in the task's env and logs rollout/success_rate."""
+    pytest.importorskip("gymnasium")
+    from asd_envs.collect import collect
+
+    from asd_policy.training import rollout_callback
+
+    collect("reach_around", num_demos=3, seed=0, output=str(tmp_path / "ra.hdf5"), progress=False)
+    cfg = TrainConfig(dataset=str(tmp_path / "ra.hdf5"), task={"name": "reach_around"}, out=str(tmp_path / "run"),
+                      policy={"size": "tiny"}, steps=2, batch_size=8, log_every=1, val_every=0, ckpt_every=0,
+                      logger="none", progress=False, device="cpu",
+                      rollout={"every": 2, "episodes": 1, "method": "ddim"})
+    res = train(cfg, rollout_fn=rollout_callback(cfg))
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in rows if "rollout/success_rate" in r]
+    assert [r["step"] for r in logged] == [2] and 0.0 <= logged[0]["rollout/success_rate"] <= 1.0
+    assert res.metrics["episodes"] == 1 and "error" not in res.metrics
+    assert (tmp_path / "run" / "rollouts" / "step_000002" / "results.json").is_file()
+    assert rollout_callback(TrainConfig()) is None

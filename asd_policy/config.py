@@ -217,7 +217,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, aliases: Mapping[s
         if base is bool:
             kw["action"] = argparse.BooleanOptionalAction
         elif origin in (list, tuple):
-            (item,) = set(typing.get_args(base)) or {str}
+            (item,) = set(typing.get_args(base)) - {Ellipsis} or {str}
             kw.update(nargs="+", type=item if item in (int, float) else str)
         elif origin is dict or base is dict:
             kw.update(type=json.loads, help=f"JSON object (default {default!r})")

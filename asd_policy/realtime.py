@@ -10,7 +10,7 @@ Integration into your own loop (see docs/realtime.md)::
 
     from asd_policy.realtime import RealtimeController, Rate
 
-    ctrl = RealtimeController(policy, control_hz=20, sampler=SamplerSpec("asd", "asd"))
+    ctrl = RealtimeController(policy, control_hz=20, sampler=SamplerConfig("asd", "asd"))
     ctrl.reset(obs)                   # blocking first chunk (robot still at rest)
     rate = Rate(20)
     while running:
@@ -37,16 +37,18 @@ import torch
 from asd_policy.rollout import (
     ChunkInference,
     ChunkPolicy,
+    EpisodeResult,
     ObsHistory,
-    SamplerSpec,
     _error_text,
     _is_success,
     infer_chunk,
     latency_summary,
     policy_device,
+    scalar_info,
 )
+from asd_policy.sampler_config import SamplerConfig
 
-__all__ = ["Rate", "RealtimeController", "RealtimeReport", "RealtimeEpisode", "run_realtime"]
+__all__ = ["Rate", "RealtimeController", "RealtimeReport", "run_realtime"]
 
 
 class Rate:
@@ -147,7 +149,7 @@ class RealtimeController:
         self,
         policy: ChunkPolicy,
         control_hz: float,
-        sampler: SamplerSpec | None = None,
+        sampler: SamplerConfig | None = None,
         generator: torch.Generator | None = None,
         n_action_steps: int | None = None,
         lookahead: int | None = None,
@@ -312,38 +314,25 @@ class RealtimeController:
         self.close()
 
 
-@dataclass
-class RealtimeEpisode:
-    seed: int
-    success: bool = False
-    steps: int = 0
-    episode_return: float = 0.0
-    error: str | None = None
-    report: RealtimeReport | None = None
-    chunk_latency_ms: list[float] = field(default_factory=list)
-    chunk_actions: list[int] = field(default_factory=list)
-    sequential_calls: list[float] = field(default_factory=list)
-    nfe: list[float] = field(default_factory=list)
-
-
 def run_realtime(
     env: Any,
     policy: ChunkPolicy,
     control_hz: float | None = None,
-    sampler: SamplerSpec | None = None,
+    sampler: SamplerConfig | None = None,
     seed: int = 0,
     max_steps: int | None = None,
     generator: torch.Generator | None = None,
     **controller_kwargs: Any,
-) -> RealtimeEpisode:
+) -> EpisodeResult:
     """One episode of ``env`` at ``control_hz`` on the wall clock (default: the task's rate,
-    from ``env.unwrapped.control_hz`` / ``env.metadata["control_hz"]``)."""
+    from ``env.unwrapped.control_hz`` / ``env.metadata["control_hz"]``); the result's ``report``
+    says how well the schedule was kept."""
     hz = control_hz or getattr(env.unwrapped, "control_hz", None) or env.metadata.get("control_hz")
     if not hz:
         raise ValueError("control_hz not given and the env does not declare one")
     if generator is None:
         generator = torch.Generator(device=policy_device(policy)).manual_seed(int(seed))
-    ep = RealtimeEpisode(seed=int(seed))
+    ep = EpisodeResult(seed=int(seed))
     with RealtimeController(policy, hz, sampler=sampler, generator=generator,
                             **controller_kwargs) as ctrl:
         rate = Rate(hz)
@@ -357,6 +346,7 @@ def run_realtime(
                 ep.steps += 1
                 ep.episode_return += float(rew)
                 ep.success = ep.success or _is_success(info)
+                ep.final_info = scalar_info(info)
                 if term or trunc or (max_steps and ep.steps >= max_steps):
                     break
                 rate.sleep()
@@ -364,6 +354,7 @@ def run_realtime(
             ep.error = _error_text(exc)
             ep.success = False
         ep.report = ctrl.report(rate)
+        ep.wall_s = ep.report.wall_s or 0.0
         ep.chunk_latency_ms = ctrl.chunk_latency_ms
         ep.chunk_actions = ctrl.chunk_actions
         ep.sequential_calls = list(ctrl._seq)

@@ -13,31 +13,9 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from asd_policy.evaluation.tables import fmt, markdown_table
+
 __all__ = ["markdown_table", "markdown_section", "write_report"]
-
-
-def _f(v: Any, spec: str = ".1f") -> str:
-    return "-" if v is None else format(v, spec)
-
-
-def markdown_table(results: Mapping[str, Any]) -> str:
-    """The per-sampler summary of one results dict as a markdown table."""
-    head = ["sampler", "settings", "episodes", "success (95% CI)", "chunk latency ms: mean", "p50", "p95",
-            "p99", "seq. calls / chunk", "NFE / chunk", "speedup vs DDPM", "successes by outcome"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, s in results["samplers"].items():
-        lat = s["chunk_latency_ms"]
-        lo, hi = s["success_ci95"]
-        settings = ", ".join(f"{k}={v}" for k, v in (s.get("sampler") or {}).items())
-        outcomes = "; ".join(f"{k}: " + ", ".join(f"{v}: {n}" for v, n in c.items())
-                             for k, c in (s.get("outcomes") or {}).items()) or "-"
-        row = [name, settings, str(s["episodes"]),
-               f"{_f(s['success_rate'], '.2f')} [{lo:.2f}, {hi:.2f}]",
-               _f(lat["mean"]), _f(lat["p50"]), _f(lat["p95"]), _f(lat["p99"]),
-               _f(s["sequential_calls_mean"]), _f(s["nfe_mean"], ".0f"),
-               "-" if s["speedup_vs_ddpm"] is None else f"{s['speedup_vs_ddpm']:.2f}x", outcomes]
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
 
 
 def _short_path(p: Any) -> Any:
@@ -58,7 +36,7 @@ def markdown_section(results: Mapping[str, Any], plot: str | None = None) -> str
         f"Checkpoint `{_short_path(results.get('checkpoint'))}`, device {results.get('device')} "
         f"({results.get('device_name', '?')}), torch {results.get('torch', '?')}, seed {results.get('seed')}, "
         f"{results.get('episodes_requested')} episodes per sampler (env seeds seed..seed+N-1, the same for "
-        f"every sampler), wall time {_f(results.get('wall_s'), '.0f')} s"
+        f"every sampler), wall time {fmt(results.get('wall_s'), '.0f')} s"
         + ("" if results.get("complete", True) else " — **incomplete run**") + ".")
     parts += ["", markdown_table(results), ""]
     if plot:

@@ -21,14 +21,18 @@ from __future__ import annotations
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
 
+from asd_policy.sampler_config import SamplerConfig
+
+if TYPE_CHECKING:
+    from asd_policy.realtime import RealtimeReport
+
 __all__ = [
     "ChunkPolicy",
-    "SamplerSpec",
     "ChunkInference",
     "EpisodeResult",
     "ObsHistory",
@@ -43,30 +47,18 @@ __all__ = [
 class ChunkPolicy(Protocol):
     """What the control loop needs from a policy.
 
-    ``predict_action(obs_history, method=..., generator=..., **sampler_kwargs)`` gets a float32
-    tensor ``[B, n_obs_steps, obs_dim]`` on the policy's device and returns the action chunk
-    ``[B, n_action_steps, action_dim]``, either bare or with sampler statistics, as any of:
-    ``(actions, stats)``, ``{"action"|"actions": ..., "stats": ...}`` or an object with
-    ``.actions``/``.action`` and ``.stats``. ``stats`` (object or dict) may carry
-    ``sequential_calls`` and ``nfe`` (ints or per-element sequences).
+    ``predict_action(obs_history, method=..., generator=..., **sampler_options)`` gets a float32
+    tensor ``[B, n_obs_steps, obs_dim]`` on the policy's device and returns an
+    :class:`asd_policy.policy.PolicyOutput` (``.actions`` ``[B, n_action_steps, action_dim]`` and
+    ``.stats``) or a plain ``(actions, stats)`` pair. ``stats`` is an
+    :class:`asd_policy.sampling.SamplerStats` (``sequential_calls``, ``nfe`` and per-element
+    ``rounds``) or None.
     """
 
     n_obs_steps: int
     n_action_steps: int
 
     def predict_action(self, obs_history: torch.Tensor, **kwargs: Any) -> Any: ...
-
-
-@dataclass(frozen=True)
-class SamplerSpec:
-    """A named sampler setting: ``method`` plus keyword arguments for ``predict_action``."""
-
-    name: str
-    method: str
-    kwargs: Mapping[str, Any] = field(default_factory=dict)
-
-    def as_dict(self) -> dict:
-        return {"method": self.method, **dict(self.kwargs)}
 
 
 @dataclass
@@ -83,7 +75,8 @@ class ChunkInference:
 
 @dataclass
 class EpisodeResult:
-    """Outcome and cost of one episode."""
+    """Outcome and cost of one episode, synchronous (:func:`rollout_episodes`) or real-time
+    (:func:`asd_policy.realtime.run_realtime`, which also fills ``report``)."""
 
     seed: int
     success: bool = False  # info["is_success"] was true at some step
@@ -97,6 +90,7 @@ class EpisodeResult:
     wall_s: float = 0.0
     frames: list[np.ndarray] | None = None
     final_info: dict[str, Any] = field(default_factory=dict)  # scalar entries of the last info
+    report: "RealtimeReport | None" = None  # deadline misses, skipped actions, rate: real-time episodes
 
     def action_latency_ms(self) -> list[float]:
         """Inference time per executed action: each chunk's latency spread over the actions
@@ -158,27 +152,16 @@ def _sync(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-def _get(obj: Any, *names: str) -> Any:
-    for n in names:
-        if isinstance(obj, Mapping) and n in obj:
-            return obj[n]
-        if not isinstance(obj, Mapping) and hasattr(obj, n):
-            return getattr(obj, n)
-    return None
-
-
 def _split_prediction(out: Any) -> tuple[Any, Any]:
-    if isinstance(out, (tuple, list)) and len(out) == 2:
-        return out[0], out[1]
-    if isinstance(out, (torch.Tensor, np.ndarray)):
-        return out, None
-    actions = _get(out, "actions", "action", "action_pred")
-    if actions is None:
-        raise TypeError(
-            f"predict_action returned {type(out).__name__}; expected actions, (actions, stats), "
-            "a dict with 'action'/'actions' or an object with .actions"
-        )
-    return actions, _get(out, "stats", "sampler_stats")
+    """(actions, stats) of a :class:`~asd_policy.policy.PolicyOutput` or an ``(actions, stats)`` pair."""
+    if hasattr(out, "actions") and hasattr(out, "stats"):
+        return out.actions, out.stats
+    if isinstance(out, tuple) and len(out) == 2:
+        return out
+    raise TypeError(
+        f"predict_action returned {type(out).__name__}; expected a PolicyOutput (.actions, .stats) "
+        "or an (actions, stats) pair"
+    )
 
 
 def _int_and_per_element(value: Any, batch: int) -> tuple[int | None, np.ndarray | None]:
@@ -195,34 +178,18 @@ def _int_and_per_element(value: Any, batch: int) -> tuple[int | None, np.ndarray
 
 
 def _stats_numbers(stats: Any, batch: int) -> tuple[int | None, int | None, Any, Any]:
+    """(sequential calls, NFE, per-element sequential calls, per-element NFE) of a chunk.
+
+    A batch makes ``sequential_calls`` calls for its longest chain, so element b made
+    ``rounds_b * sequential_calls / max(rounds)`` (exact for DDPM/DDIM and both ASD anchors), and
+    its share of the batch's rows is proportional to its rounds.
+    """
     if stats is None:
         return None, None, None, None
-    seq, seq_el = _int_and_per_element(_get(stats, "sequential_calls"), batch)
-    nfe, nfe_el = _int_and_per_element(_get(stats, "nfe"), batch)
-    if seq_el is None:
-        _, seq_el = _int_and_per_element(
-            _get(stats, "per_element_sequential_calls", "sequential_calls_per_element",
-                 "element_sequential_calls"), batch)
-    if nfe_el is None:
-        _, nfe_el = _int_and_per_element(
-            _get(stats, "per_element_nfe", "nfe_per_element", "element_nfe"), batch)
-    # Per-element stats may also hide in a list of per-element objects/dicts.
-    per = _get(stats, "per_element", "elements")
-    if isinstance(per, Sequence) and len(per) == batch and per and not isinstance(per, str):
-        if seq_el is None:
-            vals = [_get(e, "sequential_calls") for e in per]
-            if all(v is not None for v in vals):
-                seq_el = np.asarray(vals, dtype=np.float64)
-        if nfe_el is None:
-            vals = [_get(e, "nfe") for e in per]
-            if all(v is not None for v in vals):
-                nfe_el = np.asarray(vals, dtype=np.float64)
-    # asd_policy.sampling.SamplerStats: per-element ``rounds`` [B]. A batch makes
-    # ``sequential_calls`` calls for its longest chain, so element b made
-    # rounds_b * sequential_calls / max(rounds) (exact for DDPM/DDIM and both ASD anchors), and its
-    # share of the batch's rows is proportional to its rounds.
+    seq, seq_el = _int_and_per_element(getattr(stats, "sequential_calls", None), batch)
+    nfe, nfe_el = _int_and_per_element(getattr(stats, "nfe", None), batch)
     if batch > 1 and (seq_el is None or nfe_el is None):
-        _, rounds = _int_and_per_element(_get(stats, "rounds"), batch)
+        _, rounds = _int_and_per_element(getattr(stats, "rounds", None), batch)
         if rounds is not None and rounds.max() > 0:
             if seq_el is None and seq is not None:
                 seq_el = rounds * (seq / rounds.max())
@@ -234,7 +201,7 @@ def _stats_numbers(stats: Any, batch: int) -> tuple[int | None, int | None, Any,
 def infer_chunk(
     policy: ChunkPolicy,
     obs_history: np.ndarray,
-    sampler: SamplerSpec | None = None,
+    sampler: SamplerConfig | None = None,
     generator: torch.Generator | None = None,
     device: torch.device | None = None,
 ) -> ChunkInference:
@@ -246,7 +213,7 @@ def infer_chunk(
     device = device or policy_device(policy)
     kwargs: dict[str, Any] = {}
     if sampler is not None:
-        kwargs.update(sampler.kwargs)
+        kwargs.update(sampler.options)
         kwargs["method"] = sampler.method
     if generator is not None:
         kwargs["generator"] = generator
@@ -255,8 +222,7 @@ def infer_chunk(
     t0 = time.perf_counter()
     with torch.inference_mode():
         obs_t = torch.as_tensor(obs_history, dtype=torch.float32).to(device)
-        out = policy.predict_action(obs_t, **kwargs)
-        actions, stats = _split_prediction(out)
+        actions, stats = _split_prediction(policy.predict_action(obs_t, **kwargs))
         if isinstance(actions, torch.Tensor):
             actions = actions.detach().to("cpu", torch.float32).numpy()
         _sync(device)
@@ -293,7 +259,7 @@ def rollout_episodes(
     envs: Any,
     policy: ChunkPolicy,
     seeds: Sequence[int],
-    sampler: SamplerSpec | None = None,
+    sampler: SamplerConfig | None = None,
     generator: torch.Generator | None = None,
     max_steps: int | None = None,
     n_action_steps: int | None = None,
@@ -321,115 +287,133 @@ def rollout_episodes(
     n_exec = int(n_action_steps or policy.n_action_steps)
     if generator is None:
         generator = torch.Generator(device=device).manual_seed(int(seeds[0]))
-
-    results = [EpisodeResult(seed=int(s)) for s in seeds]
+    run = _Lockstep(envs, is_vector, seeds, policy.n_obs_steps, max_steps)
     t_start = time.perf_counter()
-    active = [True] * n
-    history: ObsHistory | None = None
-
-    def fail(i: int, exc: BaseException) -> None:
-        results[i].error = _error_text(exc)
-        results[i].success = False
-        active[i] = False
-
-    def start_history(obs0: np.ndarray) -> ObsHistory:
-        return ObsHistory(policy.n_obs_steps, n, int(np.asarray(obs0).reshape(-1).shape[0]))
-
-    # --- reset
-    if is_vector:
-        try:
-            obs, _ = envs.reset(seed=[int(s) for s in seeds])
-        except Exception as exc:  # noqa: BLE001 - an env failure is an episode failure
-            for i in range(n):
-                fail(i, exc)
-            return results
-        history = start_history(obs[0])
-        for i in range(n):
-            history.reset(i, obs[i])
-    else:
-        for i, env in enumerate(envs):
-            try:
-                o, _ = env.reset(seed=int(seeds[i]))
-            except Exception as exc:  # noqa: BLE001
-                fail(i, exc)
-                continue
-            if history is None:
-                history = start_history(o)
-            history.reset(i, o)
-    if record_frames and active[0]:
-        results[0].frames = []
-        _grab_frame(envs, is_vector, results[0])
-
-    # --- receding-horizon loop
-    while any(active):
-        idx = [i for i in range(n) if active[i]]
-        chunk = infer_chunk(policy, history.get(idx), sampler, generator, device)
+    run.reset()
+    if record_frames and run.active[0]:
+        run.results[0].frames = []
+        run.grab_frame()
+    while any(run.active):
+        idx = [i for i in range(n) if run.active[i]]
+        chunk = infer_chunk(policy, run.history.get(idx), sampler, generator, device)
         if on_chunk is not None:
             on_chunk(chunk)
         executed = {i: 0 for i in idx}
         for k in range(min(n_exec, chunk.actions.shape[1])):
-            running = [(j, i) for j, i in enumerate(idx) if active[i]]
+            running = [(j, i) for j, i in enumerate(idx) if run.active[i]]
             if not running:
                 break
-            steps0 = results[0].steps
-            if is_vector:
-                act = np.zeros((n,) + chunk.actions.shape[2:], dtype=np.float32)
-                for j, i in running:
-                    act[i] = chunk.actions[j, k]
+            steps0 = run.results[0].steps
+            run.step(chunk.actions[:, k], running, executed)
+            if record_frames and run.results[0].frames is not None and run.results[0].steps > steps0:
+                run.grab_frame()
+        run.record_chunk(chunk, idx, executed)
+    wall = time.perf_counter() - t_start
+    for r in run.results:
+        r.wall_s = wall
+    return run.results
+
+
+class _Lockstep:
+    """The state of :func:`rollout_episodes`: one episode per env slot, stepped together."""
+
+    def __init__(self, envs: Any, is_vector: bool, seeds: Sequence[int], n_obs_steps: int,
+                 max_steps: int | None):
+        self.envs, self.is_vector, self.seeds = envs, is_vector, [int(s) for s in seeds]
+        self.n_obs_steps, self.max_steps = n_obs_steps, max_steps
+        self.results = [EpisodeResult(seed=s) for s in self.seeds]
+        self.active = [True] * len(self.seeds)
+        self.history: ObsHistory | None = None
+
+    def fail(self, i: int, exc: BaseException) -> None:
+        self.results[i].error = _error_text(exc)
+        self.results[i].success = False
+        self.active[i] = False
+
+    def _start(self, i: int, obs: np.ndarray) -> None:
+        if self.history is None:
+            obs_dim = int(np.asarray(obs).reshape(-1).shape[0])
+            self.history = ObsHistory(self.n_obs_steps, len(self.seeds), obs_dim)
+        self.history.reset(i, obs)
+
+    def reset(self) -> None:
+        if self.is_vector:
+            try:
+                obs, _ = self.envs.reset(seed=self.seeds)
+            except Exception as exc:  # noqa: BLE001 - an env failure is an episode failure
+                for i in range(len(self.seeds)):
+                    self.fail(i, exc)
+                return
+            for i in range(len(self.seeds)):
+                self._start(i, obs[i])
+            return
+        for i, env in enumerate(self.envs):
+            try:
+                o, _ = env.reset(seed=self.seeds[i])
+            except Exception as exc:  # noqa: BLE001
+                self.fail(i, exc)
+                continue
+            self._start(i, o)
+
+    def _after_step(self, i: int, obs: Any, rew: Any, done: bool, success: bool,
+                    executed: dict[int, int]) -> None:
+        r = self.results[i]
+        r.steps += 1
+        executed[i] += 1
+        r.episode_return += float(rew)
+        r.success = r.success or success
+        self.history.push(i, obs)
+        if done or (self.max_steps and r.steps >= self.max_steps):
+            self.active[i] = False
+
+    def step(self, actions: np.ndarray, running: list[tuple[int, int]], executed: dict[int, int]) -> None:
+        """One action for each running slot ``i`` (``actions[j]`` for the pair ``(j, i)``)."""
+        if not self.is_vector:
+            for j, i in running:
                 try:
-                    obs, rew, term, trunc, info = envs.step(act)
+                    o, rew, term, trunc, info = self.envs[i].step(actions[j])
                 except Exception as exc:  # noqa: BLE001
-                    for _, i in running:
-                        fail(i, exc)
-                    break
-                for _, i in running:
-                    r = results[i]
-                    r.steps += 1
-                    executed[i] += 1
-                    r.episode_return += float(rew[i])
-                    r.success = r.success or _is_success(info, i)
-                    history.push(i, obs[i])
-                    if term[i] or trunc[i] or (max_steps and r.steps >= max_steps):
-                        active[i] = False
-            else:
-                for j, i in running:
-                    r = results[i]
-                    try:
-                        o, rew, term, trunc, info = envs[i].step(chunk.actions[j, k])
-                    except Exception as exc:  # noqa: BLE001
-                        fail(i, exc)
-                        continue
-                    r.steps += 1
-                    executed[i] += 1
-                    r.episode_return += float(rew)
-                    r.success = r.success or _is_success(info)
-                    r.final_info = _scalars(info)
-                    history.push(i, o)
-                    if term or trunc or (max_steps and r.steps >= max_steps):
-                        active[i] = False
-            if record_frames and results[0].frames is not None and results[0].steps > steps0:
-                _grab_frame(envs, is_vector, results[0])
+                    self.fail(i, exc)
+                    continue
+                self.results[i].final_info = scalar_info(info)
+                self._after_step(i, o, rew, term or trunc, _is_success(info), executed)
+            return
+        act = np.zeros((len(self.seeds),) + actions.shape[1:], dtype=np.float32)
+        for j, i in running:
+            act[i] = actions[j]
+        try:
+            obs, rew, term, trunc, info = self.envs.step(act)
+        except Exception as exc:  # noqa: BLE001
+            for _, i in running:
+                self.fail(i, exc)
+            return
+        for _, i in running:
+            self._after_step(i, obs[i], rew[i], term[i] or trunc[i], _is_success(info, i), executed)
+
+    def record_chunk(self, chunk: ChunkInference, idx: list[int], executed: dict[int, int]) -> None:
         for j, i in enumerate(idx):
-            r = results[i]
+            r = self.results[i]
             r.chunk_latency_ms.append(chunk.latency_s * 1e3)
             r.chunk_actions.append(executed[i])
-            seq = chunk.per_element_sequential_calls
-            nfe = chunk.per_element_nfe
-            if seq is not None:
-                r.sequential_calls.append(float(seq[j]))
-            elif chunk.sequential_calls is not None:
-                r.sequential_calls.append(float(chunk.sequential_calls))
-            if nfe is not None:
-                r.nfe.append(float(nfe[j]))
-            elif chunk.nfe is not None:
-                r.nfe.append(float(chunk.nfe))
-    wall = time.perf_counter() - t_start
-    for r in results:
-        r.wall_s = wall
-    return results
+            seq, nfe = chunk.per_element_sequential_calls, chunk.per_element_nfe
+            if seq is not None or chunk.sequential_calls is not None:
+                r.sequential_calls.append(float(seq[j] if seq is not None else chunk.sequential_calls))
+            if nfe is not None or chunk.nfe is not None:
+                r.nfe.append(float(nfe[j] if nfe is not None else chunk.nfe))
+
+    def grab_frame(self) -> None:
+        r = self.results[0]
+        try:
+            frame = self.envs.render() if self.is_vector else self.envs[0].render()
+            if self.is_vector and isinstance(frame, (tuple, list)):
+                frame = frame[0]
+            if frame is not None:
+                r.frames.append(np.asarray(frame))
+        except Exception:  # noqa: BLE001 - video is optional; never fail an episode for it
+            r.frames = None
 
 
-def _scalars(info: Any) -> dict[str, Any]:
+def scalar_info(info: Any) -> dict[str, Any]:
     """The plain scalar entries of an env's info dict (e.g. which mode an episode took)."""
     out: dict[str, Any] = {}
     for k, v in (info or {}).items():
@@ -438,14 +422,3 @@ def _scalars(info: Any) -> dict[str, Any]:
         if isinstance(v, (bool, int, float, str)) and not str(k).startswith("_"):
             out[str(k)] = v
     return out
-
-
-def _grab_frame(envs: Any, is_vector: bool, r: EpisodeResult) -> None:
-    try:
-        frame = envs.render() if is_vector else envs[0].render()
-        if is_vector and isinstance(frame, (tuple, list)):
-            frame = frame[0]
-        if frame is not None:
-            r.frames.append(np.asarray(frame))
-    except Exception:  # noqa: BLE001 - video is optional; never fail an episode for it
-        r.frames = None

@@ -9,6 +9,8 @@ import argparse
 import json
 from pathlib import Path
 
+from asd_policy.evaluation.tables import CARD_COLUMNS, markdown_table
+
 
 def card(checkpoint: Path, results: dict | None, target: float | None) -> str:
     meta = json.loads((checkpoint / "policy.json").read_text())
@@ -46,13 +48,8 @@ def card(checkpoint: Path, results: dict | None, target: float | None) -> str:
         f"## Success rate ({results.get('device_name') or results.get('device')}, seeds {results.get('seed')}..., "
         f"`{results.get('command', '?')}`)",
         "",
-        "| sampler | episodes | success | 95% interval (Wilson) | sequential calls / chunk | NFE / chunk |",
-        "|---|---|---|---|---|---|",
+        markdown_table(results, CARD_COLUMNS),
     ]
-    for name, row in results["samplers"].items():
-        lo, hi = row["success_ci95"]
-        lines.append(f"| {name} | {row['episodes']} | {row['success_rate']:.0%} | [{lo:.2f}, {hi:.2f}] | "
-                     f"{row['sequential_calls_mean']:.1f} | {row['nfe_mean']:.0f} |")
     ddpm = results["samplers"].get("ddpm")
     if target is not None and ddpm is not None:
         verdict = "met" if ddpm["success_rate"] >= target else "**missed**"

@@ -9,9 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from asd_policy.report import write_report  # noqa: E402
+from asd_policy.report import write_report
 
 
 def main() -> None:

@@ -2,15 +2,20 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import gymnasium as gym
 import numpy as np
 import torch
 
+from asd_policy.policy import PolicyOutput
+from asd_policy.sampling import SamplerStats
+
 
 class ToyReach(gym.Env):
-    """A point moves toward a goal in 2-D; success within 0.1. obs = [pos, goal]."""
+    """A point moves toward a goal in 2-D; success within 0.1. obs = [pos, goal].
+
+    ``info["goal_side"]`` (-1 or 1: the sign of the goal's x) is a categorical outcome, like
+    reach_around's ``passed_side``."""
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 50, "control_hz": 50}
 
@@ -30,7 +35,10 @@ class ToyReach(gym.Env):
         self._t = 0
         self.pos = self.np_random.uniform(-1, 1, 2).astype(np.float32)
         self.goal = self.np_random.uniform(-1, 1, 2).astype(np.float32)
-        return self._obs(), {"is_success": False}
+        return self._obs(), self._info(False)
+
+    def _info(self, success):
+        return {"is_success": success, "goal_side": 1 if self.goal[0] >= 0 else -1}
 
     def _obs(self):
         return np.concatenate([self.pos, self.goal]).astype(np.float32)
@@ -41,7 +49,7 @@ class ToyReach(gym.Env):
             raise RuntimeError(f"simulated physics blow-up (seed {self._seed})")
         self.pos = np.clip(self.pos + 0.25 * np.asarray(action, np.float32), -2, 2).astype(np.float32)
         success = bool(np.linalg.norm(self.pos - self.goal) < 0.1)
-        return self._obs(), float(success), success, False, {"is_success": success}
+        return self._obs(), float(success), success, False, self._info(success)
 
     def render(self):
         img = np.zeros((16, 16, 3), np.uint8)
@@ -54,21 +62,22 @@ def make_toy(render_mode=None, **kw):
     return gym.wrappers.TimeLimit(ToyReach(render_mode=render_mode, **kw), max_episode_steps=30)
 
 
-@dataclass
-class FakeStats:
-    sequential_calls: int
-    nfe: int
+def fake_stats(method: str, batch: int, sequential_calls: int) -> SamplerStats:
+    """What asd_policy.sampling reports for ``batch`` chains of ``sequential_calls`` rounds each."""
+    return SamplerStats(method=method, batch_size=batch, sequential_calls=sequential_calls,
+                        nfe=sequential_calls * batch, rounds=torch.full((batch,), sequential_calls))
 
 
 class FakePolicy:
-    """Proportional controller with sampler-dependent 'cost' (sleep per sequential call)."""
+    """Proportional controller with sampler-dependent 'cost' (sleep per sequential call); returns a
+    PolicyOutput as DiffusionPolicy.predict_action does."""
 
     task_name = "toy"
 
     def __init__(self, delay_per_call=0.0, n_obs_steps=2, n_action_steps=4, noise=0.3, fixed_latency=0.0):
         self.n_obs_steps = n_obs_steps
         self.n_action_steps = n_action_steps
-        self.horizon = 8
+        self.horizon = max(8, n_action_steps)
         self.obs_dim = 4
         self.action_dim = 2
         self.device = torch.device("cpu")
@@ -92,4 +101,6 @@ class FakePolicy:
             a = (remaining / 0.25 + noise[:, k]).clamp(-1, 1)
             remaining = remaining - 0.25 * a
             acts.append(a)
-        return torch.stack(acts, 1), FakeStats(sequential_calls=seq, nfe=seq * b)
+        actions = torch.stack(acts, 1)
+        action_pred = torch.cat([actions, actions[:, -1:].expand(b, self.horizon - self.n_action_steps, 2)], 1)
+        return PolicyOutput(actions, action_pred, fake_stats(method, b, seq))

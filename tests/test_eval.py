@@ -13,14 +13,9 @@ import pytest
 import torch
 
 from asd_eval_fakes import FakePolicy, ToyReach, make_toy
-from asd_policy.evaluation import (
-    EPISODES_NAME,
-    SAMPLER_PRESETS,
-    EvalError,
-    evaluate,
-    resolve_samplers,
-    wilson_interval,
-)
+from asd_policy.config import HELD_OUT_SEED, ConfigError, TaskConfig
+from asd_policy.evaluation import EPISODES_NAME, EvalConfig, EvalError, evaluate, format_table, wilson_interval
+from asd_policy.sampler_config import SAMPLER_PRESETS, resolve_samplers
 
 REPO = Path(__file__).resolve().parents[1]
 SUMMARY_KEYS = {"episodes", "success_rate", "success_ci95", "chunk_latency_ms", "sequential_calls_mean",
@@ -69,9 +64,9 @@ def test_end_to_end_own_task_tiny_policy(tiny_checkpoint, tmp_path, monkeypatch)
     monkeypatch.setenv("WANDB_SILENT", "true")
     out = tmp_path / "run"
     presets = {"asd": {"speculation_length": 4}}
-    res = evaluate("reach_around", tiny_checkpoint, samplers=["ddpm", "asd"], presets=presets, episodes=2,
-                   seed=7, out_dir=out, max_steps=8, logger="wandb", progress=False, verbose=False,
-                   wandb_config={"project": "asd-policy-test"})
+    res = evaluate(task="reach_around", checkpoint=tiny_checkpoint, samplers=["ddpm", "asd"], presets=presets,
+                   episodes=2, seed=7, out_dir=out, max_steps=8, logger="wandb", progress=False, verbose=False,
+                   wandb={"project": "asd-policy-test"})
     on_disk = json.loads((out / "results.json").read_text())
     check_results_schema(on_disk, ["ddpm", "asd"], 2)
     assert on_disk["task"] == "reach_around" and on_disk["checkpoint"] == str(tiny_checkpoint)
@@ -121,7 +116,7 @@ def test_resume_does_not_repeat_finished_episodes(tmp_path):
         return gym.wrappers.TimeLimit(Counting(), 30)
 
     kw = dict(policy=FakePolicy(), env_fn=env_fn, samplers=["ddpm", "asd"], episodes=4, seed=100,
-              out_dir=tmp_path, progress=False, verbose=False)
+              out_dir=tmp_path, logger="none", progress=False, verbose=False)
     Counting.interrupt_at = 102  # episodes 0 and 1 finish for both samplers, then Ctrl-C
     with pytest.raises(KeyboardInterrupt):
         evaluate(**kw)
@@ -152,8 +147,8 @@ def test_env_error_is_a_failed_episode_and_eval_goes_on(tmp_path):
 
         return gym.wrappers.TimeLimit(ToyReach(fail_seeds={1}, fail_at=2), 30)
 
-    res = evaluate(policy=FakePolicy(noise=0.0), env_fn=env_fn, samplers=["ddim"], episodes=3, num_envs=2,
-                   out_dir=tmp_path, progress=False, verbose=False)
+    res = evaluate(policy=FakePolicy(noise=0.0), env_fn=env_fn, samplers=["ddim"], episodes=3, num_envs=2, seed=0,
+                   out_dir=tmp_path, logger="none", progress=False, verbose=False)
     rows = {r["episode"]: r for r in res["episodes"]}
     assert "simulated physics blow-up" in rows[1]["error"] and rows[1]["success"] is False
     assert rows[0]["error"] is None and rows[2]["error"] is None and rows[0]["success"] and rows[2]["success"]
@@ -162,7 +157,7 @@ def test_env_error_is_a_failed_episode_and_eval_goes_on(tmp_path):
 
 def test_gymnasium_vector_env_batches_match_list_mode(tmp_path):
     kw = dict(policy=FakePolicy(noise=0.0), env_fn=make_toy, samplers=["ddpm", "ddim"], episodes=3, num_envs=2,
-              progress=False, verbose=False)
+              logger="none", progress=False, verbose=False)
     vec = evaluate(vector_env="sync", out_dir=tmp_path / "vec", **kw)
     lst = evaluate(out_dir=tmp_path / "list", **kw)
     check_results_schema(vec, ["ddpm", "ddim"], 3)
@@ -175,7 +170,7 @@ def test_videos_and_realtime_mode(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     res = evaluate(policy=FakePolicy(fixed_latency=0.001, noise=0.0), env_fn=make_toy, samplers=["asd"],
                    episodes=2, out_dir=tmp_path, realtime=True, control_hz=200.0, videos=1,
-                   progress=False, verbose=False)
+                   logger="none", progress=False, verbose=False)
     rt = res["samplers"]["asd"]["realtime"]
     assert rt["achieved_hz_mean"] > 150 and rt["deadline_misses"] >= 0
     assert {"deadline_misses", "skipped_actions", "achieved_hz"} <= set(res["episodes"][0])
@@ -187,10 +182,10 @@ def test_videos_and_realtime_mode(tmp_path, monkeypatch):
 
 
 def test_bad_inputs_give_one_clear_line(tmp_path, tiny_checkpoint):
-    with pytest.raises(EvalError, match=r"unknown sampler 'nope'; known samplers: .*asd.*ddim.*ddpm"):
+    with pytest.raises(ConfigError, match=r"unknown sampler 'nope'; known samplers: .*asd.*ddim.*ddpm"):
         resolve_samplers(["ddpm", "nope"])
     with pytest.raises(EvalError, match="checkpoint not found"):
-        evaluate("reach_around", tmp_path / "missing", out_dir=tmp_path, progress=False, verbose=False)
+        evaluate(task="reach_around", checkpoint=tmp_path / "missing", out_dir=tmp_path, progress=False, verbose=False)
     # a checkpoint of the right shape but trained for another task
     from asd_policy.checkpoint import save_policy
     from asd_policy.policy import build_policy
@@ -202,29 +197,31 @@ def test_bad_inputs_give_one_clear_line(tmp_path, tiny_checkpoint):
                          schedule={"num_train_timesteps": 10}, n_action_steps=4, horizon=8)
     save_policy(other, tmp_path / "other")
     with pytest.raises(EvalError, match="trained for task 'other_task', not 'reach_around'") as ei:
-        evaluate("reach_around", tmp_path / "other", out_dir=tmp_path, progress=False, verbose=False)
+        evaluate(task="reach_around", checkpoint=tmp_path / "other", out_dir=tmp_path, progress=False, verbose=False)
     assert "\n" not in str(ei.value)
     # a checkpoint whose dimensions do not fit the task
     wrong = build_policy(spec.obs_dim + 1, spec.action_dim, size="tiny", task_name="reach_around",
                          n_action_steps=4, horizon=8)
     save_policy(wrong, tmp_path / "wrong")
     with pytest.raises(EvalError, match="obs_dim") as ei:
-        evaluate("reach_around", tmp_path / "wrong", out_dir=tmp_path, progress=False, verbose=False)
+        evaluate(task="reach_around", checkpoint=tmp_path / "wrong", out_dir=tmp_path, progress=False, verbose=False)
     assert "\n" not in str(ei.value)
     # a preset whose settings the sampler rejects: one line naming the sampler
     with pytest.raises(EvalError, match=r"sampler 'asd' .* does not run on this policy: .*speculation_length") as ei:
-        evaluate("reach_around", tiny_checkpoint, samplers=["asd"], presets={"asd": {"speculation_length": 0}},
-                 out_dir=tmp_path / "L0", progress=False, verbose=False, max_steps=2)
+        evaluate(task="reach_around", checkpoint=tiny_checkpoint, samplers=["asd"],
+                 presets={"asd": {"speculation_length": 0}}, out_dir=tmp_path / "L0", progress=False, verbose=False,
+                 max_steps=2)
     assert "\n" not in str(ei.value)
     with pytest.raises(EvalError, match="unknown task"):
-        evaluate("no_such_task", tiny_checkpoint, out_dir=tmp_path, progress=False, verbose=False)
+        evaluate(task="no_such_task", checkpoint=tiny_checkpoint, out_dir=tmp_path, progress=False, verbose=False)
 
 
 def test_markdown_report(tmp_path):
     from asd_policy.report import write_report
 
-    evaluate(policy=FakePolicy(), env_fn=make_toy, samplers=["ddpm", "asd"], episodes=2, out_dir=tmp_path / "run",
-             progress=False, verbose=False, command="python scripts/eval.py episodes=2")
+    evaluate(policy=FakePolicy(), env_fn=make_toy, task=None, samplers=["ddpm", "asd"], episodes=2,
+             out_dir=tmp_path / "run", logger="none", progress=False, verbose=False,
+             command="python scripts/eval.py episodes=2")
     md = write_report([tmp_path / "run"], tmp_path / "docs" / "results.md").read_text()
     assert "python scripts/eval.py episodes=2" in md
     assert "| ddpm | method=ddpm | 2 |" in md and "| asd | method=asd" in md
@@ -241,14 +238,79 @@ def test_markdown_report(tmp_path):
 def test_presets_and_wilson():
     assert set(SAMPLER_PRESETS) >= {"ddpm", "ddim", "asd"}
     specs = resolve_samplers("ddpm,asd", presets={"asd": {"speculation_length": 8}})
-    assert [s.name for s in specs] == ["ddpm", "asd"] and specs[1].kwargs["speculation_length"] == 8
-    assert specs[1].kwargs["anchor"] == "reuse"
-    with pytest.raises(EvalError, match="twice"):
+    assert [s.name for s in specs] == ["ddpm", "asd"] and specs[1].options["speculation_length"] == 8
+    assert specs[1].options["anchor"] == "reuse"
+    with pytest.raises(ConfigError, match="twice"):
         resolve_samplers(["asd", "asd"])
     lo, hi = wilson_interval(50, 50)
     assert hi == 1.0 and 0.92 < lo < 0.94
     lo, hi = wilson_interval(0, 2)
     assert lo == 0.0 and 0.65 < hi < 0.66
+
+
+def test_config_validates_itself():
+    with pytest.raises(ValueError, match="episodes must be an integer >= 1, got 0"):
+        EvalConfig(episodes=0)
+    with pytest.raises(ConfigError, match=r"presets\.asd: unknown key 'speculaton_length'.*did you mean 'speculation_length'"):
+        EvalConfig(presets={"asd": {"speculaton_length": 8}})
+    with pytest.raises(ConfigError, match="logger='wandbb' is not valid.*did you mean 'wandb'"):
+        EvalConfig(logger="wandbb")
+    with pytest.raises(ConfigError, match="unknown sampler 'asdd'.*did you mean 'asd'"):
+        EvalConfig(samplers=["ddpm", "asdd"])
+    with pytest.raises(ConfigError, match="unknown key 'episodez' in evaluate.*did you mean 'episodes'"):
+        evaluate(episodez=3)
+    with pytest.raises(ConfigError, match="unknown key 'mod' in EvalConfig.wandb.*did you mean 'mode'"):
+        EvalConfig(wandb={"mod": "offline"})
+    assert issubclass(EvalError, ConfigError) and issubclass(ConfigError, ValueError)
+    assert EvalConfig(task="lift").task == TaskConfig(name="lift")
+    assert EvalConfig(samplers=["policy"]).samplers == ["policy"]  # the checkpoint's stored sampler
+
+
+def test_default_seed_is_held_out_in_python_and_script(tiny_checkpoint, tmp_path):
+    """evaluate() and scripts/eval.py, given no seed, run the same held-out starts (not the demos' 0, 1, ...)."""
+    assert EvalConfig().seed == HELD_OUT_SEED
+    py = evaluate(task="reach_around", checkpoint=tiny_checkpoint, samplers=["ddim"], episodes=2, max_steps=2,
+                  out_dir=tmp_path / "py", logger="none", progress=False, verbose=False)
+    p = run_script([f"checkpoint={tiny_checkpoint}", "samplers=[ddim]", "episodes=2", "max_steps=2", "logger=none",
+                    "progress=false", f"hydra.run.dir={tmp_path}/cli"], cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    cli = json.loads((tmp_path / "cli" / "results.json").read_text())
+    assert [r["seed"] for r in py["episodes"]] == [r["seed"] for r in cli["episodes"]] == [HELD_OUT_SEED, HELD_OUT_SEED + 1]
+    assert py["seed"] == cli["seed"] == HELD_OUT_SEED
+
+
+def test_training_time_call(tiny_checkpoint, tmp_path):
+    """The call the training loop makes for its rollouts (EvalConfig + a ready policy); torch's
+    thread count is the caller's again afterwards."""
+    from asd_policy.checkpoint import load_policy
+
+    policy = load_policy(tiny_checkpoint)
+    threads = torch.get_num_threads()
+    cfg = EvalConfig(task=TaskConfig(name="reach_around"), samplers=["ddim"], episodes=1, seed=100000,
+                     logger="none", progress=False, warmup=False, max_steps=4)
+    res = evaluate(cfg, policy=policy, out_dir=tmp_path, verbose=False)
+    assert 0.0 <= res["samplers"]["ddim"]["success_rate"] <= 1.0 and res["episodes"][0]["seed"] == 100000
+    assert res["checkpoint"] is None and torch.get_num_threads() == threads
+    # preset "policy" runs the checkpoint's stored sampler, and the settings that ran are recorded
+    res = evaluate(cfg, policy=policy, out_dir=tmp_path / "stored", verbose=False, samplers=["policy", "asd"],
+                   presets={"asd": {"anchor": "fresh"}})
+    assert res["samplers"]["policy"]["sampler"] == policy.config.sampler
+    assert res["samplers"]["asd"]["sampler"] == {**policy.config.sampler, "anchor": "fresh"}
+    meta = json.loads((tmp_path / "stored" / "run_meta.json").read_text())
+    assert meta["samplers"]["policy"] == policy.config.sampler
+
+
+def test_realtime_rows_keep_final_info(tmp_path):
+    res = evaluate(policy=FakePolicy(fixed_latency=0.001, noise=0.0), env_fn=make_toy, task=None, samplers=["asd"],
+                   episodes=3, out_dir=tmp_path, realtime=True, control_hz=200.0, logger="none", progress=False,
+                   verbose=False)
+    rows = [json.loads(line) for line in (tmp_path / EPISODES_NAME).read_text().splitlines()]
+    assert len(rows) == 3 and all("deadline_misses" in r for r in rows)
+    assert all(r["final_info"]["goal_side"] in (-1, 1) for r in rows)
+    assert all(r["info.goal_side"] in (-1, 1) for r in res["episodes"])
+    s = res["samplers"]["asd"]
+    assert sum(s["outcomes"]["goal_side"].values()) == round(s["success_rate"] * 3) > 0
+    assert "successes by outcome" in format_table(res) and "goal_side" in format_table(res)
 
 
 # ---------------------------------------------------------------------------- the script (hydra)
@@ -300,3 +362,16 @@ def test_submitit_local_launcher(tiny_checkpoint, tmp_path):
     assert len(results) == 2, p.stdout[-2000:] + p.stderr[-2000:]
     assert {tuple(json.loads(r.read_text())["samplers"]) for r in results} == {("ddpm",), ("asd",)}
     assert list((tmp_path / "sweep" / ".submitit").iterdir())  # the jobs went through submitit
+
+
+def test_script_rejects_unknown_keys(tmp_path):
+    p = run_script(["+presets.asd.speculaton_length=8", "logger=none", f"hydra.run.dir={tmp_path}/a"], cwd=tmp_path)
+    assert p.returncode != 0 and "speculation_length" in p.stderr
+    assert p.stderr.strip().splitlines()[-1].startswith("error: presets.asd: unknown key 'speculaton_length'")
+    p = run_script(["episodez=3", f"hydra.run.dir={tmp_path}/b"], cwd=tmp_path)
+    assert p.returncode != 0 and "did you mean 'episodes'" in p.stderr
+    p = run_script(["+wandb.mod=offline", f"hydra.run.dir={tmp_path}/c"], cwd=tmp_path)
+    assert p.returncode != 0 and "did you mean 'mode'" in p.stderr
+    p = run_script(["episodes=0", f"hydra.run.dir={tmp_path}/d"], cwd=tmp_path)
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1] == "error: episodes must be an integer >= 1, got 0"
+    assert not list(tmp_path.glob("*/results.json"))

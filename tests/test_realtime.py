@@ -9,6 +9,7 @@ import torch
 
 from asd_eval_fakes import FakePolicy, make_toy
 from asd_policy.realtime import Rate, RealtimeController, run_realtime
+from asd_policy.sampling import SamplerStats
 
 
 class TickPolicy:
@@ -24,7 +25,8 @@ class TickPolicy:
         time.sleep(self.latency)
         tick = obs_history[:, -1, :1]
         steps = torch.arange(self.n_action_steps, dtype=torch.float32)[None, :, None]
-        return tick[:, None, :] + steps, {"sequential_calls": 3, "nfe": 3}
+        stats = SamplerStats(method="ddim", batch_size=tick.shape[0], sequential_calls=3, nfe=3)
+        return tick[:, None, :] + steps, stats
 
 
 def drive(ctrl: RealtimeController, hz: float, ticks: int):
@@ -89,6 +91,8 @@ def test_run_realtime_on_env():
     assert rep.deadline_misses == 0 and rep.ticks == ep.steps
     assert len(ep.chunk_latency_ms) == len(ep.chunk_actions) == rep.chunks
     assert sum(ep.chunk_actions) == ep.steps
+    assert ep.final_info["goal_side"] in (-1, 1) and ep.final_info["is_success"] is True
+    assert ep.wall_s == rep.wall_s > 0
 
 
 def test_bad_arguments():

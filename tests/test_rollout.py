@@ -7,13 +7,8 @@ import pytest
 import torch
 
 from asd_eval_fakes import FakePolicy, ToyReach, make_toy
-from asd_policy.rollout import (
-    ObsHistory,
-    SamplerSpec,
-    infer_chunk,
-    latency_summary,
-    rollout_episodes,
-)
+from asd_policy.rollout import ObsHistory, infer_chunk, latency_summary, rollout_episodes
+from asd_policy.sampler_config import SamplerConfig
 
 
 class RecordingPolicy(FakePolicy):
@@ -38,7 +33,7 @@ def test_obs_history_pads_then_shifts():
 
 def test_single_env_receding_horizon_and_costs():
     pol = RecordingPolicy(noise=0.0, n_action_steps=4)
-    (r,) = rollout_episodes(make_toy(), pol, seeds=[3], sampler=SamplerSpec("ddim", "ddim", {"num_inference_steps": 7}))
+    (r,) = rollout_episodes(make_toy(), pol, seeds=[3], sampler=SamplerConfig("ddim", "ddim", {"num_inference_steps": 7}))
     assert r.error is None
     # a chunk every 4 executed actions, the last one possibly cut by the episode's end
     assert sum(r.chunk_actions) == r.steps
@@ -98,7 +93,7 @@ def test_per_element_stats_from_rounds():
 
     class P(FakePolicy):
         def predict_action(self, obs_history, **kw):
-            a, _ = super().predict_action(obs_history, **kw)
+            a = super().predict_action(obs_history, **kw).actions
             s = Stats()
             s.rounds = Stats.rounds[: obs_history.shape[0]]
             return a, s
@@ -110,17 +105,27 @@ def test_per_element_stats_from_rounds():
 
 
 def test_prediction_forms_and_bad_shape():
+    c = infer_chunk(FakePolicy(), np.zeros((1, 2, 4), np.float32), SamplerConfig("ddim", "ddim"))
+    assert (c.sequential_calls, c.nfe) == (10, 10)  # a PolicyOutput with SamplerStats
+
+    class PairPolicy(FakePolicy):
+        def predict_action(self, obs_history, **kw):
+            out = super().predict_action(obs_history, **kw)
+            return out.actions, out.stats
+
+    c = infer_chunk(PairPolicy(), np.zeros((1, 2, 4), np.float32))
+    assert (c.sequential_calls, c.nfe) == (100, 100)
+
     class DictPolicy(FakePolicy):
         def predict_action(self, obs_history, **kw):
-            a, s = super().predict_action(obs_history, **kw)
-            return {"action": a, "stats": {"sequential_calls": 5, "nfe": 9}}
+            return {"actions": super().predict_action(obs_history, **kw).actions}
 
-    c = infer_chunk(DictPolicy(), np.zeros((1, 2, 4), np.float32))
-    assert (c.sequential_calls, c.nfe) == (5, 9)
+    with pytest.raises(TypeError, match="PolicyOutput"):
+        infer_chunk(DictPolicy(), np.zeros((1, 2, 4), np.float32))
 
     class Bad(FakePolicy):
         def predict_action(self, obs_history, **kw):
-            return torch.zeros(obs_history.shape[0], 2)
+            return torch.zeros(obs_history.shape[0], 2), None
 
     with pytest.raises(ValueError, match="n_action_steps"):
         infer_chunk(Bad(), np.zeros((1, 2, 4), np.float32))
@@ -143,7 +148,7 @@ def test_real_diffusion_policy_on_own_task():
     pol = build_policy(spec.obs_dim, spec.action_dim, size="tiny", task_name=spec.name,
                        schedule={"num_train_timesteps": 10}, n_action_steps=4, horizon=8)
     envs = [asd_envs.make_env(spec.name) for _ in range(2)]
-    sampler = SamplerSpec("asd", "asd", {"speculation_length": 4, "anchor": "reuse"})
+    sampler = SamplerConfig("asd", "asd", {"speculation_length": 4, "anchor": "reuse"})
     res = rollout_episodes(envs, pol, seeds=[0, 1], sampler=sampler, max_steps=8)
     for r in res:
         assert r.error is None and r.steps == 8 and len(r.chunk_latency_ms) == 2

@@ -1,0 +1,121 @@
+"""EvalConfig: every setting of an evaluation, with its default, validated when it is built."""
+from __future__ import annotations
+
+import dataclasses
+import numbers
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from asd_policy.config import (
+    HELD_OUT_SEED,
+    ConfigError,
+    TaskConfig,
+    WandbConfig,
+    check_choice,
+    check_keys,
+    coerce_nested,
+)
+from asd_policy.sampler_config import POLICY_PRESET, SAMPLER_PRESETS, SamplerConfig, resolve_samplers
+
+__all__ = ["EvalConfig", "EvalError", "make_config"]
+
+VECTOR_ENVS = (None, "sync", "async")
+LOGGERS = ("wandb", "none")
+
+
+class EvalError(ConfigError):
+    """A bad input to the evaluation (checkpoint, task, env, sampler); one line meant for the user."""
+
+
+@dataclass
+class EvalConfig:
+    """An evaluation: every sampler runs episodes ``0..episodes-1``, episode ``i`` from env seed ``seed + i``."""
+
+    task: TaskConfig = field(default_factory=lambda: TaskConfig(name="reach_around"))
+    checkpoint: str | None = None  # a checkpoint directory; None: checkpoints/<task.name>
+    samplers: list[str] = field(default_factory=lambda: ["ddpm", "asd", "ddim"])  # preset names, in order
+    presets: dict[str, dict[str, Any]] = field(default_factory=dict)  # add or change presets, e.g. {asd8L: {method: asd, speculation_length: 8}}
+    episodes: int = 20  # per sampler
+    seed: int = HELD_OUT_SEED  # first env seed: above the demonstrations' seeds 0, 1, ...
+    num_envs: int = 1  # episodes run in lockstep, one batched inference per chunk
+    vector_env: str | None = None  # None: a list of envs (an env error fails only its episode); sync | async: gymnasium.vector
+    device: str = "cpu"  # cpu | cuda | cuda:1 | mps
+    torch_threads: int | None = 1  # torch.set_num_threads during the evaluation; None: leave torch's
+    max_steps: int | None = None  # cap on steps per episode (the task's TimeLimit applies anyway)
+    n_action_steps: int | None = None  # actions executed per chunk; None: the policy's
+    warmup: bool = True  # one untimed inference per sampler before timing
+    realtime: bool = False  # run each episode at the control rate on the wall clock (one env)
+    control_hz: float | None = None  # real-time rate; None: the task's
+    videos: int = 0  # record GIFs of this many episodes per sampler
+    resume: Any = False  # true: continue the run in the output dir; or a run dir to continue
+    progress: bool = True
+    logger: str = "wandb"  # wandb | none
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.task, str):
+            self.task = TaskConfig(name=self.task)
+        coerce_nested(self)
+        if self.checkpoint is not None:
+            self.checkpoint = os.fspath(self.checkpoint)
+        if isinstance(self.samplers, str):
+            self.samplers = [s.strip() for s in self.samplers.split(",") if s.strip()]
+        self.samplers = [str(s) for s in self.samplers]
+        self.presets = {str(k): dict(v or {}) for k, v in (self.presets or {}).items()}
+        if self.vector_env in ("", "none"):
+            self.vector_env = None
+        if self.logger is None:
+            self.logger = "none"
+        if isinstance(self.resume, str) and self.resume.lower() in ("true", "false"):
+            self.resume = self.resume.lower() == "true"
+        self._check()
+
+    def _check(self) -> None:
+        _at_least("episodes", self.episodes, 1)
+        _at_least("num_envs", self.num_envs, 1)
+        _at_least("videos", self.videos, 0)
+        if self.max_steps is not None:
+            _at_least("max_steps", self.max_steps, 1)
+        if self.n_action_steps is not None:
+            _at_least("n_action_steps", self.n_action_steps, 1)
+        if self.torch_threads is not None:
+            _at_least("torch_threads", self.torch_threads, 1)
+        if self.control_hz is not None and not float(self.control_hz) > 0:
+            raise ConfigError(f"control_hz must be > 0, got {self.control_hz!r} (or null for the task's rate)")
+        check_choice("vector_env", self.vector_env, VECTOR_ENVS)
+        check_choice("logger", self.logger, LOGGERS)
+        if not isinstance(self.resume, (bool, str)):
+            raise ConfigError(f"resume must be true, false or a run directory, got {self.resume!r}")
+        self._check_samplers()
+
+    def _check_samplers(self) -> None:
+        """Every preset's keys are options of its method; every listed sampler is known."""
+        for name, settings in self.presets.items():
+            try:
+                SamplerConfig.from_dict(name, {**SAMPLER_PRESETS.get(name, {}), **settings})
+            except ConfigError as exc:
+                raise ConfigError(f"presets.{name}: {exc}") from None
+        listed = [s for s in self.samplers if s != POLICY_PRESET or s in self.presets]
+        if not self.samplers:
+            raise ConfigError("samplers is empty; e.g. samplers=[ddpm,asd,ddim]")
+        if listed:
+            resolve_samplers(listed, self.presets)
+
+
+def _at_least(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def make_config(cfg: EvalConfig | None, overrides: Mapping[str, Any]) -> EvalConfig:
+    """``cfg`` (default: ``EvalConfig()``) with ``overrides`` (EvalConfig fields; a str ``task``
+    is a task name), validated again."""
+    cfg = cfg if cfg is not None else EvalConfig()
+    if not isinstance(cfg, EvalConfig):
+        raise ConfigError(f"evaluate() takes an EvalConfig, got {type(cfg).__name__}; pass settings as keywords")
+    check_keys("evaluate()", overrides, [f.name for f in dataclasses.fields(EvalConfig)])
+    overrides = dict(overrides)
+    if isinstance(overrides.get("task"), str) or "task" in overrides and overrides["task"] is None:
+        overrides["task"] = TaskConfig(name=overrides["task"])
+    return dataclasses.replace(cfg, **overrides)

@@ -1,0 +1,243 @@
+"""The evaluation loop: every sampler on the same seeded episodes, batch by batch, then the report.
+
+Episode ``i`` of every sampler resets the env with ``seed + i``; each finished episode is a row of
+episodes.jsonl at once (:class:`~asd_policy.evaluation.store.EpisodeStore`), so an interrupted run
+resumes where it stopped. An env that raises fails its episode and the evaluation goes on.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import numpy as np
+import torch
+
+from asd_policy.config import to_dict
+from asd_policy.evaluation.config import EvalConfig, EvalError, make_config
+from asd_policy.evaluation.inputs import EnvPool, check_dims, load_checked_policy, task_env_fn
+from asd_policy.evaluation.plot import PLOT_NAME, plot_success_vs_latency, write_gif
+from asd_policy.evaluation.store import RESULTS_NAME, EpisodeStore
+from asd_policy.evaluation.summary import assemble, episode_row
+from asd_policy.evaluation.tables import format_table
+from asd_policy.evaluation.wandb_log import log_to_wandb
+from asd_policy.io import write_json
+from asd_policy.realtime import run_realtime
+from asd_policy.rollout import EpisodeResult, infer_chunk, policy_device, rollout_episodes
+from asd_policy.sampler_config import SamplerConfig, resolve_samplers
+
+__all__ = ["evaluate"]
+
+
+@dataclass
+class _Run:
+    """One evaluation being run: its settings, the policy, the resolved samplers and the envs."""
+
+    cfg: EvalConfig
+    policy: Any
+    specs: list[SamplerConfig]
+    pool: EnvPool
+    control_hz: float | None
+    checkpoint: str | None
+    out: Path
+    warmed: set[str] = field(default_factory=set)
+    videos: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return policy_device(self.policy)
+
+
+def evaluate(cfg: EvalConfig | None = None, *, policy: Any = None, env_fn: Callable[..., Any] | None = None,
+             out_dir: str | Path = ".", verbose: bool = True, command: str | None = None,
+             **overrides: Any) -> dict:
+    """Run every sampler of ``cfg`` on episodes ``0..episodes-1`` (env seed ``seed + i``) and report.
+
+    ``overrides`` are :class:`EvalConfig` fields (``task="lift"`` is a task name). The policy is
+    ``policy`` if given, else the checkpoint (``cfg.checkpoint``, default ``checkpoints/<task>``);
+    the envs come from ``env_fn(render_mode=None|"rgb_array")`` if given, else from
+    ``asd_envs.make_env(task.name, **task.env_kwargs)``. Samplers are resolved against the policy's
+    stored sampler (the preset ``policy`` runs it as stored); the settings that ran are recorded.
+    Writes results.json, episodes.jsonl, run_meta.json and the PNG into ``out_dir`` (the run dir
+    when ``resume`` is one) and returns the results dict (with ``"paths"`` and, when logged,
+    ``"wandb"``).
+    """
+    cfg = make_config(cfg, overrides)
+    out = Path(cfg.resume if isinstance(cfg.resume, str) else out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with _torch_threads(cfg.torch_threads):
+        run = _prepare(cfg, policy, env_fn, out)
+        results = _run_and_save(run, command)
+    _report(run, results)
+    if verbose:
+        print(format_table(results))
+    return results
+
+
+@contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _prepare(cfg: EvalConfig, policy: Any, env_fn: Callable[..., Any] | None, out: Path) -> _Run:
+    task, spec_task = cfg.task.name, None
+    if env_fn is None:
+        if task is None:
+            raise EvalError("give a task name (task=reach_around) or an env_fn")
+        spec_task, env_fn = task_env_fn(task, cfg.task.env_kwargs)
+    checkpoint = cfg.checkpoint
+    if policy is None:
+        checkpoint = checkpoint or (f"checkpoints/{task}" if task else None)
+        if checkpoint is None:
+            raise EvalError("give checkpoint=<path> (or a policy object)")
+        policy = load_checked_policy(checkpoint, task, cfg.device,
+                                     obs_dim=spec_task.obs_dim if spec_task else None,
+                                     action_dim=spec_task.action_dim if spec_task else None)
+    stored = getattr(getattr(policy, "config", None), "sampler", None)
+    specs = resolve_samplers(cfg.samplers, cfg.presets, stored=stored if isinstance(stored, Mapping) else None)
+    pool = EnvPool(env_fn, 1 if cfg.realtime else cfg.num_envs, cfg.vector_env, cfg.videos > 0, task)
+    probe = pool.first
+    try:
+        if probe is not None:
+            check_dims(policy, probe, task)
+    except EvalError:
+        pool.close()
+        raise
+    control_hz = cfg.control_hz or (spec_task.control_hz if spec_task is not None else None)
+    if control_hz is None and probe is not None:
+        control_hz = getattr(probe.unwrapped, "control_hz", None) or probe.metadata.get("control_hz")
+    return _Run(cfg, policy, specs, pool, control_hz, checkpoint, out)
+
+
+def _run_meta(run: _Run) -> dict:
+    cfg = run.cfg
+    return {
+        "task": cfg.task.name,
+        "checkpoint": run.checkpoint,
+        "seed": int(cfg.seed),
+        "samplers": {s.name: s.as_dict() for s in run.specs},
+        "max_steps": cfg.max_steps,
+        "realtime": bool(cfg.realtime),
+        "n_action_steps": cfg.n_action_steps,
+    }
+
+
+def _run_and_save(run: _Run, command: str | None) -> dict:
+    """The episodes still missing, then results.json (also when interrupted: ``complete`` false)."""
+    cfg = run.cfg
+    try:
+        store = EpisodeStore(run.out, _run_meta(run), resume=bool(cfg.resume))
+    except BaseException:
+        run.pool.close()
+        raise
+    bar = None
+    if cfg.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(run.specs) * cfg.episodes, initial=store.count_done(store.meta["samplers"], cfg.episodes),
+                   desc=f"eval {cfg.task.name or ''}".strip(), unit="ep", dynamic_ncols=True, file=sys.stderr)
+    t0 = time.perf_counter()
+    complete = False
+    try:
+        _run_episodes(run, store, bar)
+        complete = True
+    finally:
+        store.close()
+        if bar is not None:
+            bar.close()
+        run.pool.close()
+        results = assemble(cfg.task.name, run.checkpoint, run.device, run.specs, store.rows, cfg.seed,
+                           cfg.episodes, complete, time.perf_counter() - t0)
+        if command:
+            results["command"] = command
+        write_json(run.out / RESULTS_NAME, results)
+    return results
+
+
+def _run_episodes(run: _Run, store: EpisodeStore, bar: Any) -> None:
+    cfg, n = run.cfg, run.pool.num_envs
+    for b0 in range(0, cfg.episodes, n):
+        batch = list(range(b0, min(b0 + n, cfg.episodes)))
+        for spec in run.specs:
+            todo = [e for e in batch if (spec.name, e) not in store.done]
+            if not todo:
+                continue
+            _warmup(run, spec)
+            gen = torch.Generator(device=run.device).manual_seed(int(cfg.seed) * 1_000_003 + todo[0])
+            results = _run_batch(run, spec, todo, gen)
+            for e, r in zip(todo, results):
+                store.append(episode_row(spec.name, e, r))
+                _keep_video(run, spec.name, e, r)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix_str(f"{spec.name} ep{e} {'ok' if r.success else 'fail'}")
+            run.pool.replace_broken(results)
+
+
+def _run_batch(run: _Run, spec: SamplerConfig, todo: list[int], gen: torch.Generator) -> list[EpisodeResult]:
+    """Episodes ``todo`` of one sampler: in lockstep, or one on the wall clock in real-time mode."""
+    cfg = run.cfg
+    if cfg.realtime:
+        return [run_realtime(run.pool.first, run.policy, control_hz=run.control_hz, sampler=spec,
+                             seed=cfg.seed + todo[0], max_steps=cfg.max_steps, generator=gen,
+                             n_action_steps=cfg.n_action_steps)]
+    envs, seeds = run.pool.for_seeds([cfg.seed + e for e in todo], cfg.seed + cfg.episodes + 10_000)
+    record = cfg.videos > 0 and sum(k.startswith(f"{spec.name}_ep") for k in run.videos) < cfg.videos
+    results = rollout_episodes(envs, run.policy, seeds, spec, gen, max_steps=cfg.max_steps,
+                               n_action_steps=cfg.n_action_steps, record_frames=record)
+    return results[: len(todo)]
+
+
+def _warmup(run: _Run, spec: SamplerConfig) -> None:
+    """One untimed inference per sampler, so one-off costs don't land in the first chunk; a
+    setting the policy rejects fails here, in one line."""
+    if not run.cfg.warmup or spec.name in run.warmed:
+        return
+    space = run.pool.observation_space
+    obs = np.zeros((run.pool.num_envs, run.policy.n_obs_steps, int(np.prod(space.shape))), dtype=np.float32)
+    try:
+        infer_chunk(run.policy, obs, spec, torch.Generator(device=run.device).manual_seed(0), run.device)
+    except (ValueError, TypeError, NotImplementedError) as exc:
+        msg = " ".join(str(exc).split())
+        raise EvalError(f"sampler {spec.name!r} ({spec.as_dict()}) does not run on this "
+                        f"policy: {type(exc).__name__}: {msg}") from None
+    run.warmed.add(spec.name)
+
+
+def _keep_video(run: _Run, sampler: str, episode: int, r: EpisodeResult) -> None:
+    if not r.frames:
+        return
+    key = f"{sampler}_ep{episode:03d}"
+    path = write_gif(r.frames, run.out / "videos" / f"{key}.gif", run.control_hz or 20)
+    if path is not None:
+        run.videos[key] = path
+    r.frames = None
+
+
+def _report(run: _Run, results: dict) -> None:
+    """The PNG, the paths and (``logger=wandb``) the W&B run; results.json rewritten with them."""
+    out = run.out
+    plot_path = plot_success_vs_latency(results, out / PLOT_NAME)
+    results["paths"] = {"results": str(out / RESULTS_NAME), "episodes": str(out / "episodes.jsonl"),
+                        "plot": str(plot_path)}
+    if run.videos:
+        results["paths"]["videos"] = {k: str(v) for k, v in run.videos.items()}
+    if run.cfg.logger == "wandb":
+        config = {**to_dict(run.cfg), "checkpoint": run.checkpoint, "device": str(run.device),
+                  "sampler_settings": {s.name: s.as_dict() for s in run.specs}}
+        try:
+            results["wandb"] = log_to_wandb(results, out, config, run.cfg.wandb, plot_path, run.videos)
+        except Exception as exc:  # noqa: BLE001 - the results are on disk; W&B is a copy of them
+            results["wandb"] = {"error": f"{type(exc).__name__}: {exc}"}
+            print(f"warning: W&B logging failed ({type(exc).__name__}: {exc}); results are in {out}",
+                  file=sys.stderr)
+    write_json(out / RESULTS_NAME, results)

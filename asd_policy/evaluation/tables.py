@@ -1,0 +1,123 @@
+"""The one summary-table writer: per-sampler cells from a results dict, rendered as the eval's
+text table, the results pages' markdown (docs/results*.md) and the model cards' markdown.
+
+A table is a list of columns ``(cell, header)``; :data:`CELLS` says how each cell is written.
+A new report column is a new entry in :data:`CELLS` plus its place in the column lists.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+__all__ = ["fmt", "CELLS", "TEXT_COLUMNS", "PAGE_COLUMNS", "CARD_COLUMNS", "summary_rows",
+           "text_table", "markdown_table", "format_table"]
+
+Summary = Mapping[str, Any]
+Column = tuple[str, str]
+
+
+def fmt(v: Any, spec: str = ".1f") -> str:
+    """``v`` formatted, or ``-`` when missing."""
+    return "-" if v is None else format(v, spec)
+
+
+def _ci(s: Summary) -> str:
+    lo, hi = s["success_ci95"]
+    return f"[{lo:.2f}, {hi:.2f}]"
+
+
+def _outcomes(s: Summary, key_sep: str, count_sep: str, value_sep: str) -> str:
+    return "; ".join(f"{k}{key_sep}" + value_sep.join(f"{v}{count_sep}{n}" for v, n in c.items())
+                     for k, c in (s.get("outcomes") or {}).items()) or "-"
+
+
+def _realtime(s: Summary) -> str:
+    rt = s.get("realtime")
+    if not rt:
+        return "-"
+    return (f"misses {rt['deadline_misses']} skipped {rt['skipped_actions']} "
+            f"rate {fmt(rt['achieved_hz_mean'])} Hz")
+
+
+def _latency(q: str) -> Callable[[str, Summary], str]:
+    return lambda name, s: fmt(s["chunk_latency_ms"][q])
+
+
+#: cell name -> (sampler name, its summary) -> text.
+CELLS: dict[str, Callable[[str, Summary], str]] = {
+    "sampler": lambda name, s: name,
+    "settings": lambda name, s: ", ".join(f"{k}={v}" for k, v in (s.get("sampler") or {}).items()),
+    "episodes": lambda name, s: str(s["episodes"]),
+    "success": lambda name, s: fmt(s["success_rate"], ".2f"),
+    "success_percent": lambda name, s: fmt(s["success_rate"], ".0%"),
+    "ci95": lambda name, s: _ci(s),
+    "success_ci95": lambda name, s: f"{fmt(s['success_rate'], '.2f')} {_ci(s)}",
+    "latency_mean": _latency("mean"),
+    "latency_p50": _latency("p50"),
+    "latency_p95": _latency("p95"),
+    "latency_p99": _latency("p99"),
+    "ms_per_action": lambda name, s: fmt((s.get("action_latency_ms") or {}).get("mean")),
+    "sequential_calls": lambda name, s: fmt(s["sequential_calls_mean"]),
+    "nfe": lambda name, s: fmt(s["nfe_mean"], ".0f"),
+    "speedup": lambda name, s: "-" if s["speedup_vs_ddpm"] is None else f"{s['speedup_vs_ddpm']:.2f}x",
+    "realtime": lambda name, s: _realtime(s),
+    "outcomes": lambda name, s: _outcomes(s, " ", ":", " "),
+    "outcomes_markdown": lambda name, s: _outcomes(s, ": ", ": ", ", "),
+}
+
+#: The eval's printed table; a real-time and an outcomes column follow when any sampler has them.
+TEXT_COLUMNS: list[Column] = [
+    ("sampler", "sampler"), ("episodes", "episodes"), ("success", "success"), ("ci95", "95% CI"),
+    ("latency_mean", "chunk ms mean"), ("latency_p50", "p50"), ("latency_p95", "p95"),
+    ("latency_p99", "p99"), ("ms_per_action", "ms/action"), ("sequential_calls", "seq calls"),
+    ("nfe", "NFE"), ("speedup", "speedup"),
+]
+_TEXT_OPTIONAL: list[tuple[str, Column]] = [("realtime", ("realtime", "real-time")),
+                                            ("outcomes", ("outcomes", "successes by outcome"))]
+#: docs/results*.md (scripts/report.py).
+PAGE_COLUMNS: list[Column] = [
+    ("sampler", "sampler"), ("settings", "settings"), ("episodes", "episodes"),
+    ("success_ci95", "success (95% CI)"), ("latency_mean", "chunk latency ms: mean"),
+    ("latency_p50", "p50"), ("latency_p95", "p95"), ("latency_p99", "p99"),
+    ("sequential_calls", "seq. calls / chunk"), ("nfe", "NFE / chunk"),
+    ("speedup", "speedup vs DDPM"), ("outcomes_markdown", "successes by outcome"),
+]
+#: checkpoints/<task>/README.md (scripts/model_card.py).
+CARD_COLUMNS: list[Column] = [
+    ("sampler", "sampler"), ("episodes", "episodes"), ("success_percent", "success"),
+    ("ci95", "95% interval (Wilson)"), ("sequential_calls", "sequential calls / chunk"), ("nfe", "NFE / chunk"),
+]
+
+
+def summary_rows(results: Mapping[str, Any], columns: Sequence[Column]) -> tuple[list[str], list[list[str]]]:
+    """(headers, one row of cells per sampler) of ``results["samplers"]``."""
+    heads = [head for _, head in columns]
+    rows = [[CELLS[cell](name, s) for cell, _ in columns] for name, s in results["samplers"].items()]
+    return heads, rows
+
+
+def text_table(results: Mapping[str, Any], columns: Sequence[Column]) -> str:
+    """Fixed-width columns: the first left-aligned, the rest right-aligned."""
+    heads, rows = summary_rows(results, columns)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(heads)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    return "\n".join([line(heads), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def markdown_table(results: Mapping[str, Any], columns: Sequence[Column] = PAGE_COLUMNS) -> str:
+    """A markdown table (the results pages' columns unless ``columns`` says otherwise)."""
+    heads, rows = summary_rows(results, columns)
+    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def format_table(results: Mapping[str, Any]) -> str:
+    """The per-sampler summary as the fixed-width text table ``scripts/eval.py`` prints."""
+    columns = list(TEXT_COLUMNS)
+    for key, column in _TEXT_OPTIONAL:
+        if any(s.get(key) for s in results["samplers"].values()):
+            columns.append(column)
+    title = f"task={results['task']}  checkpoint={results['checkpoint']}  device={results['device']}"
+    return title + "\n" + text_table(results, columns)

@@ -12,9 +12,8 @@ inference, and the measured span covers everything between the observation histo
 and the actions (numpy, host): host-to-device copy, sampling, device-to-host copy. Per chunk we
 record the latency, the sampler's sequential model calls and its NFE (network evaluations).
 
-The loop depends only on :class:`ChunkPolicy`, a small protocol, so any object with
-``n_obs_steps``, ``n_action_steps`` and ``predict_action(obs_history, **kwargs)`` fits (the
-project's ``DiffusionPolicy`` does; so do the fakes in the tests).
+The loop depends only on :class:`ChunkPolicy` (the project's ``DiffusionPolicy`` fits, and so
+do the fakes in the tests).
 """
 from __future__ import annotations
 
@@ -31,16 +30,8 @@ from asd_policy.sampler_config import SamplerConfig
 if TYPE_CHECKING:
     from asd_policy.realtime import RealtimeReport
 
-__all__ = [
-    "ChunkPolicy",
-    "ChunkInference",
-    "EpisodeResult",
-    "ObsHistory",
-    "infer_chunk",
-    "policy_device",
-    "rollout_episodes",
-    "latency_summary",
-]
+__all__ = ["ChunkPolicy", "ChunkInference", "EpisodeResult", "ObsHistory", "infer_chunk", "policy_device",
+           "rollout_episodes", "latency_summary", "scalar_info"]
 
 
 @runtime_checkable

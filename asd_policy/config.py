@@ -1,10 +1,13 @@
 """Typed configuration shared by every entry point: validation, did-you-mean errors, W&B, tasks.
 
 Each setting has its default in exactly one dataclass (here, in ``asd_policy.evaluation.config``
-and ``asd_policy.training.config``); hydra's yaml files only override them (see
-``asd_policy.hydra_schemas``) and the plain command line is generated from the same fields
+and ``asd_policy.training.config``); hydra's yaml files only override them (see below) and the plain command line is generated from the same fields
 (:func:`add_arguments`). Building a config from a mapping (:func:`build`) rejects unknown keys
 with the nearest valid name, so a typo never silently falls back to a default.
+
+Both hydra scripts register their dataclass with hydra's ConfigStore and check each command-line
+override with :func:`unknown_override` before hydra starts (hydra's ``+key=`` would otherwise add
+an unknown nested key silently).
 
 This module needs only the standard library: the training entry point imports it on machines
 without hydra, omegaconf or wandb.
@@ -33,6 +36,7 @@ __all__ = [
     "TaskConfig",
     "WandbConfig",
     "wandb_mode",
+    "unknown_override",
     "add_arguments",
     "from_arguments",
 ]
@@ -175,6 +179,28 @@ def wandb_mode(mode: str | None = "auto") -> str:
     if mode in (None, "", "auto"):
         return os.environ.get("WANDB_MODE") or ("online" if _wandb_logged_in() else "offline")
     return str(mode)
+
+
+def unknown_override(cls: type, override: str) -> str | None:
+    """The error for a hydra command-line override whose key is not a setting of ``cls``, else None.
+
+    Nested config keys are followed (``wandb.mode``); keys under a dict setting
+    (``policy.schedule.*``, ``presets.*``) are left to the config's own check, and hydra's own
+    keys and config-group choices (``hydra.*``, ``hydra/launcher=...``) to hydra.
+    """
+    key = override.split("=", 1)[0].lstrip("~+")
+    if "=" not in override or override.startswith("-") or key.startswith("hydra") or "/" in key or "@" in key:
+        return None
+    node: Any = cls
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        names = [f.name for f in dataclasses.fields(node)]
+        if part not in names:
+            return f"unknown key {'.'.join(parts[: i + 1])!r}{did_you_mean(part, names)}; valid keys: {', '.join(names)}"
+        node = _dataclass_type(typing.get_type_hints(node)[part])
+        if node is None:
+            return None
+    return None
 
 
 # ---------------------------------------------------------------------------------- plain CLI

@@ -21,7 +21,6 @@ import logging
 import re
 import shlex
 import sys
-import typing
 from pathlib import Path
 
 import hydra
@@ -31,7 +30,7 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from asd_policy.config import ConfigError, check_keys, did_you_mean
+from asd_policy.config import ConfigError, unknown_override
 from asd_policy.evaluation import EPISODES_NAME, META_NAME, EvalConfig, EvalError, evaluate
 
 ConfigStore.instance().store(name="eval_schema", node=EvalConfig)
@@ -67,19 +66,8 @@ def _resume_dir(cfg: EvalConfig, run_dir: Path) -> Path:
     return max(candidates)[1]
 
 
-def _check_nested_keys(node: DictConfig, cls: type, where: str) -> None:
-    """Keys hydra's ``+a.b=...`` added to a nested config that its dataclass lacks are errors."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    check_keys(where, [str(k) for k in node.keys()], names)
-    for name in names:
-        if dataclasses.is_dataclass(hints[name]) and isinstance(node.get(name), DictConfig):
-            _check_nested_keys(node[name], hints[name], name if where == "the eval config" else f"{where}.{name}")
-
-
 def _config(cfg: DictConfig) -> EvalConfig:
     """The validated EvalConfig, its checkpoint an absolute path (default checkpoints/<task>)."""
-    _check_nested_keys(cfg, EvalConfig, "the eval config")
     try:
         config = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as exc:
@@ -122,14 +110,11 @@ def main(cfg: DictConfig) -> None:
 
 
 def _check_args(argv: list[str]) -> None:
-    """An unknown top-level key or ``task=<unknown>`` -> one line with the nearest valid name
-    (hydra would print a page, without a suggestion), before hydra starts."""
-    fields = [f.name for f in dataclasses.fields(EvalConfig)]
+    """An unknown key or ``task=<unknown>`` -> one line with the nearest valid name (hydra would
+    print a page, without a suggestion, or add a ``+key`` silently), before hydra starts."""
     for arg in argv:
-        m = re.fullmatch(r"[+~]*([A-Za-z_]\w*)[.=].*", arg)
-        if m and m.group(1) not in fields and m.group(1) != "hydra":
-            print(f"error: unknown setting {m.group(1)!r}{did_you_mean(m.group(1), fields)}; "
-                  f"settings: {', '.join(fields)}", file=sys.stderr)
+        if (error := unknown_override(EvalConfig, arg)) is not None:
+            print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
     known = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs" / "task").glob("*.yaml"))
     for arg in argv:

@@ -11,39 +11,16 @@ hydra's `train_schema`; configs/train.yaml only picks the task and policy groups
 directory. Re-running with the same `out` resumes; `resume=false` starts over. See docs/training.md.
 Without hydra installed: python -m asd_policy.training --dataset X.hdf5 --out DIR (same options).
 """
-import dataclasses
 import sys
-import typing
 
 import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from asd_policy.config import did_you_mean
+from asd_policy.config import unknown_override
 from asd_policy.training import TrainConfig, rollout_callback, train
 
 ConfigStore.instance().store(name="train_schema", node=TrainConfig)
-
-
-def unknown_key(cls: type, override: str) -> str | None:
-    """The error for a command-line override whose key is not a setting of ``cls``, else None.
-
-    Keys under a dict setting (``policy.schedule.*``, ``task.env_kwargs.*``) are left to the
-    config's own check; hydra's keys and group paths are hydra's to check.
-    """
-    key = override.split("=", 1)[0].lstrip("~+")
-    if "=" not in override or override.startswith("-") or key.startswith("hydra") or "/" in key or "@" in key:
-        return None
-    node: typing.Any = cls
-    parts = key.split(".")
-    for i, part in enumerate(parts):
-        names = [f.name for f in dataclasses.fields(node)]
-        if part not in names:
-            return f"unknown key {'.'.join(parts[: i + 1])!r}{did_you_mean(part, names)}; valid keys: {', '.join(names)}"
-        node = typing.get_type_hints(node)[part]
-        if not dataclasses.is_dataclass(node):
-            return None
-    return None
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
@@ -58,7 +35,7 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     for arg in sys.argv[1:]:
-        if (error := unknown_key(TrainConfig, arg)) is not None:
+        if (error := unknown_override(TrainConfig, arg)) is not None:
             print(f"error: {error}", file=sys.stderr)
             raise SystemExit(1)
     main()

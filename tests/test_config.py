@@ -117,3 +117,26 @@ def test_the_plain_command_line_is_generated_from_the_dataclass():
     assert from_arguments(_Outer, parser.parse_args([])) == _Outer()
     with pytest.raises(SystemExit):
         parser.parse_args(["--stepz", "3"])
+
+
+def test_hydra_overrides_are_checked_against_the_dataclass():
+    from asd_policy.config import unknown_override
+
+    assert unknown_override(_Outer, "steps=3") is None
+    assert unknown_override(_Outer, "+wandb.mode=offline") is None
+    assert unknown_override(_Outer, "task.env_kwargs.seed=1") is None  # a dict setting: its owner checks it
+    assert unknown_override(_Outer, "hydra.run.dir=/tmp/x") is None
+    assert unknown_override(_Outer, "hydra/launcher=local") is None
+    assert "did you mean 'steps'" in unknown_override(_Outer, "stepz=3")
+    assert "unknown key 'wandb.mod'" in unknown_override(_Outer, "+wandb.mod=offline")
+    assert "did you mean 'every'" in unknown_override(_Outer, "inner.evry=2")
+
+
+def test_a_tuple_field_gets_a_flag_with_several_values():
+    @dataclass
+    class Betas:
+        betas: tuple[float, ...] = (0.9, 0.99)
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, Betas)
+    assert from_arguments(Betas, parser.parse_args(["--betas", "0.5", "0.6"])).betas == [0.5, 0.6]

@@ -240,6 +240,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, aliases: Mapping[s
         base = _scalar_type(tp)
         origin = typing.get_origin(base)
         kw: dict[str, Any] = {"dest": dest, "default": None, "help": f"(default {default!r})"}
+        if base is not bool:
+            kw["metavar"] = path[-1].upper()
         if base is bool:
             kw["action"] = argparse.BooleanOptionalAction
         elif origin in (list, tuple):

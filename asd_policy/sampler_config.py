@@ -26,7 +26,7 @@ from asd_policy.sampling import METHODS, SAMPLERS
 __all__ = ["SAMPLER_PRESETS", "POLICY_PRESET", "SamplerConfig", "sampler_options", "resolve_samplers"]
 
 #: Arguments every sampler function takes that are not user options.
-_PLUMBING = ("model", "schedule", "x", "cond", "generator", "stats")
+_PLUMBING = ("model", "schedule", "x", "cond", "generator", "stats", "known")
 
 #: Preset name -> method and the options it sets (the rest are the function's defaults).
 SAMPLER_PRESETS: dict[str, dict[str, Any]] = {

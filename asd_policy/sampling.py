@@ -18,9 +18,10 @@ from typing import Any
 
 import torch
 
+from asd_policy.inpaint import Known, KnownInputs, known_inputs, pin_known
 from asd_policy.schedule import NoiseSchedule
 
-__all__ = ["NoiseSchedule", "SamplerStats", "sample", "sample_ddpm", "sample_ddim", "sample_asd", "sample_paradigms", "accept_or_reflect"]
+__all__ = ["NoiseSchedule", "Known", "SamplerStats", "sample", "sample_ddpm", "sample_ddim", "sample_asd", "sample_paradigms", "accept_or_reflect"]
 
 Model = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
 ANCHORS = ("reuse", "fresh")
@@ -127,11 +128,14 @@ def sample_ddpm(
     cond: Any = None,
     generator: torch.Generator | None = None,
     stats: SamplerStats | None = None,
+    known: KnownInputs | None = None,
 ) -> torch.Tensor:
-    """Ancestral DDPM from x = x_{T-1}: T sequential model calls."""
+    """Ancestral DDPM from x = x_{T-1}: T sequential model calls (known coordinates, if any,
+    replaced by their step-t inputs before each call)."""
     stats = stats or SamplerStats("ddpm", x.shape[0])
     for step in reversed(range(schedule.num_train_timesteps)):
         t = torch.full((x.shape[0],), step, dtype=torch.long, device=x.device)
+        x = known.fill(x, t) if known is not None else x
         x0hat, _ = _denoise(model, schedule, x, t, cond, stats)
         z = _randn(x.shape, generator, x) if step > 0 else torch.zeros_like(x)
         x = ddpm_step(schedule, x, x0hat, t, z)
@@ -168,6 +172,7 @@ def sample_ddim(
     num_inference_steps: int = 10,
     eta: float = 0.0,
     stats: SamplerStats | None = None,
+    known: KnownInputs | None = None,
 ) -> torch.Tensor:
     """DDIM (Song et al. 2021) over N of the T training steps; eta = 0 is deterministic.
 
@@ -181,6 +186,7 @@ def sample_ddim(
     ratio = schedule.num_train_timesteps // num_inference_steps
     for step in steps:
         t = torch.full((x.shape[0],), step, dtype=torch.long, device=x.device)
+        x = known.fill(x, t) if known is not None else x
         x0hat, eps = _denoise(model, schedule, x, t, cond, stats)
         z = _randn(x.shape, generator, x) if eta > 0 else torch.zeros_like(x)
         x = ddim_step(schedule, x0hat, eps, t, ratio, eta, z)
@@ -238,6 +244,7 @@ def sample_asd(
     speculation_length: int = 16,
     anchor: str = "reuse",
     stats: SamplerStats | None = None,
+    known: KnownInputs | None = None,
 ) -> torch.Tensor:
     """Exact DDPM sampling with autospeculative decoding (Hu et al. 2025); design note section 3.
 
@@ -251,6 +258,8 @@ def sample_asd(
     keeps the output exact, and at t = T-1 the step barely depends on x0hat (B_t ~ 0).
     Chains finish independently and finished chains cost nothing: each round evaluates only the
     drafted rows of unfinished chains. One host synchronisation per round.
+    Known coordinates (section 6): every drafted input carries its step's known values and the
+    accept test runs over the free coordinates only.
     """
     L = _check_asd_arguments(speculation_length, anchor)
     stats = stats or SamplerStats("asd", x.shape[0])
@@ -275,7 +284,8 @@ def sample_asd(
         z = _randn((n, L, *x.shape[1:]), generator, x)
         u = _rand((n, L), generator, x)
         x_a, t_a, m_a, value, finished, accepted, checked = asd_round(
-            denoise, schedule, x[active], t[active], m_anchor[active], _take_rows(cond, active), z, u, anchor, verify_rows
+            denoise, schedule, x[active], t[active], m_anchor[active], _take_rows(cond, active), z, u, anchor, verify_rows,
+            known.rows(active) if known is not None else None,
         )
         x[active], t[active], m_anchor[active] = x_a, t_a, m_a
         out[active] = torch.where(finished.reshape(n, *([1] * (x.dim() - 1))), value, out[active])
@@ -302,6 +312,7 @@ def asd_round(
     u: torch.Tensor,
     anchor: str,
     verify_rows: tuple[torch.Tensor, ...] | None = None,
+    known: KnownInputs | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """One draft-verify-accept round for n chains at once; pure tensor code (no host sync), so a
     fixed-shape round can be captured in a CUDA graph.
@@ -310,12 +321,15 @@ def asd_round(
     [n, ...] the reuse anchors, z [n, L, ...] draft noise, u [n, L] uniforms for the accept test.
     denoise(x_rows, t_rows, cond_rows) -> x0hat rows. verify_rows: (chain, j) index tensors of the
     rows to evaluate (empty tuple: none), or None to evaluate every row j >= (1 if fresh else 0).
+    known: the known inputs of these n chains (inpainting), or None.
     Returns (x, t, next anchor, x0 of chains that finished now, finished, accepted drafts, checked drafts).
     """
     n, L = u.shape
     device = x.device
     event = (1,) * (x.dim() - 1)  # broadcasts a per-row coefficient over one sample
     active = t >= 0
+    if known is not None:
+        x = known.fill(x, t)
     if anchor == "fresh":
         m_a = denoise(x, t.clamp_min(0), cond)
     else:
@@ -326,7 +340,8 @@ def asd_round(
     A, B, S = (tab[steps.clamp_min(0)].reshape(n, L, *event) for tab in (schedule.A, schedule.B, schedule.S))
     drafts = [x]
     for j in range(L):
-        drafts.append(A[:, j] * drafts[j] + B[:, j] * m_a + S[:, j] * z[:, j])
+        nxt = A[:, j] * drafts[j] + B[:, j] * m_a + S[:, j] * z[:, j]
+        drafts.append(known.fill(nxt, t - j - 1) if known is not None else nxt)
     xhat = torch.stack(drafts, dim=1)  # [n, L+1, ...]; xhat[:, j] is the input of step t - j
 
     # 2. Verify: one batched call, m_j = x0hat(xhat_j, t - j), for the drafted rows.
@@ -344,6 +359,8 @@ def asd_round(
     # 3. Accept or reflect every noisy drafted step at once; a chain keeps its prefix up to the first rejection.
     mu_q = A * xhat[:, :L] + B * m_a[:, None]
     mu_p = A * xhat[:, :L] + B * m
+    if known is not None:  # K's factors are equal under p and q: the test runs over F
+        mu_q, mu_p = (pin_known(mu, xhat[:, 1:], known.mask[:, None]) for mu in (mu_q, mu_p))
     noisy = steps >= 1  # the readout at t = 0 is deterministic and never speculated
     sigma = torch.where(noisy, S.reshape(n, L), torch.ones_like(S.reshape(n, L)))
     fixed, accepted = accept_or_reflect(xhat[:, 1:].flatten(0, 1), mu_q.flatten(0, 1), mu_p.flatten(0, 1), sigma.flatten(), u.flatten())
@@ -394,6 +411,7 @@ def sample_paradigms(
     window: int = 16,
     tolerance: float = 0.1,
     stats: SamplerStats | None = None,
+    known: KnownInputs | None = None,
 ) -> torch.Tensor:
     """ParaDiGMS (Shih et al. 2023): Picard iteration of the DDPM chain over a sliding window.
 
@@ -408,6 +426,8 @@ def sample_paradigms(
         raise ValueError(f"window must be an int >= 1, got {window!r}")
     if tolerance < 0:
         raise ValueError(f"tolerance must be >= 0, got {tolerance}")
+    if known is not None:
+        raise ValueError("paradigms does not take known coordinates (inpainting); use ddpm, ddim or asd")
     stats = stats or SamplerStats("paradigms", x.shape[0])
     T, n, device = schedule.num_train_timesteps, x.shape[0], x.device
     event = (1,) * (x.dim() - 1)
@@ -472,6 +492,7 @@ def sample(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
     noise: torch.Tensor | None = None,
+    known: Known | None = None,
     **method_kwargs: Any,
 ) -> tuple[torch.Tensor, SamplerStats]:
     """Draw a batch of samples of `shape` = (B, H, D) from the model's reverse diffusion.
@@ -481,6 +502,8 @@ def sample(
     "paradigms" (window=16, tolerance=0.1; approximate parallel Picard baseline).
     cond: conditioning with one row per batch element (Tensor or mapping of Tensors), or None.
     noise: the starting x_{T-1} (default: drawn from `generator`).
+    known: coordinates held fixed (inpainting, design note section 6): the samples equal
+    known.values where known.mask is True and are DDPM's conditional chain elsewhere.
     Returns (samples, stats).
     """
     if method not in SAMPLERS:
@@ -498,10 +521,17 @@ def sample(
         raise ValueError(f"noise has shape {tuple(noise.shape)}, expected shape={shape}")
     x = noise.to(device=device, dtype=dtype)
     _check_cond(cond, shape[0])
+    schedule = schedule.to(device, dtype)
+    kin = None
+    if known is not None:
+        known.check(shape)
+        known = Known(known.mask.to(device), known.values.to(device, dtype), known.noised)
+        kin = known_inputs(known, schedule, lambda s: _randn(s, generator, x))
 
     stats = SamplerStats(method, shape[0])
     start = time.perf_counter()
-    x = SAMPLERS[method](model, schedule.to(device, dtype), x, cond=cond, generator=generator, stats=stats, **method_kwargs)
+    x = SAMPLERS[method](model, schedule, x, cond=cond, generator=generator, stats=stats, known=kin, **method_kwargs)
+    x = kin.readout(x) if kin is not None else x
     if stats._finite is not None and not bool(stats._finite):
         raise ValueError("model returned NaN or inf during sampling; check the model's weights, inputs and cond")
     if x.is_cuda:

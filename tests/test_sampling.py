@@ -276,3 +276,68 @@ def test_paradigms_trades_tolerance_for_sequential_calls():
         sample(MIXTURE, SCHEDULE, (2, 4, 2), method="paradigms", window=0)
     with pytest.raises(ValueError, match="tolerance"):
         sample(MIXTURE, SCHEDULE, (2, 4, 2), method="paradigms", tolerance=-1.0)
+
+
+# ---- known coordinates (inpainting), design note section 6 -------------------------------------
+
+
+def known_prefix(n: int, value: float = 0.1, rows: int = 2, noised: bool = True) -> sampling.Known:
+    """The first `rows` steps of every (4, 2) chunk held at `value` (0.1: between the modes, so the
+    free steps still take both, about 80% the upper one)."""
+    mask = torch.zeros(n, 4, 2, dtype=torch.bool)
+    mask[:, :rows] = True
+    return sampling.Known(mask, torch.full((n, 4, 2), value), noised=noised)
+
+
+@pytest.fixture(scope="module")
+def ddpm_known_reference() -> torch.Tensor:
+    x, _ = sample(MIXTURE, SCHEDULE, (N, 4, 2), method="ddpm", generator=seeded(2000), known=known_prefix(N))
+    return x
+
+
+def test_known_coordinates_are_held_and_steer_the_free_ones(ddpm_known_reference):
+    assert torch.equal(ddpm_known_reference[:, :2], torch.full((N, 2, 2), 0.1))
+    x, _ = sample(MIXTURE, SCHEDULE, (400, 4, 2), method="ddpm", generator=seeded(4), known=known_prefix(400, 0.6))
+    assert torch.equal(x[:, :2], torch.full((400, 2, 2), 0.6))
+    # the free half follows the known half into its mode far more often than the prior's 0.7
+    assert (x[:, 2:].mean((1, 2)) > 0).double().mean().item() > 0.9
+
+
+@pytest.mark.parametrize("anchor", ["reuse", "fresh"])
+@pytest.mark.parametrize("L", [2, 8, 32])
+def test_asd_with_known_coordinates_matches_ddpm(ddpm_known_reference, L, anchor):
+    x, stats = sample(MIXTURE, SCHEDULE, (N, 4, 2), method="asd", generator=seeded(100 + L), speculation_length=L,
+                      anchor=anchor, known=known_prefix(N))
+    assert torch.equal(x[:, :2], ddpm_known_reference[:, :2])
+    assert sampler_failures(x, ddpm_known_reference, seed=L) == []
+    assert stats.rounds.max() < 100
+
+
+def test_clean_replacement_is_exact_too():
+    ref, _ = sample(MIXTURE, SCHEDULE, (N, 4, 2), method="ddpm", generator=seeded(3000), known=known_prefix(N, 0.2, noised=False))
+    x, _ = sample(MIXTURE, SCHEDULE, (N, 4, 2), method="asd", generator=seeded(3001), speculation_length=8,
+                  known=known_prefix(N, 0.2, noised=False))
+    assert sampler_failures(x, ref, seed=3) == []
+
+
+@pytest.mark.parametrize("L", [8, 32])
+def test_known_coordinate_check_catches_the_unpinned_accept_test(ddpm_known_reference, monkeypatch, L):
+    """Planted bug (section 6): accept and reflect over all coordinates with the unconstrained mean
+    in K, then overwrite K."""
+    monkeypatch.setattr(sampling, "pin_known", lambda mu, draft, mask: mu)
+    x, _ = sample(MIXTURE, SCHEDULE, (N, 4, 2), method="asd", generator=seeded(100 + L), speculation_length=L,
+                  known=known_prefix(N))
+    assert torch.equal(x[:, :2], ddpm_known_reference[:, :2])  # the overwrite hides it in K ...
+    assert sampler_failures(x, ddpm_known_reference, seed=L) != []  # ... not in F
+
+
+def test_known_coordinates_bad_input():
+    with pytest.raises(ValueError, match="sample's shape"):
+        sample(MIXTURE, SCHEDULE, (2, 4, 2), method="asd", known=known_prefix(3))
+    bad = known_prefix(2)
+    with pytest.raises(ValueError, match="NaN"):
+        sample(MIXTURE, SCHEDULE, (2, 4, 2), method="asd", known=sampling.Known(bad.mask, bad.values * float("nan")))
+    with pytest.raises(ValueError, match="paradigms does not take known"):
+        sample(MIXTURE, SCHEDULE, (2, 4, 2), method="paradigms", known=bad)
+    x, _ = sample(MIXTURE, SCHEDULE, (2, 4, 2), method="ddim", generator=seeded(0), known=bad)
+    assert torch.equal(x[:, :2], bad.values[:, :2])

@@ -12,6 +12,9 @@ round evaluates all B x L rows (finished chains ride along masked: free on a GPU
 and counted in ``nfe``), and cond must be a Tensor. On a CPU, or with ``graph=False``, the same
 fixed-shape code runs eagerly.
 
+Known coordinates (inpainting, ``sample(..., known=...)``) are not taken here: a chunk with
+held actions is sampled with the eager ``sample``, which is exact for them (``known=`` raises).
+
 ``autocast_dtype=torch.bfloat16`` runs the model under autocast: that changes the model (its
 numerics), not the sampler; ASD stays an exact sampler of the bf16 model's DDPM chain.
 """
@@ -69,6 +72,9 @@ class GraphedSampler:
         ``num_inference_steps``, ``eta`` for DDIM); unset ones take the sampler function's defaults."""
         if method not in FAST_METHODS:
             raise ValueError(f"method={method!r} has no fast path; use one of {FAST_METHODS}")
+        if "known" in options:
+            raise ValueError("GraphedSampler does not take known coordinates (inpainting); "
+                             "sample such chunks with asd_policy.sampling.sample(..., known=...)")
         opts = SamplerConfig(method, method, options).resolved().options
         if capture not in ("round", "chunk") or (capture == "chunk" and method == "asd"):
             raise ValueError(f"capture={capture!r}: use 'round', or 'chunk' for ddpm/ddim (ASD's round count is data-dependent)")

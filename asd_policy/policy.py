@@ -31,7 +31,7 @@ from asd_policy.model import ConditionalUnet1D, UNET_SIZES, UNetConfig
 from asd_policy.config import check_choice, check_keys
 from asd_policy.normalizer import MinMaxNormalizer
 from asd_policy.sampler_config import SamplerConfig, sampler_options
-from asd_policy.sampling import METHODS, sample
+from asd_policy.sampling import METHODS, Known, sample
 from asd_policy.schedule import NoiseSchedule
 
 __all__ = [
@@ -207,6 +207,7 @@ class DiffusionPolicy(nn.Module):
         obs_history: Tensor | np.ndarray,
         method: str | None = None,
         generator: torch.Generator | None = None,
+        known_actions: Tensor | np.ndarray | None = None,
         **sampler_kwargs: Any,
     ) -> PolicyOutput:
         """Sample action chunks for a batch of observation histories.
@@ -216,6 +217,11 @@ class DiffusionPolicy(nn.Module):
                 ``n_obs_steps``), environment units; numpy or torch, any device.
             method: ``"ddpm"``, ``"ddim"`` or ``"asd"``; default from ``config.sampler``.
             generator: a ``torch.Generator`` for reproducible samples.
+            known_actions: ``[B, horizon, action_dim]`` environment units, NaN where free: the
+                finite entries are held fixed while denoising (inpainting; exact under ASD), so
+                ``action_pred`` equals them there. Positions are ``action_pred``'s (the first
+                executed action is at ``n_obs_steps - 1``). Real-time chunk continuation passes
+                the actions that execute while this chunk is inferred.
             sampler_kwargs: override the config's sampler settings for this call
                 (``speculation_length``, ``anchor``, ``num_inference_steps``, ``eta``, ``noise``...).
         Returns:
@@ -231,6 +237,7 @@ class DiffusionPolicy(nn.Module):
                 f"(add the batch axis: obs_history[None])"
             )
         cond = self._cond(obs)
+        known = self._known(known_actions, obs.shape[0]) if known_actions is not None else None
         noise = sampler_kwargs.pop("noise", None)
         method, kwargs = self.sampler_kwargs(method, **sampler_kwargs)
         was_training = self.model.training
@@ -245,6 +252,7 @@ class DiffusionPolicy(nn.Module):
                 generator=generator,
                 device=device,
                 noise=noise,
+                known=known,
                 **kwargs,
             )
         finally:
@@ -253,6 +261,19 @@ class DiffusionPolicy(nn.Module):
         start = self.n_obs_steps - 1
         actions = action_pred[:, start : start + self.n_action_steps]
         return PolicyOutput(actions, action_pred, stats)
+
+    def _known(self, known_actions: Tensor | np.ndarray, batch: int) -> Known:
+        """Environment-unit known actions (NaN = free) -> the sampler's mask and normalised values."""
+        known = torch.as_tensor(known_actions, dtype=torch.float32, device=self.device)
+        shape = (batch, self.horizon, self.action_dim)
+        if tuple(known.shape) != shape:
+            raise ValueError(
+                f"known_actions must be [B, horizon, action_dim] = {list(shape)} (NaN where free), "
+                f"got {list(known.shape)}"
+            )
+        mask = ~torch.isnan(known)
+        values = self.action_normalizer.normalize(torch.where(mask, known, torch.zeros_like(known)))
+        return Known(mask, torch.where(mask, values, torch.zeros_like(values)))
 
     # ---- training --------------------------------------------------------------------------
     def compute_loss(

@@ -95,3 +95,27 @@ def test_config_round_trip():
     cfg = PolicyConfig.from_dict(p.config.to_dict())
     assert cfg == p.config
     assert isinstance(DiffusionPolicy(cfg), DiffusionPolicy)
+
+
+def test_known_actions_are_held_in_the_predicted_chunk():
+    policy = _policy(obs_dim=3, schedule={"num_train_timesteps": 10}, horizon=8, n_action_steps=4)  # env units != model units
+    obs = torch.randn(2, 2, 3)
+    known = torch.full((2, 8, 2), float("nan"))
+    known[:, 1:4] = torch.tensor([[0.5, -0.25]])  # the first three executed actions
+    for method in ("ddpm", "ddim", "asd"):
+        out = policy.predict_action(obs, method=method, generator=torch.Generator().manual_seed(0), known_actions=known)
+        torch.testing.assert_close(out.action_pred[:, 1:4], known[:, 1:4], atol=1e-5, rtol=0)
+        torch.testing.assert_close(out.actions[:, :3], known[:, 1:4], atol=1e-5, rtol=0)
+        assert torch.isfinite(out.action_pred).all()
+    with pytest.raises(ValueError, match=r"known_actions must be \[B, horizon, action_dim\] = \[2, 8, 2\]"):
+        policy.predict_action(obs, known_actions=known[:, :4])
+
+
+def test_the_graphed_sampler_says_it_does_not_take_known_actions():
+    from asd_policy.analytic import two_mode_mixture
+    from asd_policy.fast import GraphedSampler
+    from asd_policy.sampling import NoiseSchedule
+
+    sched = NoiseSchedule()
+    with pytest.raises(ValueError, match="does not take known coordinates"):
+        GraphedSampler(two_mode_mixture(sched), sched, (1, 4, 2), method="asd", known=None)

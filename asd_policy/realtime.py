@@ -1,23 +1,24 @@
-"""Real-time control: a chunked policy driven at a fixed control rate on the wall clock.
+"""Real-time control: a chunked policy driven at a fixed control rate, on the wall clock or on a
+simulated one (``clock="sim"``: :mod:`asd_policy.simclock`), with a chunk transition
+(``switch`` | ``ensemble`` | ``inpaint``: :mod:`asd_policy.transitions`).
 
-The next action chunk is inferred on a background thread while the current chunk executes. A
-chunk inferred from the observation of tick ``k`` holds the actions for ticks ``k, k+1, ...``;
-when it arrives at tick ``k + d`` its first ``d`` actions have already elapsed and are skipped
-(the chunk is aligned to the time it arrives). If the current chunk runs out before the next
-arrives, the tick is a *deadline miss* and the last action is held (or zeros, ``on_miss="zero"``).
+The next chunk is inferred while the current one executes (on a thread on the wall clock; at
+once, its result held back until its arrival tick, on the simulated clock). A chunk inferred from
+the observation of tick ``k`` holds the actions for ticks ``k, k+1, ...``; when it arrives at
+tick ``k + d`` its first ``d`` actions have elapsed and are skipped. If the current chunk runs
+out before the next arrives, the tick is a *deadline miss* and the last action is held (or
+zeros, ``on_miss="zero"``). Both clocks share this controller; only the inference backend differs.
 
 Integration into your own loop (see docs/realtime.md)::
 
-    from asd_policy.realtime import RealtimeController, Rate
-
     ctrl = RealtimeController(policy, control_hz=20, sampler=SamplerConfig("asd", "asd"))
     ctrl.reset(obs)                   # blocking first chunk (robot still at rest)
-    rate = Rate(20)
+    rate = Rate(20); rate.start()
     while running:
         action = ctrl.act(obs)        # never blocks on inference
         obs = robot.apply(action)     # your I/O
         rate.sleep()                  # waits for the next tick; counts idle time and overruns
-    report = ctrl.report(rate)        # misses, skipped actions, achieved rate, latency
+    report = ctrl.report(rate)        # misses, skipped actions, achieved rate, latency, jumps
     ctrl.close()
 
 ``run_realtime(env, policy, ...)`` does exactly this around a gymnasium env.
@@ -25,11 +26,8 @@ Integration into your own loop (see docs/realtime.md)::
 from __future__ import annotations
 
 import math
-import threading
-import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,63 +45,20 @@ from asd_policy.rollout import (
     scalar_info,
 )
 from asd_policy.sampler_config import SamplerConfig
+from asd_policy.simclock import LatencyModel, Rate, SimInference, ThreadedInference, delay_ticks, load_avg
+from asd_policy.transitions import (
+    TRANSITIONS,
+    PolicyCall,
+    accepts_known_actions,
+    action_normalizer,
+    ensemble_action,
+    jumps,
+    known_actions,
+)
 
-__all__ = ["Rate", "RealtimeController", "RealtimeReport", "run_realtime"]
+__all__ = ["CLOCKS", "Rate", "RealtimeController", "RealtimeReport", "run_realtime"]
 
-
-class Rate:
-    """Sleep until the next tick of a fixed-rate loop; counts idle time and overruns.
-
-    ``sleep()`` returns at ``t0 + n * period``. A tick whose work ran past its slot is an overrun;
-    if the loop fell more than one full period behind, the schedule restarts from now instead of
-    running the missed ticks back to back.
-    """
-
-    def __init__(self, hz: float, clock: Callable[[], float] = time.perf_counter):
-        if not hz or hz <= 0:
-            raise ValueError(f"control_hz must be > 0, got {hz!r}")
-        self.period = 1.0 / float(hz)
-        self.clock = clock
-        self.t0: float | None = None
-        self.next_t = 0.0
-        self.ticks = 0
-        self.idle_s = 0.0
-        self.overruns = 0
-        self.last_t = 0.0
-
-    def start(self) -> None:
-        self.t0 = self.clock()
-        self.next_t = self.t0 + self.period
-        self.last_t = self.t0
-
-    def sleep(self) -> None:
-        if self.t0 is None:
-            self.start()
-        now = self.clock()
-        wait = self.next_t - now
-        if wait > 0:
-            # Coarse sleep, then a short spin for the last ~0.5 ms (OS sleep overshoots).
-            if wait > 5e-4:
-                time.sleep(wait - 5e-4)
-            while self.clock() < self.next_t:
-                pass
-            self.idle_s += wait
-            self.next_t += self.period
-        else:
-            self.overruns += 1
-            self.next_t += self.period
-            if now - self.next_t > self.period:
-                self.next_t = now + self.period
-        self.ticks += 1
-        self.last_t = self.clock()
-
-    @property
-    def elapsed_s(self) -> float:
-        return 0.0 if self.t0 is None else self.last_t - self.t0
-
-    @property
-    def achieved_hz(self) -> float:
-        return self.ticks / self.elapsed_s if self.elapsed_s > 0 else 0.0
+CLOCKS = ("wall", "sim")
 
 
 @dataclass
@@ -116,17 +71,35 @@ class RealtimeReport:
     skipped_actions: int = 0  # chunk actions that elapsed during inference (dropped on alignment)
     stale_chunks: int = 0  # chunks that arrived after all their actions had elapsed
     chunks: int = 0  # chunks that arrived during the run (the blocking first one included)
-    achieved_hz: float | None = None  # ticks / wall time (needs a Rate)
+    achieved_hz: float | None = None  # ticks / wall time (needs a Rate; None on the simulated clock)
     idle_s: float | None = None  # time the loop slept waiting for its next tick
     idle_fraction: float | None = None
     overruns: int | None = None  # ticks whose work ran past their slot
-    wall_s: float | None = None
+    wall_s: float | None = None  # the run's time: wall clock, or simulated (ticks * period)
     chunk_latency_ms: dict = field(default_factory=dict)  # mean/p50/p95/p99 of inference
     sequential_calls_mean: float | None = None
     nfe_mean: float | None = None
+    clock: str = "wall"  # wall | sim
+    transition: str = "switch"  # switch | ensemble | inpaint
+    latency_source: str = "measured"  # measured | latency_ms | latency_profile:<path>
+    latency_model_ms: float | None = None  # the fixed latency (None: measured)
+    delay_ticks: list = field(default_factory=list)  # request -> arrival, each chunk after the first
+    inpaint_prefix: list = field(default_factory=list)  # known future actions passed, each inpainted chunk
+    boundary_jumps: list = field(default_factory=list)  # ||a_t - a_{t-1}|| (normalised) at chunk switches
+    within_chunk_jumps: list = field(default_factory=list)  # the same inside chunks
+    load_avg_start: float | None = None  # os.getloadavg()[0] (measured latency only)
+    load_avg_end: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class _Chunk:
+    index: int  # position in the recorded chunks (chunk_latency_ms order)
+    tick: int  # the tick whose observation it was inferred from (its action 0's tick)
+    actions: np.ndarray  # the usable actions [n_exec, A]
+    span: np.ndarray  # actions it can contribute to an ensemble [>= n_exec, A]
 
 
 class RealtimeController:
@@ -140,9 +113,15 @@ class RealtimeController:
         generator: torch generator for the sampler (on the policy's device).
         n_action_steps: actions usable per chunk (default: the policy's).
         lookahead: start the next inference when this many actions (or fewer) are left after the
-            current tick. Default: from the measured latency, ``ceil(latency/period + safety) - 1``.
+            current tick. Default: from the latency, ``ceil(latency/period + safety) - 1``.
         safety: fraction of a tick added to the latency estimate (default 0.5).
         on_miss: ``"hold"`` (repeat the last action) or ``"zero"`` on a deadline miss.
+        clock: ``"wall"`` (inference on a thread, the wall clock decides when it arrives) or
+            ``"sim"`` (simulated time: see :mod:`asd_policy.simclock`; the caller does not sleep).
+        latency: the latency model on the simulated clock (a :class:`LatencyModel`, ms, or None:
+            the measured latency of each call).
+        transition: ``"switch"``, ``"ensemble"`` or ``"inpaint"`` (:mod:`asd_policy.transitions`).
+        ensemble_decay: ``m`` of the ensemble weights ``exp(-m * i)``, ``i = 0`` the oldest chunk.
     """
 
     def __init__(
@@ -156,11 +135,22 @@ class RealtimeController:
         safety: float = 0.5,
         on_miss: str = "hold",
         warmup: bool = True,
+        clock: str = "wall",
+        latency: LatencyModel | float | None = None,
+        transition: str = "switch",
+        ensemble_decay: float = 0.01,
     ):
         if on_miss not in ("hold", "zero"):
             raise ValueError(f"on_miss must be 'hold' or 'zero', got {on_miss!r}")
         if not control_hz or control_hz <= 0:
             raise ValueError(f"control_hz must be > 0, got {control_hz!r}")
+        if clock not in CLOCKS:
+            raise ValueError(f"clock must be one of {', '.join(CLOCKS)}, got {clock!r}")
+        if transition not in TRANSITIONS:
+            raise ValueError(f"transition must be one of {', '.join(TRANSITIONS)}, got {transition!r}")
+        if transition == "inpaint" and not accepts_known_actions(policy):
+            raise ValueError(f"transition='inpaint' needs a policy whose predict_action takes known_actions; "
+                             f"{type(policy).__name__} does not (use transition=switch or ensemble)")
         self.policy = policy
         self.period = 1.0 / float(control_hz)
         self.sampler = sampler
@@ -171,25 +161,39 @@ class RealtimeController:
         self.safety = float(safety)
         self.on_miss = on_miss
         self.warmup = warmup
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asd-infer")
-        self._lock = threading.Lock()
+        self.clock = clock
+        self.latency = latency if isinstance(latency, LatencyModel) else LatencyModel(latency)
+        if clock == "wall" and self.latency.fixed:
+            raise ValueError("a fixed latency model needs clock='sim'; the wall clock measures latency")
+        self.transition = transition
+        self.ensemble_decay = float(ensemble_decay)
+        self._normalize = action_normalizer(policy)
+        self._backend = (SimInference(self._infer, self.period, self.latency) if clock == "sim"
+                         else ThreadedInference(self._infer))
         self._history: ObsHistory | None = None
-        self._future: Future | None = None
-        self._future_tick = 0
-        self._chunk: np.ndarray | None = None
-        self._chunk_tick = 0
+        self._chunks: list[_Chunk] = []  # arrived, oldest first; the last one is current
+        self._request_tick = 0
+        self._request_prefix: int | None = None
         self._last_action: np.ndarray | None = None
         self._latencies: list[float] = []
         self._seq: list[float] = []
         self._nfe: list[float] = []
         self._executed: list[int] = []  # actions executed from each recorded chunk
-        self._chunk_index = 0
-        self.report_ = RealtimeReport(control_hz=float(control_hz))
+        self._actions: list[np.ndarray] = []  # every executed action, and the chunk it came from
+        self._sources: list[int] = []
+        self.report_ = self._new_report()
         self.tick = 0
 
+    def _new_report(self) -> RealtimeReport:
+        return RealtimeReport(control_hz=1.0 / self.period, clock=self.clock, transition=self.transition,
+                              **self.latency.as_dict())
+
     # -- inference
-    def _infer(self, obs_history: np.ndarray) -> ChunkInference:
-        return infer_chunk(self.policy, obs_history, self.sampler, self.generator, self.device)
+    def _infer(self, obs_history: np.ndarray, known: np.ndarray | None = None) -> ChunkInference:
+        call = PolicyCall(self.policy, known, self.device)
+        res = infer_chunk(call, obs_history, self.sampler, self.generator, self.device)
+        res.action_pred = call.action_pred  # type: ignore[attr-defined]
+        return res
 
     def _record(self, res: ChunkInference) -> None:
         self._executed.append(0)
@@ -199,34 +203,110 @@ class RealtimeController:
         if res.nfe is not None:
             self._nfe.append(float(res.nfe))
 
+    def _as_chunk(self, res: ChunkInference, tick: int) -> _Chunk:
+        actions = res.actions[0]
+        pred = getattr(res, "action_pred", None)
+        start = self.policy.n_obs_steps - 1
+        span = pred[0, start:] if pred is not None and pred.shape[1] - start >= actions.shape[0] else actions
+        return _Chunk(len(self._executed) - 1, tick, actions[: self.n_exec], span)
+
     def lookahead(self) -> int:
         """Actions left in the current chunk at which the next inference starts."""
         if self.fixed_lookahead is not None:
             return int(self.fixed_lookahead)
-        recent = self._latencies[-8:] or [0.0]
-        return max(0, math.ceil(max(recent) / self.period + self.safety) - 1)
+        return max(0, math.ceil(self._latency_estimate() / self.period + self.safety) - 1)
+
+    def _latency_estimate(self) -> float:
+        if self.latency.fixed:
+            return self.latency.ms / 1e3
+        return max(self._latencies[-8:] or [0.0])
+
+    def expected_delay(self) -> int:
+        """Ticks the next chunk is expected to take (exact for a fixed latency model; from the
+        largest of the last 8 latencies otherwise): the inpainted prefix's length."""
+        return delay_ticks(self._latency_estimate(), self.period)
 
     # -- public API
     def reset(self, obs: np.ndarray) -> None:
         """Start an episode from ``obs``: clears state and infers the first chunk (blocking)."""
-        self._drain()
+        self._backend.drain()
         obs = np.asarray(obs, dtype=np.float32).reshape(-1)
         self._history = ObsHistory(self.policy.n_obs_steps, 1, obs.shape[0])
         self._history.reset(0, obs)
         if self.generator is None:
             self.generator = torch.Generator(device=self.device).manual_seed(0)
-        self.report_ = RealtimeReport(control_hz=1.0 / self.period)
+        self.report_ = self._new_report()
         self._latencies, self._seq, self._nfe, self._executed = [], [], [], []
+        self._actions, self._sources = [], []
         if self.warmup:
             self._infer(self._history.get())  # first call pays one-off costs; not recorded
         res = self._infer(self._history.get())
+        res.latency_s = self.latency.latency_s(res.latency_s)
         self._record(res)
-        self._chunk = res.actions[0]
-        self._chunk_tick = 0
-        self._chunk_index = 0
+        self._chunks = [self._as_chunk(res, 0)]
         self.report_.chunks = 1
         self._last_action = None
         self.tick = 0
+
+    def _poll(self, k: int) -> None:
+        """A chunk that has arrived replaces the current one, aligned to its observation's tick."""
+        res = self._backend.poll(k)
+        if res is None:
+            return
+        rep = self.report_
+        self._record(res)
+        rep.chunks += 1
+        rep.delay_ticks.append(k - self._request_tick)
+        if self._request_prefix is not None:
+            rep.inpaint_prefix.append(self._request_prefix)
+        offset = k - self._request_tick
+        usable = min(self.n_exec, res.actions.shape[1])
+        if offset >= usable:
+            rep.stale_chunks += 1
+            rep.skipped_actions += usable
+            return
+        rep.skipped_actions += offset
+        self._chunks.append(self._as_chunk(res, self._request_tick))
+        if self.transition != "ensemble":
+            self._chunks = self._chunks[-1:]
+
+    def _planned(self, k: int) -> np.ndarray:
+        """The action tick ``k`` will get from the current chunk (held after it runs out)."""
+        cur = self._chunks[-1]
+        idx = k - cur.tick
+        if idx < len(cur.actions):
+            return cur.actions[idx]
+        if self.on_miss == "zero":
+            return np.zeros_like(cur.actions[0])
+        return cur.actions[-1] if k - 1 - cur.tick < len(cur.actions) else self._last_action
+
+    def _request(self, k: int) -> None:
+        known, self._request_prefix = None, None
+        if self.transition == "inpaint":
+            cur = self._chunks[-1]
+            horizon = max(len(cur.span) + self.policy.n_obs_steps - 1, len(cur.actions))
+            future = [self._planned(k + j) for j in range(self.expected_delay())]
+            past = self._actions[-(self.policy.n_obs_steps - 1):] if self.policy.n_obs_steps > 1 else []
+            known, self._request_prefix = known_actions(horizon, cur.actions.shape[-1],
+                                                        self.policy.n_obs_steps - 1, future, past)
+        self._request_tick = k
+        self._backend.submit(k, self._history.get(), known)
+
+    def _select(self, k: int) -> np.ndarray:
+        cur = self._chunks[-1]
+        idx = k - cur.tick
+        if 0 <= idx < len(cur.actions):
+            self._executed[cur.index] += 1
+            self._sources.append(cur.index)
+            if self.transition != "ensemble":
+                return cur.actions[idx]
+            self._chunks = [c for c in self._chunks if k - c.tick < len(c.span)]
+            return ensemble_action([c.span[k - c.tick] for c in self._chunks], self.ensemble_decay)
+        self.report_.deadline_misses += 1
+        self._sources.append(self._sources[-1] if self._sources else cur.index)
+        if self.on_miss == "hold" and self._last_action is not None:
+            return self._last_action
+        return np.zeros_like(cur.actions[0])
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         """The action for this tick, given the newest observation. Call once per control period."""
@@ -235,46 +315,23 @@ class RealtimeController:
         k = self.tick
         if k > 0:
             self._history.push(0, obs)
-        rep = self.report_
-        # A finished inference replaces the current chunk, aligned to its observation's tick.
-        if self._future is not None and self._future.done():
-            res = self._future.result()  # re-raises an inference error here
-            self._future = None
-            self._record(res)
-            rep.chunks += 1
-            offset = k - self._future_tick
-            if offset >= min(self.n_exec, res.actions.shape[1]):
-                rep.stale_chunks += 1
-                rep.skipped_actions += min(self.n_exec, res.actions.shape[1])
-            else:
-                rep.skipped_actions += offset
-                self._chunk = res.actions[0]
-                self._chunk_tick = self._future_tick
-                self._chunk_index = len(self._executed) - 1
-        idx = k - self._chunk_tick
-        usable = min(self.n_exec, self._chunk.shape[0])
-        if 0 <= idx < usable:
-            action = self._chunk[idx]
-            self._executed[self._chunk_index] += 1
-        else:
-            rep.deadline_misses += 1
-            if self.on_miss == "hold" and self._last_action is not None:
-                action = self._last_action
-            else:
-                action = np.zeros_like(self._chunk[0])
+        self._poll(k)
         # Start the next inference early enough to arrive before this chunk runs out.
-        remaining = usable - 1 - idx
-        if self._future is None and remaining <= self.lookahead():
-            self._future_tick = k
-            self._future = self._pool.submit(self._infer, self._history.get())
+        remaining = len(self._chunks[-1].actions) - 1 - (k - self._chunks[-1].tick)
+        if not self._backend.pending and remaining <= self.lookahead():
+            self._request(k)
+            self._poll(k)  # on the simulated clock, a chunk with no delay acts on this very tick
+        action = self._select(k)
         self._last_action = action
+        self._actions.append(np.asarray(action, dtype=np.float32))
         self.tick += 1
-        rep.ticks = self.tick
+        self.report_.ticks = self.tick
         return np.array(action, copy=True)
 
     @property
     def chunk_latency_ms(self) -> list[float]:
-        """Inference latency of every chunk so far (ms), in arrival order."""
+        """Inference latency of every chunk so far (ms), in arrival order (the model's latency
+        on the simulated clock with a fixed latency model)."""
         return [x * 1e3 for x in self._latencies]
 
     @property
@@ -287,25 +344,20 @@ class RealtimeController:
         rep.chunk_latency_ms = latency_summary([x * 1e3 for x in self._latencies])
         rep.sequential_calls_mean = float(np.mean(self._seq)) if self._seq else None
         rep.nfe_mean = float(np.mean(self._nfe)) if self._nfe else None
+        rep.boundary_jumps, rep.within_chunk_jumps = jumps(np.asarray(self._actions), self._sources,
+                                                           self._normalize)
         if rate is not None:
             rep.achieved_hz = rate.achieved_hz
             rep.idle_s = rate.idle_s
             rep.wall_s = rate.elapsed_s
             rep.idle_fraction = rate.idle_s / rate.elapsed_s if rate.elapsed_s > 0 else None
             rep.overruns = rate.overruns
+        elif self.clock == "sim":
+            rep.wall_s = rep.ticks * self.period  # simulated time
         return rep
 
-    def _drain(self) -> None:
-        if self._future is not None:
-            try:
-                self._future.result()
-            except Exception:  # noqa: BLE001 - a stale inference's error does not matter now
-                pass
-            self._future = None
-
     def close(self) -> None:
-        self._drain()
-        self._pool.shutdown(wait=True)
+        self._backend.close()
 
     def __enter__(self) -> "RealtimeController":
         return self
@@ -324,9 +376,10 @@ def run_realtime(
     generator: torch.Generator | None = None,
     **controller_kwargs: Any,
 ) -> EpisodeResult:
-    """One episode of ``env`` at ``control_hz`` on the wall clock (default: the task's rate,
-    from ``env.unwrapped.control_hz`` / ``env.metadata["control_hz"]``); the result's ``report``
-    says how well the schedule was kept."""
+    """One episode of ``env`` at ``control_hz`` (default: the task's rate, from
+    ``env.unwrapped.control_hz`` / ``env.metadata["control_hz"]``) on the wall clock, or on the
+    simulated clock with ``clock="sim"`` (no sleeping; ``wall_s`` is then simulated time). The
+    result's ``report`` says how well the schedule was kept."""
     hz = control_hz or getattr(env.unwrapped, "control_hz", None) or env.metadata.get("control_hz")
     if not hz:
         raise ValueError("control_hz not given and the env does not declare one")
@@ -335,11 +388,13 @@ def run_realtime(
     ep = EpisodeResult(seed=int(seed))
     with RealtimeController(policy, hz, sampler=sampler, generator=generator,
                             **controller_kwargs) as ctrl:
-        rate = Rate(hz)
+        rate = Rate(hz) if ctrl.clock == "wall" else None
+        load0 = None if ctrl.latency.fixed else load_avg()
         try:
             obs, _ = env.reset(seed=int(seed))
             ctrl.reset(obs)
-            rate.start()
+            if rate is not None:
+                rate.start()
             while True:
                 action = ctrl.act(obs)
                 obs, rew, term, trunc, info = env.step(action)
@@ -349,11 +404,14 @@ def run_realtime(
                 ep.final_info = scalar_info(info)
                 if term or trunc or (max_steps and ep.steps >= max_steps):
                     break
-                rate.sleep()
+                if rate is not None:
+                    rate.sleep()
         except Exception as exc:  # noqa: BLE001 - an env failure fails the episode
             ep.error = _error_text(exc)
             ep.success = False
         ep.report = ctrl.report(rate)
+        if not ctrl.latency.fixed:
+            ep.report.load_avg_start, ep.report.load_avg_end = load0, load_avg()
         ep.wall_s = ep.report.wall_s or 0.0
         ep.chunk_latency_ms = ctrl.chunk_latency_ms
         ep.chunk_actions = ctrl.chunk_actions

@@ -77,7 +77,7 @@ class FakePolicy:
     def __init__(self, delay_per_call=0.0, n_obs_steps=2, n_action_steps=4, noise=0.3, fixed_latency=0.0):
         self.n_obs_steps = n_obs_steps
         self.n_action_steps = n_action_steps
-        self.horizon = max(8, n_action_steps)
+        self.horizon = max(8, n_action_steps + n_obs_steps - 1)
         self.obs_dim = 4
         self.action_dim = 2
         self.device = torch.device("cpu")
@@ -86,7 +86,9 @@ class FakePolicy:
         self.noise = noise
         self.calls = 0
 
-    def predict_action(self, obs_history, method="ddpm", generator=None, **kw):
+    def predict_action(self, obs_history, method="ddpm", generator=None, known_actions=None, **kw):
+        """As DiffusionPolicy: ``known_actions`` [B, horizon, action_dim] (NaN = free) are held
+        fixed in ``action_pred``; ``actions = action_pred[:, n_obs_steps-1 : ... + n_action_steps]``."""
         self.calls += 1
         seq = {"ddpm": 100, "ddim": int(kw.get("num_inference_steps", 10))}.get(
             method, 100 // int(kw.get("speculation_length", 16)) + 4)
@@ -102,5 +104,46 @@ class FakePolicy:
             remaining = remaining - 0.25 * a
             acts.append(a)
         actions = torch.stack(acts, 1)
-        action_pred = torch.cat([actions, actions[:, -1:].expand(b, self.horizon - self.n_action_steps, 2)], 1)
-        return PolicyOutput(actions, action_pred, fake_stats(method, b, seq))
+        start = self.n_obs_steps - 1
+        action_pred = torch.cat([actions[:, :1].expand(b, start, 2), actions,
+                                 actions[:, -1:].expand(b, self.horizon - self.n_action_steps - start, 2)], 1)
+        action_pred = apply_known(action_pred, known_actions)
+        return PolicyOutput(action_pred[:, start:start + self.n_action_steps], action_pred,
+                            fake_stats(method, b, seq))
+
+
+def apply_known(action_pred, known_actions):
+    """``action_pred`` with the finite entries of ``known_actions`` (the inpainting contract)."""
+    if known_actions is None:
+        return action_pred
+    known = torch.as_tensor(known_actions, dtype=action_pred.dtype)
+    if known.shape != action_pred.shape:
+        raise ValueError(f"known_actions must be {list(action_pred.shape)}, got {list(known.shape)}")
+    return torch.where(torch.isnan(known), action_pred, known)
+
+
+class JumpyPolicy:
+    """Chunks that jump: chunk ``c`` is ``offset_c + 0.05 * position`` (every dim) with a random
+    offset per chunk; given ``known_actions`` the offset continues the last known action, as an
+    inpainting sampler would. Records every ``known_actions`` it gets."""
+
+    def __init__(self, n_obs_steps=2, n_action_steps=8, horizon=16, action_dim=2):
+        self.n_obs_steps, self.n_action_steps, self.horizon = n_obs_steps, n_action_steps, horizon
+        self.action_dim = action_dim
+        self.device = torch.device("cpu")
+        self.known: list = []
+
+    def predict_action(self, obs_history, method="ddpm", generator=None, known_actions=None, **kw):
+        b = obs_history.shape[0]
+        pos = torch.arange(self.horizon, dtype=torch.float32)[None, :, None]
+        offset = torch.rand((b, 1, 1), generator=generator) * 2 - 1
+        if known_actions is not None:
+            known = torch.as_tensor(known_actions, dtype=torch.float32)
+            self.known.append(known.clone())
+            rows = (~torch.isnan(known[0, :, 0])).nonzero().reshape(-1)
+            if rows.numel():
+                last = int(rows.max())
+                offset = known[:, last:last + 1, :1] - 0.05 * last
+        pred = apply_known((offset + 0.05 * pos).expand(b, self.horizon, self.action_dim).clone(), known_actions)
+        start = self.n_obs_steps - 1
+        return PolicyOutput(pred[:, start:start + self.n_action_steps], pred, fake_stats(method, b, 10))

@@ -16,6 +16,8 @@ from asd_policy.config import (
     check_keys,
     coerce_nested,
 )
+from asd_policy.simclock import LatencyModel, check_latency_ms, latency_for_samplers
+from asd_policy.transitions import TRANSITIONS
 from asd_policy.sampler_config import POLICY_PRESET, SAMPLER_PRESETS, SamplerConfig, resolve_samplers
 
 __all__ = ["EvalConfig", "EvalError", "make_config"]
@@ -45,8 +47,12 @@ class EvalConfig:
     max_steps: int | None = None  # cap on steps per episode (the task's TimeLimit applies anyway)
     n_action_steps: int | None = None  # actions executed per chunk; None: the policy's
     warmup: bool = True  # one untimed inference per sampler before timing
-    realtime: bool = False  # run each episode at the control rate on the wall clock (one env)
+    realtime: Any = False  # false | wall (true) | sim: each episode at the control rate on the wall or a simulated clock (one env)
     control_hz: float | None = None  # real-time rate; None: the task's
+    transition: str = "switch"  # real-time chunk transition: switch | ensemble | inpaint
+    ensemble_decay: float = 0.01  # transition=ensemble: weights exp(-m * i), i = 0 the oldest chunk (ACT's m)
+    latency_ms: Any = None  # realtime=sim: null (each call's measured latency) | ms | {sampler: ms}
+    latency_profile: str | None = None  # realtime=sim: a JSON file {sampler: ms}, instead of latency_ms
     videos: int = 0  # record GIFs of this many episodes per sampler
     resume: Any = False  # true: continue the run in the output dir; or a run dir to continue
     progress: bool = True
@@ -69,6 +75,9 @@ class EvalConfig:
             self.logger = "none"
         if isinstance(self.resume, str) and self.resume.lower() in ("true", "false"):
             self.resume = self.resume.lower() == "true"
+        self.realtime = _clock(self.realtime)
+        if self.latency_profile is not None:
+            self.latency_profile = os.fspath(self.latency_profile)
         self._check()
 
     def _check(self) -> None:
@@ -88,6 +97,25 @@ class EvalConfig:
         if not isinstance(self.resume, (bool, str)):
             raise ConfigError(f"resume must be true, false or a run directory, got {self.resume!r}")
         self._check_samplers()
+        self._check_realtime()
+
+    def _check_realtime(self) -> None:
+        """Transition, clock and latency settings; a latency map or profile covers every sampler."""
+        check_choice("transition", self.transition, TRANSITIONS)
+        if isinstance(self.ensemble_decay, bool) or not isinstance(self.ensemble_decay, numbers.Real):
+            raise ConfigError(f"ensemble_decay must be a number, got {self.ensemble_decay!r}")
+        if not self.realtime and self.transition != "switch":
+            raise ConfigError(f"transition={self.transition} needs a real-time run; add realtime=sim (or wall)")
+        if self.realtime != "sim" and (self.latency_ms is not None or self.latency_profile is not None):
+            raise ConfigError("latency_ms / latency_profile set the simulated clock's latency; add realtime=sim")
+        if self.realtime == "sim" and self.num_envs > 1:
+            raise ConfigError(f"realtime=sim runs one env at a time; drop num_envs={self.num_envs} (or use num_envs=1)")
+        self.latency_ms = check_latency_ms(self.latency_ms)
+        self.latency_models()
+
+    def latency_models(self) -> dict[str, LatencyModel]:
+        """Each listed sampler's latency model on the simulated clock."""
+        return latency_for_samplers(self.samplers, self.latency_ms, self.latency_profile)
 
     def _check_samplers(self) -> None:
         """Every preset's keys are options of its method; every listed sampler is known."""
@@ -101,6 +129,18 @@ class EvalConfig:
             raise ConfigError("samplers is empty; e.g. samplers=[ddpm,asd,ddim]")
         if listed:
             resolve_samplers(listed, self.presets)
+
+
+def _clock(value: Any) -> Any:
+    """``realtime`` as False, "wall" or "sim" (``true`` is "wall")."""
+    text = str(value).strip().lower() if value is not None else "false"
+    if text in ("false", "none", "off", "no", "0", ""):
+        return False
+    if text in ("true", "wall", "on", "yes", "1"):
+        return "wall"
+    if text == "sim":
+        return "sim"
+    raise ConfigError(f"realtime={value!r} is not valid; use false, wall (or true) or sim")
 
 
 def _at_least(name: str, value: Any, low: int) -> None:

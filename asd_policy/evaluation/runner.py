@@ -28,6 +28,8 @@ from asd_policy.io import write_json
 from asd_policy.realtime import run_realtime
 from asd_policy.rollout import EpisodeResult, infer_chunk, policy_device, rollout_episodes
 from asd_policy.sampler_config import SamplerConfig, resolve_samplers
+from asd_policy.simclock import delay_ticks
+from asd_policy.transitions import accepts_known_actions
 
 __all__ = ["evaluate"]
 
@@ -43,6 +45,7 @@ class _Run:
     control_hz: float | None
     checkpoint: str | None
     out: Path
+    latency: dict[str, Any] = field(default_factory=dict)  # realtime=sim: each sampler's LatencyModel
     warmed: set[str] = field(default_factory=set)
     videos: dict[str, Path] = field(default_factory=dict)
 
@@ -115,7 +118,35 @@ def _prepare(cfg: EvalConfig, policy: Any, env_fn: Callable[..., Any] | None, ou
     control_hz = cfg.control_hz or (spec_task.control_hz if spec_task is not None else None)
     if control_hz is None and probe is not None:
         control_hz = getattr(probe.unwrapped, "control_hz", None) or probe.metadata.get("control_hz")
-    return _Run(cfg, policy, specs, pool, control_hz, checkpoint, out)
+    try:
+        _check_transition(cfg, policy, control_hz)
+    except EvalError:
+        pool.close()
+        raise
+    latency = cfg.latency_models() if cfg.realtime == "sim" else {}
+    return _Run(cfg, policy, specs, pool, control_hz, checkpoint, out, latency)
+
+
+def _check_transition(cfg: EvalConfig, policy: Any, control_hz: float | None) -> None:
+    """Before any episode: inpainting needs a policy that takes known_actions and, with a fixed
+    latency model, a delay shorter than the chunk's executed actions."""
+    if cfg.transition != "inpaint":
+        return
+    if not accepts_known_actions(policy):
+        raise EvalError(f"transition=inpaint needs a policy whose predict_action takes known_actions; "
+                        f"{type(policy).__name__} does not (use transition=switch or ensemble)")
+    if cfg.realtime != "sim" or not control_hz:
+        return
+    usable = int(cfg.n_action_steps or policy.n_action_steps)
+    for name, model in cfg.latency_models().items():
+        if not model.fixed:
+            continue
+        d = delay_ticks(model.ms / 1e3, 1.0 / float(control_hz))
+        if d >= usable:
+            raise EvalError(
+                f"transition=inpaint: sampler {name!r} takes {model.ms:g} ms = {d} ticks at {control_hz:g} Hz, "
+                f"not fewer than the {usable} actions a chunk executes, so the inpainted prefix would fill the "
+                f"chunk; use a faster sampler, control_hz below {usable * 1e3 / model.ms:.3g}, or transition=switch")
 
 
 def _run_meta(run: _Run) -> dict:
@@ -126,9 +157,23 @@ def _run_meta(run: _Run) -> dict:
         "seed": int(cfg.seed),
         "samplers": {s.name: s.as_dict() for s in run.specs},
         "max_steps": cfg.max_steps,
-        "realtime": bool(cfg.realtime),
+        "realtime": cfg.realtime if cfg.realtime == "sim" else bool(cfg.realtime),  # wall: true, as before
         "n_action_steps": cfg.n_action_steps,
+        **_realtime_meta(run),
     }
+
+
+def _realtime_meta(run: _Run) -> dict:
+    """The real-time settings the episodes ran with (none for synchronous runs)."""
+    cfg = run.cfg
+    if not cfg.realtime:
+        return {}
+    meta = {"control_hz": run.control_hz, "transition": cfg.transition}
+    if cfg.transition == "ensemble":
+        meta["ensemble_decay"] = float(cfg.ensemble_decay)
+    if cfg.realtime == "sim":
+        meta["latency"] = {name: m.as_dict() for name, m in run.latency.items()}
+    return meta
 
 
 def _run_and_save(run: _Run, command: str | None) -> dict:
@@ -187,9 +232,13 @@ def _run_batch(run: _Run, spec: SamplerConfig, todo: list[int], gen: torch.Gener
     """Episodes ``todo`` of one sampler: in lockstep, or one on the wall clock in real-time mode."""
     cfg = run.cfg
     if cfg.realtime:
+        extra: dict[str, Any] = {}
+        if cfg.realtime == "sim":
+            extra = {"clock": "sim", "latency": run.latency[spec.name]}
         return [run_realtime(run.pool.first, run.policy, control_hz=run.control_hz, sampler=spec,
                              seed=cfg.seed + todo[0], max_steps=cfg.max_steps, generator=gen,
-                             n_action_steps=cfg.n_action_steps)]
+                             n_action_steps=cfg.n_action_steps, transition=cfg.transition,
+                             ensemble_decay=cfg.ensemble_decay, **extra)]
     envs, seeds = run.pool.for_seeds([cfg.seed + e for e in todo], cfg.seed + cfg.episodes + 10_000)
     record = cfg.videos > 0 and sum(k.startswith(f"{spec.name}_ep") for k in run.videos) < cfg.videos
     results = rollout_episodes(envs, run.policy, seeds, spec, gen, max_steps=cfg.max_steps,

@@ -17,7 +17,8 @@ EPISODES_NAME = "episodes.jsonl"
 META_NAME = "run_meta.json"
 
 #: Settings that must match for a resumed run to continue the same episodes.
-RESUME_KEYS = ("task", "checkpoint", "seed", "max_steps", "realtime", "n_action_steps")
+RESUME_KEYS = ("task", "checkpoint", "seed", "max_steps", "realtime", "n_action_steps", "control_hz",
+               "transition", "ensemble_decay", "latency")
 
 
 def read_rows(path: Path) -> list[dict]:

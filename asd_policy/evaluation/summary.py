@@ -16,7 +16,10 @@ __all__ = ["wilson_interval", "episode_row", "flat_row", "summarize", "assemble"
 
 #: Real-time counts copied from an episode's RealtimeReport into its row.
 REALTIME_KEYS = ("ticks", "deadline_misses", "skipped_actions", "stale_chunks", "achieved_hz",
-                 "idle_fraction", "overruns")
+                 "idle_fraction", "overruns", "clock", "transition", "latency_source", "latency_model_ms",
+                 "load_avg_start", "load_avg_end")
+#: Per-chunk / per-jump lists kept in episodes.jsonl (results.json's rows get their means).
+REALTIME_LISTS = ("delay_ticks", "inpaint_prefix", "boundary_jumps", "within_chunk_jumps")
 _SUCCESS_KEYS = ("is_success", "success")
 
 
@@ -53,6 +56,7 @@ def episode_row(sampler: str, episode: int, r: EpisodeResult) -> dict:
     }
     if r.report is not None:
         row.update({k: getattr(r.report, k) for k in REALTIME_KEYS})
+        row.update({k: [round(float(x), 6) for x in getattr(r.report, k)] for k in REALTIME_LISTS})
     return row
 
 
@@ -72,6 +76,9 @@ def flat_row(row: Mapping[str, Any]) -> dict:
     out["chunk_latency_ms_p95"] = float(np.percentile(lat, 95)) if lat else None
     out["sequential_calls_mean"] = _mean(row.get("sequential_calls") or [])
     out["nfe_mean"] = _mean(row.get("nfe") or [])
+    for k in REALTIME_LISTS:
+        if k in row:
+            out[f"{k}_mean"] = _mean(row[k])
     return out
 
 
@@ -98,16 +105,38 @@ def _outcomes(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, int]]:
     return {k: dict(sorted(v.items())) for k, v in out.items() if len(v) <= 10}
 
 
+def _pooled(rows: Sequence[Mapping[str, Any]], key: str) -> float | None:
+    return _mean(x for r in rows for x in r.get(key) or [])
+
+
 def _realtime(rows: Sequence[Mapping[str, Any]]) -> dict:
     ticks = sum(r.get("ticks", 0) for r in rows)
     misses = sum(r.get("deadline_misses", 0) for r in rows)
-    return {
+    first = rows[0] if rows else {}
+    out = {
+        "clock": first.get("clock", "wall"),
+        "transition": first.get("transition", "switch"),
+        "latency_source": first.get("latency_source", "measured"),
+        "latency_model_ms": first.get("latency_model_ms"),
+        "delay_ticks_mean": _pooled(rows, "delay_ticks"),
         "deadline_misses": int(misses),
         "deadline_miss_rate": (misses / ticks) if ticks else None,
         "skipped_actions": int(sum(r.get("skipped_actions", 0) for r in rows)),
+        "stale_chunks": int(sum(r.get("stale_chunks", 0) for r in rows)),
+        "boundary_jump_mean": _pooled(rows, "boundary_jumps"),
+        "within_chunk_jump_mean": _pooled(rows, "within_chunk_jumps"),
         "achieved_hz_mean": _mean(r.get("achieved_hz") for r in rows),
         "idle_fraction_mean": _mean(r.get("idle_fraction") for r in rows),
     }
+    if out["transition"] == "inpaint":
+        out["inpaint_prefix_mean"] = _pooled(rows, "inpaint_prefix")
+    if out["latency_source"] == "measured":  # the load the latency was measured under, and its spread
+        lat = [x for r in rows for x in r.get("chunk_latency_ms") or []]
+        out["measured_latency_ms"] = {**latency_summary(lat), "min": min(lat, default=None),
+                                      "max": max(lat, default=None)}
+        out["load_avg_1min"] = {"start": first.get("load_avg_start"),
+                                "end": rows[-1].get("load_avg_end") if rows else None}
+    return out
 
 
 def _sampler_summary(rs: Sequence[Mapping[str, Any]], spec: SamplerConfig) -> dict:

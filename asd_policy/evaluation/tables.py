@@ -34,8 +34,15 @@ def _realtime(s: Summary) -> str:
     rt = s.get("realtime")
     if not rt:
         return "-"
-    return (f"misses {rt['deadline_misses']} skipped {rt['skipped_actions']} "
-            f"rate {fmt(rt['achieved_hz_mean'])} Hz")
+    text = f"misses {rt['deadline_misses']} skipped {rt['skipped_actions']} "
+    if rt.get("clock", "wall") == "wall":
+        text += f"rate {fmt(rt['achieved_hz_mean'])} Hz"
+    else:
+        text += f"stale {rt['stale_chunks']} delay {fmt(rt['delay_ticks_mean'])} ticks"
+    if "boundary_jump_mean" in rt:
+        text += (f" | {rt.get('clock', 'wall')} {rt.get('transition', 'switch')}: jump at switch "
+                 f"{fmt(rt['boundary_jump_mean'], '.3f')} within {fmt(rt['within_chunk_jump_mean'], '.3f')}")
+    return text
 
 
 def _latency(q: str) -> Callable[[str, Summary], str]:

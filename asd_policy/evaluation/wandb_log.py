@@ -25,7 +25,9 @@ def log_to_wandb(results: Mapping[str, Any], out_dir: Path, config: Mapping[str,
         cols = ["sampler", "episode", "seed", "success", "steps", "return", "chunks",
                 "chunk_latency_ms_mean", "chunk_latency_ms_p95", "sequential_calls_mean", "nfe_mean",
                 "error"]
-        extra = [c for c in ("deadline_misses", "skipped_actions", "achieved_hz") if rows and c in rows[0]]
+        extra = [c for c in ("deadline_misses", "skipped_actions", "stale_chunks", "achieved_hz", "delay_ticks_mean",
+                             "boundary_jumps_mean", "within_chunk_jumps_mean", "inpaint_prefix_mean")
+                 if rows and c in rows[0]]
         cols += extra
         ep_table = wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in rows])
         sum_cols = ["sampler", "chunk_latency_ms_mean", "success_rate", "ci95_lo", "ci95_hi",
@@ -60,6 +62,11 @@ def log_to_wandb(results: Mapping[str, Any], out_dir: Path, config: Mapping[str,
             summary[f"{name}/sequential_calls_mean"] = s["sequential_calls_mean"]
             summary[f"{name}/nfe_mean"] = s["nfe_mean"]
             summary[f"{name}/speedup_vs_ddpm"] = s["speedup_vs_ddpm"]
+            for k, v in (s.get("realtime") or {}).items():  # clock, transition, delay, misses, jumps...
+                if isinstance(v, dict):
+                    summary.update({f"{name}/realtime/{k}_{q}": x for q, x in v.items()})
+                else:
+                    summary[f"{name}/realtime/{k}"] = v
         run.summary.update(summary)
         # The same numbers as a file in the run (uploaded with it; offline runs keep their summary
         # only inside the binary run-*.wandb log, so this makes it readable without syncing).

@@ -375,3 +375,16 @@ def test_script_rejects_unknown_keys(tmp_path):
     p = run_script(["episodes=0", f"hydra.run.dir={tmp_path}/d"], cwd=tmp_path)
     assert p.returncode == 2 and p.stderr.strip().splitlines()[-1] == "error: episodes must be an integer >= 1, got 0"
     assert not list(tmp_path.glob("*/results.json"))
+
+
+def test_multirun_over_control_rates_on_the_sim_clock(tiny_checkpoint, tmp_path):
+    """`-m realtime=sim control_hz=...`: one job per rate, each on the simulated clock."""
+    p = run_script(["-m", f"checkpoint={tiny_checkpoint}", "realtime=sim", "control_hz=5,20", "latency_ms=60",
+                    "transition=inpaint", "samplers=[asd]", "+presets.asd.speculation_length=4", "episodes=1",
+                    "max_steps=6", "logger=none", "progress=false", f"hydra.sweep.dir={tmp_path}/sweep"], cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    results = [json.loads(r.read_text()) for r in sorted((tmp_path / "sweep").glob("*/results.json"))]
+    assert len(results) == 2
+    delays = sorted(r["samplers"]["asd"]["realtime"]["delay_ticks_mean"] or 0 for r in results)
+    assert delays == [1.0, 2.0]  # 60 ms is 1 tick at 5 Hz and 2 ticks at 20 Hz
+    assert all(r["samplers"]["asd"]["realtime"]["clock"] == "sim" for r in results)

@@ -270,22 +270,23 @@ class RealtimeController:
         if self.transition != "ensemble":
             self._chunks = self._chunks[-1:]
 
-    def _planned(self, k: int) -> np.ndarray:
-        """The action tick ``k`` will get from the current chunk (held after it runs out)."""
+    def _planned(self, k: int, j: int) -> np.ndarray:
+        """The action tick ``k + j`` will get from the current chunk (held after it runs out),
+        planned at tick ``k``."""
         cur = self._chunks[-1]
-        idx = k - cur.tick
+        idx = k + j - cur.tick
         if idx < len(cur.actions):
             return cur.actions[idx]
         if self.on_miss == "zero":
             return np.zeros_like(cur.actions[0])
-        return cur.actions[-1] if k - 1 - cur.tick < len(cur.actions) else self._last_action
+        return cur.actions[-1] if k - cur.tick < len(cur.actions) else self._last_action
 
     def _request(self, k: int) -> None:
         known, self._request_prefix = None, None
         if self.transition == "inpaint":
             cur = self._chunks[-1]
             horizon = max(len(cur.span) + self.policy.n_obs_steps - 1, len(cur.actions))
-            future = [self._planned(k + j) for j in range(self.expected_delay())]
+            future = [self._planned(k, j) for j in range(self.expected_delay())]
             past = self._actions[-(self.policy.n_obs_steps - 1):] if self.policy.n_obs_steps > 1 else []
             known, self._request_prefix = known_actions(horizon, cur.actions.shape[-1],
                                                         self.policy.n_obs_steps - 1, future, past)

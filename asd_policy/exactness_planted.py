@@ -1,0 +1,142 @@
+"""PLANTED BUGS for the exactness check's power study. Never used by the check itself.
+
+Each bug breaks ASD's exactness in a way the project's analytic tests catch; the question the
+power study answers is whether ``asd_policy.exactness`` catches it on a trained checkpoint, and
+at which N. A bug is active only inside :func:`bugged_draw` and only for ASD samplers (the DDPM
+reference and the other samplers are drawn cleanly):
+
+* ``always_accept``: keep every draft (the output is the anchor-driven proposal chain);
+* ``reflect_wrong_mean``: on rejection, reflect through the hyperplane at mu_q instead of the
+  bisector of mu_q and mu_p (as tests/test_sampling.py's ``reflect_about_proposal_mean``);
+* ``neighbour_row``: every model call's output rows are rolled by one, so each verified step's
+  target mean comes from the neighbouring row's model output.
+
+    python -m asd_policy.exactness_planted --checkpoint checkpoints/reach_around --chunks 200
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+import asd_policy.sampling as sampling
+from asd_policy import exactness as ex
+from asd_policy.sampler_config import SamplerConfig
+
+__all__ = ["BUGS", "planted", "bugged_draw", "power"]
+
+_accept_or_reflect = sampling.accept_or_reflect  # the correct one, kept before any patch
+
+
+def always_accept(draft, mu_q, mu_p, sigma, u):
+    _, accepted = _accept_or_reflect(draft, mu_q, mu_p, sigma, u)
+    return draft, torch.ones_like(accepted)
+
+
+def reflect_wrong_mean(draft, mu_q, mu_p, sigma, u):
+    _, accepted = _accept_or_reflect(draft, mu_q, mu_p, sigma, u)
+    shape = draft.shape
+    draft, mu_q, mu_p = draft.flatten(1), mu_q.flatten(1), mu_p.flatten(1)
+    e = (mu_p - mu_q) / (mu_p - mu_q).norm(dim=-1, keepdim=True).clamp_min(1e-30)
+    w = draft - mu_q
+    wrong = mu_q + w - 2 * (e * w).sum(-1, keepdim=True) * e
+    return torch.where(accepted[:, None], draft, wrong).reshape(shape), accepted
+
+
+class _RolledRows(torch.nn.Module):
+    """The model with each call's output rows rolled by one (row i gets row i-1's output)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.inner = model
+
+    def forward(self, x, t, cond):
+        return torch.roll(self.inner(x, t, cond), shifts=1, dims=0)
+
+
+BUGS = ("always_accept", "reflect_wrong_mean", "neighbour_row")
+
+
+@contextlib.contextmanager
+def planted(policy: Any, bug: str) -> Iterator[None]:
+    """Inside: ``bug`` is active in every sampler call of ``policy``; restored on exit."""
+    if bug not in BUGS:
+        raise ValueError(f"unknown planted bug {bug!r}; use one of {BUGS}")
+    if bug == "neighbour_row":
+        model = policy.model
+        policy.model = _RolledRows(model)
+        try:
+            yield
+        finally:
+            policy.model = model
+        return
+    sampling.accept_or_reflect = always_accept if bug == "always_accept" else reflect_wrong_mean
+    try:
+        yield
+    finally:
+        sampling.accept_or_reflect = _accept_or_reflect
+
+
+def bugged_draw(bug: str | None):
+    """A ``draw_fn`` for :func:`asd_policy.exactness.fidelity` that plants ``bug`` in ASD samplers only."""
+
+    def draw_fn(policy: Any, obs: np.ndarray, sampler: SamplerConfig, n: int, seed: int):
+        if bug is None or sampler.method != "asd":
+            return ex.draw(policy, obs, sampler, n, seed)
+        with planted(policy, bug):
+            return ex.draw(policy, obs, sampler, n, seed)
+
+    return draw_fn
+
+
+def power(policy: Any, observations: Sequence, sampler_names: Sequence[str], bugs: Sequence[str | None], n: int,
+          alpha: float = 0.01, asd_family: int = 4, seed: int = 0) -> dict:
+    """For each bug (None: the correct ASD): the check's Bonferroni p of each sampler and whether the
+    verdict would fail (p < alpha / asd_family, the check's threshold with its default four ASD samplers)."""
+    samplers = ex.resolve_check_samplers(sampler_names)
+    samplers = [s for s in samplers if s.name != ex.NULL]
+    family = len(observations) * len(ex.statistic_names(policy.config.task_name)) * asd_family
+    permutations = int(np.ceil(4 * family / alpha))
+    out = {}
+    for bug in bugs:
+        report = ex.fidelity(policy, observations, samplers, n, permutations, alpha, seed, draw_fn=bugged_draw(bug))
+        out[str(bug)] = {
+            name: {"p_value": r["p_value"], "smallest_p": r["smallest_p"], "distance": r["distance"],
+                   "detected": r["p_value"] < alpha / asd_family}
+            for name, r in report["samplers"].items() if name != ex.REFERENCE
+        }
+    return {"chunks": n, "observations": [label for label, _ in observations], "alpha": alpha,
+            "threshold": alpha / asd_family, "results": out}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    import asd_envs
+
+    ap = argparse.ArgumentParser(description="Power of the exactness check against planted ASD bugs.")
+    ap.add_argument("--checkpoint", default="checkpoints/reach_around")
+    ap.add_argument("--chunks", type=int, default=200)
+    ap.add_argument("--resets", type=int, default=2)
+    ap.add_argument("--rollout-states", type=int, default=2)
+    ap.add_argument("--samplers", nargs="+", default=["asd16"])
+    ap.add_argument("--bugs", nargs="+", default=list(BUGS))
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    policy = ex.load_checked(args.checkpoint)
+    task = policy.config.task_name
+    obs = ex.observations_for(policy, lambda: asd_envs.make_env(task, render_mode=None), args.resets, args.rollout_states)
+    bugs = [None if b == "none" else b for b in args.bugs]
+    result = {"checkpoint": args.checkpoint, **power(policy, obs, args.samplers, bugs, args.chunks)}
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+
+
+if __name__ == "__main__":
+    main()

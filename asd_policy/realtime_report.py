@@ -23,7 +23,7 @@ __all__ = ["load_runs", "group_runs", "realtime_rows", "realtime_markdown", "plo
 Run = Mapping[str, Any]  # {"dir", "results", "meta", "control_hz", "transition", "latency"}
 
 COLUMNS = ["rate Hz", "transition", "sampler", "episodes", "success (95% CI)", "chunk ms", "delay ticks",
-           "misses / tick", "skipped", "stale", "boundary jump", "within-chunk jump"]
+           "misses / tick", "skipped", "stale", "boundary jump", "within-chunk jump", "load"]
 
 
 def load_runs(roots: Iterable[str | os.PathLike]) -> list[dict]:
@@ -64,8 +64,14 @@ def realtime_rows(runs: Sequence[Run]) -> list[list[str]]:
                          f"{fmt(s['success_rate'], '.2f')} [{lo:.2f}, {hi:.2f}]", fmt(lat), fmt(rt.get("delay_ticks_mean"), ".2f"),
                          fmt(rt.get("deadline_miss_rate"), ".3f"), str(rt.get("skipped_actions", "-")),
                          str(rt.get("stale_chunks", "-")), fmt(rt.get("boundary_jump_mean"), ".3f"),
-                         fmt(rt.get("within_chunk_jump_mean"), ".3f")])
+                         fmt(rt.get("within_chunk_jump_mean"), ".3f"), _load(rt)])
     return rows
+
+
+def _load(rt: Mapping[str, Any]) -> str:
+    """The machine's 1-minute load average when a measured-latency run started ('-' for a latency model)."""
+    load = (rt.get("load_avg_1min") or {}).get("start")
+    return "-" if load is None else f"{load:.1f}"
 
 
 def realtime_markdown(runs: Sequence[Run]) -> str:
@@ -164,11 +170,12 @@ def _latency_label(source: str) -> str:
 
 
 def write_realtime_report(roots: Sequence[str | os.PathLike], out: str | os.PathLike, title: str,
-                          notes: str | None = None) -> Path:
-    """The page: per (task, latency source) the commands, the table and the two plots (PNG beside the runs)."""
+                          notes: str | None = None, intro: str | None = None) -> Path:
+    """The page: ``intro``, then per (task, latency source) the commands, the table and the two plots
+    (PNGs beside the runs), then ``notes``."""
     out = Path(out)
     groups = group_runs(load_runs(roots))
-    parts = [f"# {title}", ""]
+    parts = [f"# {title}", ""] + ([intro.strip(), ""] if intro else [])
     for (task, source), runs in groups.items():
         label = _latency_label(source)
         folder = Path(os.path.commonpath([str(r["dir"]) for r in runs]))

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Write the real-time results page from real-time eval runs (realtime=sim or wall).
 
-    python scripts/report_realtime.py docs/results/realtime --out docs/results-realtime.md --notes notes.md
+    python scripts/report_realtime.py docs/results/realtime --out docs/results-realtime.md --intro findings.md --notes notes.md
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ def main() -> None:
     ap.add_argument("roots", nargs="+", help="folders holding real-time eval runs (searched recursively)")
     ap.add_argument("--out", default="docs/results-realtime.md")
     ap.add_argument("--title", default="Real-time results: success against control rate")
+    ap.add_argument("--intro", help="a markdown file placed under the title (the findings)")
     ap.add_argument("--notes", help="a markdown file appended at the end")
     args = ap.parse_args()
     if not load_runs(args.roots):
@@ -24,7 +25,8 @@ def main() -> None:
               f"run e.g. python scripts/eval.py -m realtime=sim control_hz=5,10 hydra.sweep.dir=<root>", file=sys.stderr)
         sys.exit(2)
     notes = Path(args.notes).read_text() if args.notes else None
-    print(write_realtime_report(args.roots, args.out, args.title, notes))
+    intro = Path(args.intro).read_text() if args.intro else None
+    print(write_realtime_report(args.roots, args.out, args.title, notes, intro))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ def _run(root: Path, name: str, hz: float, transition: str, source: str, success
                "chunk_latency_ms": {"mean": 100.0, "p50": 100.0, "p95": 110.0, "p99": 120.0},
                "realtime": {"delay_ticks_mean": hz / 10, "deadline_miss_rate": 0.0, "skipped_actions": 3,
                             "stale_chunks": 0, "boundary_jump_mean": jump, "within_chunk_jump_mean": 0.05,
-                            "latency_model_ms": None if source == "measured" else 50.0}}
+                            "latency_model_ms": None if source == "measured" else 50.0,
+                            "load_avg_1min": {"start": 1.5, "end": 1.0} if source == "measured" else None}}
     results = {"task": "toy", "samplers": {"asd": sampler}, "seed": 1000, "command": f"python scripts/eval.py -m x",
                "device_name": "cpu", "torch": "2"}
     meta = {"realtime": "sim", "control_hz": hz, "transition": transition,
@@ -40,7 +41,7 @@ def test_page_has_a_table_and_two_plots_per_task_and_latency_source(tmp_path):
     assert [r["control_hz"] for r in groups[("toy", "measured")]] == [10.0, 20.0]
     page = write_realtime_report([root], tmp_path / "page.md", "Real time", notes="## Notes\n\nnone")
     text = page.read_text()
-    assert text.count("| rate Hz |") == 2 and "| 20 | inpaint | asd | 10 | 0.90 [0.80, 1.00] |" in text
+    assert text.count("| rate Hz |") == 2 and "| 20 | inpaint | asd | 10 | 0.90 [0.80, 1.00] |" in text and "| 0.100 | 0.050 | 1.5 |" in text
     assert "fixed latency model (profile p.json)" in text and text.rstrip().endswith("none")
     assert len(list(root.rglob("success_vs_rate_*.png"))) == 2 and len(list(root.rglob("jump_vs_delay_*.png"))) == 2
 

@@ -37,6 +37,7 @@ __all__ = [
     "WandbConfig",
     "wandb_mode",
     "unknown_override",
+    "from_hydra",
     "add_arguments",
     "from_arguments",
 ]
@@ -201,6 +202,19 @@ def unknown_override(cls: type, override: str) -> str | None:
         if node is None:
             return None
     return None
+
+
+def from_hydra(cfg: Any) -> Any:
+    """The dataclass instance a hydra-composed config (over a registered schema) describes; a
+    validation error inside its ``__post_init__`` comes out as that one :class:`ConfigError`."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as exc:
+        cause = exc.__cause__ or exc.__context__
+        raise cause if isinstance(cause, ConfigError) else ConfigError(" ".join(str(exc).split())) from None
 
 
 # ---------------------------------------------------------------------------------- plain CLI

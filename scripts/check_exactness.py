@@ -13,7 +13,6 @@ samplers), 1 when one is not, 2 for bad input (one line naming the fix). Method:
 """
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -22,10 +21,9 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import to_absolute_path
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import DictConfig
 
-from asd_policy.config import ConfigError, unknown_override
+from asd_policy.config import ConfigError, from_hydra, unknown_override
 from asd_policy.exactness import ExactnessConfig, check, format_table
 from asd_policy.io import write_json
 
@@ -33,11 +31,7 @@ ConfigStore.instance().store(name="check_exactness_schema", node=ExactnessConfig
 
 
 def _config(cfg: DictConfig) -> ExactnessConfig:
-    try:
-        config = OmegaConf.to_object(cfg)
-    except OmegaConfBaseException as exc:
-        cause = exc.__cause__ or exc.__context__
-        raise cause if isinstance(cause, ConfigError) else ConfigError(" ".join(str(exc).split())) from None
+    config = from_hydra(cfg)
     config.checkpoint = to_absolute_path(config.checkpoint)
     return config
 

@@ -27,10 +27,9 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import to_absolute_path
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import DictConfig
 
-from asd_policy.config import ConfigError, unknown_override
+from asd_policy.config import ConfigError, from_hydra, unknown_override
 from asd_policy.evaluation import EPISODES_NAME, META_NAME, EvalConfig, EvalError, evaluate
 
 ConfigStore.instance().store(name="eval_schema", node=EvalConfig)
@@ -68,11 +67,7 @@ def _resume_dir(cfg: EvalConfig, run_dir: Path) -> Path:
 
 def _config(cfg: DictConfig) -> EvalConfig:
     """The validated EvalConfig, its checkpoint an absolute path (default checkpoints/<task>)."""
-    try:
-        config = OmegaConf.to_object(cfg)
-    except OmegaConfBaseException as exc:
-        cause = exc.__cause__ or exc.__context__
-        raise cause if isinstance(cause, ConfigError) else ConfigError(" ".join(str(exc).split())) from None
+    config = from_hydra(cfg)
     checkpoint = config.checkpoint or f"checkpoints/{config.task.name}"
     return dataclasses.replace(config, checkpoint=to_absolute_path(checkpoint))
 

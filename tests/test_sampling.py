@@ -14,6 +14,8 @@ import torch
 import asd_policy.sampling as sampling
 from asd_policy.analytic import GaussianMixtureDenoiser, two_mode_mixture
 from asd_policy.sampling import NoiseSchedule, accept_or_reflect, sample
+from asd_policy.exactness_planted import always_accept
+from asd_policy.exactness_planted import reflect_wrong_mean as reflect_about_proposal_mean
 from stat_tests import energy_test
 
 ALPHA = 0.01
@@ -57,23 +59,6 @@ def reflection_failures(fn, dim: int, distance: float, seed: int) -> list[str]:
     if p < ALPHA:
         failures.append(f"energy test p = {p:.4f}")
     return failures
-
-
-def reflect_about_proposal_mean(draft, mu_q, mu_p, sigma, u):
-    """Planted bug: on rejection, reflect through the hyperplane at mu_q instead of between the means."""
-    _, accepted = accept_or_reflect(draft, mu_q, mu_p, sigma, u)
-    shape = draft.shape
-    draft, mu_q, mu_p = draft.flatten(1), mu_q.flatten(1), mu_p.flatten(1)
-    e = (mu_p - mu_q) / (mu_p - mu_q).norm(dim=-1, keepdim=True).clamp_min(1e-30)
-    w = draft - mu_q
-    wrong = mu_q + w - 2 * (e * w).sum(-1, keepdim=True) * e
-    return torch.where(accepted[:, None], draft, wrong).reshape(shape), accepted
-
-
-def always_accept(draft, mu_q, mu_p, sigma, u):
-    """Planted bug: keep every draft (the output is then the proposal, not the target)."""
-    _, accepted = accept_or_reflect(draft, mu_q, mu_p, sigma, u)
-    return draft, torch.ones_like(accepted)
 
 
 @pytest.mark.parametrize("dim", [1, 3, 16])

@@ -20,7 +20,7 @@ def _run(root: Path, name: str, hz: float, transition: str, source: str, success
                             "stale_chunks": 0, "boundary_jump_mean": jump, "within_chunk_jump_mean": 0.05,
                             "latency_model_ms": None if source == "measured" else 50.0,
                             "load_avg_1min": {"start": 1.5, "end": 1.0} if source == "measured" else None}}
-    results = {"task": "toy", "samplers": {"asd": sampler}, "seed": 1000, "command": f"python scripts/eval.py -m x",
+    results = {"task": "toy", "samplers": {"asd": sampler}, "seed": 1000, "command": "python scripts/eval.py -m x",
                "device_name": "cpu", "torch": "2"}
     meta = {"realtime": "sim", "control_hz": hz, "transition": transition,
             "latency": {"asd": {"latency_source": source, "latency_model_ms": None}}}

@@ -179,7 +179,7 @@ def write_realtime_report(roots: Sequence[str | os.PathLike], out: str | os.Path
     for (task, source), runs in groups.items():
         label = _latency_label(source)
         folder = Path(os.path.commonpath([str(r["dir"]) for r in runs]))
-        slug = "measured" if source == "measured" else "latency_model"
+        slug = "measured" if source == "measured" else f"model_{Path(source.split(':', 1)[-1]).stem}"
         rate_png = plot_success_vs_rate(runs, folder / f"success_vs_rate_{slug}.png", f"{task}: success vs control rate, {label}")
         jump_png = plot_jump_vs_delay(runs, folder / f"jump_vs_delay_{slug}.png", f"{task}: chunk-boundary jump vs delay, {label}")
         parts += [f"## {task}: {label}", "", "```bash"]

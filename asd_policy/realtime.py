@@ -49,8 +49,8 @@ from asd_policy.simclock import LatencyModel, Rate, SimInference, ThreadedInfere
 from asd_policy.transitions import (
     TRANSITIONS,
     PolicyCall,
-    accepts_known_actions,
     action_normalizer,
+    check_transition_policy,
     ensemble_action,
     jumps,
     known_actions,
@@ -148,9 +148,7 @@ class RealtimeController:
             raise ValueError(f"clock must be one of {', '.join(CLOCKS)}, got {clock!r}")
         if transition not in TRANSITIONS:
             raise ValueError(f"transition must be one of {', '.join(TRANSITIONS)}, got {transition!r}")
-        if transition == "inpaint" and not accepts_known_actions(policy):
-            raise ValueError(f"transition='inpaint' needs a policy whose predict_action takes known_actions; "
-                             f"{type(policy).__name__} does not (use transition=switch or ensemble)")
+        check_transition_policy(policy, transition)
         self.policy = policy
         self.period = 1.0 / float(control_hz)
         self.sampler = sampler
@@ -256,10 +254,10 @@ class RealtimeController:
         rep = self.report_
         self._record(res)
         rep.chunks += 1
-        rep.delay_ticks.append(k - self._request_tick)
+        offset = k - self._request_tick
+        rep.delay_ticks.append(offset)
         if self._request_prefix is not None:
             rep.inpaint_prefix.append(self._request_prefix)
-        offset = k - self._request_tick
         usable = min(self.n_exec, res.actions.shape[1])
         if offset >= usable:
             rep.stale_chunks += 1

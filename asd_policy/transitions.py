@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 __all__ = ["TRANSITIONS", "ensemble_weights", "ensemble_action", "known_actions", "accepts_known_actions",
+           "check_transition_policy",
            "action_normalizer", "jumps", "PolicyCall"]
 
 TRANSITIONS = ("switch", "ensemble", "inpaint")
@@ -62,6 +63,13 @@ def accepts_known_actions(policy: Any) -> bool:
         return "known_actions" in inspect.signature(policy.predict_action).parameters
     except (TypeError, ValueError, AttributeError):
         return False
+
+
+def check_transition_policy(policy: Any, transition: str) -> None:
+    """``ValueError`` when ``transition`` is inpaint and the policy cannot hold known actions."""
+    if transition == "inpaint" and not accepts_known_actions(policy):
+        raise ValueError(f"transition=inpaint needs a policy whose predict_action takes known_actions; "
+                         f"{type(policy).__name__} does not (use transition=switch or ensemble)")
 
 
 def action_normalizer(policy: Any) -> Callable[[np.ndarray], np.ndarray]:

@@ -28,8 +28,8 @@ from asd_policy.io import write_json
 from asd_policy.realtime import run_realtime
 from asd_policy.rollout import EpisodeResult, infer_chunk, policy_device, rollout_episodes
 from asd_policy.sampler_config import SamplerConfig, resolve_samplers
-from asd_policy.simclock import delay_ticks
-from asd_policy.transitions import accepts_known_actions
+from asd_policy.simclock import LatencyModel, delay_ticks
+from asd_policy.transitions import check_transition_policy
 
 __all__ = ["evaluate"]
 
@@ -109,36 +109,34 @@ def _prepare(cfg: EvalConfig, policy: Any, env_fn: Callable[..., Any] | None, ou
     specs = resolve_samplers(cfg.samplers, cfg.presets, stored=stored if isinstance(stored, Mapping) else None)
     pool = EnvPool(env_fn, 1 if cfg.realtime else cfg.num_envs, cfg.vector_env, cfg.videos > 0, task)
     probe = pool.first
-    try:
-        if probe is not None:
-            check_dims(policy, probe, task)
-    except EvalError:
-        pool.close()
-        raise
     control_hz = cfg.control_hz or (spec_task.control_hz if spec_task is not None else None)
     if control_hz is None and probe is not None:
         control_hz = getattr(probe.unwrapped, "control_hz", None) or probe.metadata.get("control_hz")
+    latency = cfg.latency_models() if cfg.realtime == "sim" else {}
     try:
-        _check_transition(cfg, policy, control_hz)
+        if probe is not None:
+            check_dims(policy, probe, task)
+        _check_transition(cfg, policy, control_hz, latency)
     except EvalError:
         pool.close()
         raise
-    latency = cfg.latency_models() if cfg.realtime == "sim" else {}
     return _Run(cfg, policy, specs, pool, control_hz, checkpoint, out, latency)
 
 
-def _check_transition(cfg: EvalConfig, policy: Any, control_hz: float | None) -> None:
+def _check_transition(cfg: EvalConfig, policy: Any, control_hz: float | None,
+                      latency: Mapping[str, LatencyModel]) -> None:
     """Before any episode: inpainting needs a policy that takes known_actions and, with a fixed
     latency model, a delay shorter than the chunk's executed actions."""
     if cfg.transition != "inpaint":
         return
-    if not accepts_known_actions(policy):
-        raise EvalError(f"transition=inpaint needs a policy whose predict_action takes known_actions; "
-                        f"{type(policy).__name__} does not (use transition=switch or ensemble)")
+    try:
+        check_transition_policy(policy, cfg.transition)
+    except ValueError as exc:
+        raise EvalError(str(exc)) from None
     if cfg.realtime != "sim" or not control_hz:
         return
     usable = int(cfg.n_action_steps or policy.n_action_steps)
-    for name, model in cfg.latency_models().items():
+    for name, model in latency.items():
         if not model.fixed:
             continue
         d = delay_ticks(model.ms / 1e3, 1.0 / float(control_hz))

@@ -22,7 +22,6 @@ import os
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 __all__ = [
@@ -282,7 +281,3 @@ def from_arguments(cls: type, args: argparse.Namespace) -> Any:
         node[leaf] = value
     return build(cls, tree)
 
-
-def resolve_path(path: str | os.PathLike | None) -> str | None:
-    """``~`` expanded; None stays None."""
-    return None if path is None else str(Path(path).expanduser())

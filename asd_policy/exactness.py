@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from asd_policy.config import HELD_OUT_SEED, ConfigError
+from asd_policy.rollout import ObsHistory, infer_chunk, policy_device
 from asd_policy.sampler_config import SamplerConfig, resolve_samplers
 from asd_policy.schedule import VARIANCE_TYPES, NoiseSchedule
 from asd_policy.twosample import (
@@ -159,8 +160,6 @@ def observations_for(policy: Any, env_fn: Callable[[], Any], resets: int, rollou
     """(label, history [n_obs_steps, obs_dim]) at resets from seeds ``seed + i``, then after each of the
     first ``rollout_states`` chunks of a DDPM rollout from seed ``seed + resets`` (history as
     ``rollout.ObsHistory`` keeps it: after a reset, the first observation repeated)."""
-    from asd_policy.rollout import ObsHistory
-
     out, env = [], env_fn()
     steps = policy.config.n_obs_steps
     try:
@@ -278,13 +277,15 @@ def _mean_or_nan(values: list[float]) -> float:
 
 
 def latency_ms(policy: Any, obs: np.ndarray, samplers: Sequence[SamplerConfig], repeats: int, seed: int = 0) -> dict[str, float]:
-    """Median batch-1 chunk latency (ms) per sampler, after one untimed call."""
+    """Median batch-1 chunk latency (ms) per sampler, after one untimed call; timed as the control
+    loop times a chunk (:func:`asd_policy.rollout.infer_chunk`: device-synchronised, host to host)."""
+    device = policy_device(policy)
     out = {}
     for s in samplers:
         times = []
         for r in range(repeats + 1):
-            _, cost = draw(policy, obs, s, 1, _seed(seed, "latency", s.name, r))
-            times.append(cost["batch_wall_s"] * 1e3)
+            g = torch.Generator(device=device).manual_seed(_seed(seed, "latency", s.name, r))
+            times.append(infer_chunk(policy, np.asarray(obs, dtype=np.float32)[None], s, g, device).latency_s * 1e3)
         out[s.name] = float(np.median(times[1:])) if repeats else float("nan")
     return out
 

@@ -79,6 +79,13 @@ def test_report_has_the_table_columns(toy_policy):
     assert "ddpm_null" in table and "asd16" in table
 
 
+def test_latency_is_timed_per_sampler_at_batch_one(toy_policy):
+    samplers = ex.resolve_check_samplers(["ddim2"])  # the DDPM reference and null come first
+    lat = ex.latency_ms(toy_policy, OBS[0][1], samplers, repeats=2)
+    assert set(lat) == {s.name for s in samplers} and all(0 < v < 60_000 for v in lat.values())
+    assert lat["ddim2"] < lat[ex.REFERENCE]  # 2 sequential calls against 100
+
+
 # ---- bad input --------------------------------------------------------------------------------
 
 

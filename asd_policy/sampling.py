@@ -12,7 +12,7 @@ where the prediction is of the schedule's ``prediction_type``. ``sample`` is the
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,15 +107,35 @@ def _denoise(
     return schedule.predict_x0_eps(out.to(x.dtype), x, t)
 
 
-def _randn(shape: tuple[int, ...], generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
-    """Standard normal noise from `generator` (on whatever device it lives), delivered on like's device."""
+#: One generator for the whole batch, one per chain (design note section 7), or None (torch's global one).
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def _randn(shape: tuple[int, ...], generator: Generators, like: torch.Tensor) -> torch.Tensor:
+    """Standard normal noise from `generator` (on whatever device it lives), delivered on like's device.
+    With one generator per chain, row b of the batch (shape[0]) is drawn from generator[b]."""
+    if isinstance(generator, Sequence):
+        return torch.stack([_randn(shape[1:], g, like) for g in _per_chain(generator, shape[0])])
     device = generator.device if generator is not None else like.device
     return torch.randn(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
 
 
-def _rand(shape: tuple[int, ...], generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
+def _rand(shape: tuple[int, ...], generator: Generators, like: torch.Tensor) -> torch.Tensor:
+    if isinstance(generator, Sequence):
+        return torch.stack([_rand(shape[1:], g, like) for g in _per_chain(generator, shape[0])])
     device = generator.device if generator is not None else like.device
     return torch.rand(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
+
+
+def _per_chain(generators: Sequence[torch.Generator], batch: int) -> Sequence[torch.Generator]:
+    if len(generators) != batch:
+        raise ValueError(f"got {len(generators)} generators for a batch of {batch}; pass one per chain, or one for all")
+    return generators
+
+
+def _chains(generator: Generators, index: list[int]) -> Generators:
+    """The generators of the chains in `index` (a shared generator serves every chain)."""
+    return [generator[i] for i in index] if isinstance(generator, Sequence) else generator
 
 
 # ---- sequential DDPM ------------------------------------------------------------------------
@@ -126,7 +146,7 @@ def sample_ddpm(
     schedule: NoiseSchedule,
     x: torch.Tensor,
     cond: Any = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     stats: SamplerStats | None = None,
     known: KnownInputs | None = None,
 ) -> torch.Tensor:
@@ -168,7 +188,7 @@ def sample_ddim(
     schedule: NoiseSchedule,
     x: torch.Tensor,
     cond: Any = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     num_inference_steps: int = 10,
     eta: float = 0.0,
     stats: SamplerStats | None = None,
@@ -240,7 +260,7 @@ def sample_asd(
     schedule: NoiseSchedule,
     x: torch.Tensor,
     cond: Any = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     speculation_length: int = 16,
     anchor: str = "reuse",
     stats: SamplerStats | None = None,
@@ -281,8 +301,9 @@ def sample_asd(
         rows = [(i, j) for i, b in enumerate(active_list) for j in range(first_row, min(L, t_host[b] + 1))]
         verify_rows = tuple(_index_tensor(list(r), device) for r in zip(*rows)) if rows else ()
         n = len(active_list)
-        z = _randn((n, L, *x.shape[1:]), generator, x)
-        u = _rand((n, L), generator, x)
+        chains = _chains(generator, active_list)  # per-chain streams: z then u, as with B = 1
+        z = _randn((n, L, *x.shape[1:]), chains, x)
+        u = _rand((n, L), chains, x)
         x_a, t_a, m_a, value, finished, accepted, checked = asd_round(
             denoise, schedule, x[active], t[active], m_anchor[active], _take_rows(cond, active), z, u, anchor, verify_rows,
             known.rows(active) if known is not None else None,
@@ -407,7 +428,7 @@ def sample_paradigms(
     schedule: NoiseSchedule,
     x: torch.Tensor,
     cond: Any = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     window: int = 16,
     tolerance: float = 0.1,
     stats: SamplerStats | None = None,
@@ -488,7 +509,7 @@ def sample(
     shape: tuple[int, ...],
     method: str = "asd",
     cond: Any = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
     noise: torch.Tensor | None = None,
@@ -501,6 +522,9 @@ def sample(
     "asd" (speculation_length=16, anchor="reuse"; exactly DDPM's distribution), or
     "paradigms" (window=16, tolerance=0.1; approximate parallel Picard baseline).
     cond: conditioning with one row per batch element (Tensor or mapping of Tensors), or None.
+    generator: one torch.Generator for the batch, or a sequence of B, one per chain (design note
+    section 7): then chain b's sample depends only on generator[b], never on the other chains in
+    its batch, and B = 1 draws in the same order as one shared generator.
     noise: the starting x_{T-1} (default: drawn from `generator`).
     known: coordinates held fixed (inpainting, design note section 6): the samples equal
     known.values where known.mask is True and are DDPM's conditional chain elsewhere.
@@ -513,6 +537,8 @@ def sample(
     shape = tuple(shape)
     if len(shape) < 2 or any(not isinstance(s, int) or s < 1 for s in shape):
         raise ValueError(f"shape must be (B, ...) of positive ints, e.g. (B, horizon, action_dim); got {shape}")
+    if isinstance(generator, Sequence):
+        _per_chain(generator, shape[0])
     if device is None:
         device = _infer_device(model, cond)
     if noise is None:

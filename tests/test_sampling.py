@@ -326,3 +326,50 @@ def test_known_coordinates_bad_input():
         sample(MIXTURE, SCHEDULE, (2, 4, 2), method="paradigms", known=bad)
     x, _ = sample(MIXTURE, SCHEDULE, (2, 4, 2), method="ddim", generator=seeded(0), known=bad)
     assert torch.equal(x[:, :2], bad.values[:, :2])
+
+
+# ---- noise streams per chain, design note section 7 --------------------------------------------
+
+
+STREAM_CASES = [("ddpm", {}), ("ddim", {"eta": 0.5}), ("asd", {"speculation_length": 8}),
+                ("asd", {"anchor": "fresh", "speculation_length": 4})]
+
+
+@pytest.mark.parametrize("method,kwargs,with_known", [
+    *[(m, kw, False) for m, kw in STREAM_CASES], ("paradigms", {"tolerance": 0.05}, False),
+    *[(m, kw, True) for m, kw in STREAM_CASES],  # paradigms takes no known coordinates
+])
+def test_a_chain_with_its_own_generator_ignores_its_batch(method, kwargs, with_known):
+    """A policy server batches requests from several robots: chain b's sample must depend on its
+    own generator and conditioning only, and equal the same request sampled alone."""
+    model = ShiftedMixture(MIXTURE, SCHEDULE)
+    schedule = NoiseSchedule(num_train_timesteps=100, clip_sample=False)
+    offsets, seeds = torch.tensor([-1.0, 0.0, 0.5, 2.0, 0.0]), [5, 6, 7, 8, 9]
+    known = known_prefix(5) if with_known else None
+
+    def run(rows: list[int]) -> torch.Tensor:
+        k = None if known is None else sampling.Known(known.mask[rows], known.values[rows])
+        x, _ = sample(model, schedule, (len(rows), 4, 2), method=method, cond=offsets[rows],
+                      generator=[seeded(seeds[r]) for r in rows], known=k, **kwargs)
+        return x
+
+    batched = run([0, 1, 2, 3, 4])
+    for r in range(5):
+        torch.testing.assert_close(run([r])[0], batched[r], rtol=0, atol=1e-5)
+    torch.testing.assert_close(run([4, 2, 0, 3, 1]), batched[[4, 2, 0, 3, 1]], rtol=0, atol=1e-5)
+    # with B = 1 a list of one generator draws exactly what the generator itself draws
+    single, _ = sample(model, schedule, (1, 4, 2), method=method, cond=offsets[[2]], generator=seeded(seeds[2]),
+                       known=None if known is None else sampling.Known(known.mask[[2]], known.values[[2]]), **kwargs)
+    assert torch.equal(single[0], run([2])[0])
+
+
+def test_per_chain_generators_must_match_the_batch():
+    with pytest.raises(ValueError, match="3 generators for a batch of 2"):
+        sample(MIXTURE, SCHEDULE, (2, 4, 2), method="asd", generator=[seeded(0), seeded(1), seeded(2)])
+
+
+def test_chain_stream_check_catches_a_shared_round_stream(monkeypatch):
+    """Planted bug: ASD's rounds draw every active chain's noise from the first one's generator."""
+    monkeypatch.setattr(sampling, "_chains", lambda g, index: g[index[0]] if isinstance(g, list) else g)
+    with pytest.raises(AssertionError):
+        test_a_chain_with_its_own_generator_ignores_its_batch("asd", {"speculation_length": 8}, False)

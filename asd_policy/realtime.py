@@ -221,7 +221,8 @@ class RealtimeController:
 
     def expected_delay(self) -> int:
         """Ticks the next chunk is expected to take (exact for a fixed latency model; from the
-        largest of the last 8 latencies otherwise): the inpainted prefix's length."""
+        largest of the last 8 latencies otherwise): the inpainted prefix's length, capped at
+        ``n_action_steps - 1``."""
         return delay_ticks(self._latency_estimate(), self.period)
 
     # -- public API
@@ -284,7 +285,10 @@ class RealtimeController:
         if self.transition == "inpaint":
             cur = self._chunks[-1]
             horizon = max(len(cur.span) + self.policy.n_obs_steps - 1, len(cur.actions))
-            future = [self._planned(k, j) for j in range(self.expected_delay())]
+            # A chunk that is not stale arrives at most n_exec - 1 ticks late, so no more of its
+            # positions can elapse in flight; a longer prefix (an overestimated delay) would hold
+            # every action it can execute and it could never change what the robot does.
+            future = [self._planned(k, j) for j in range(min(self.expected_delay(), self.n_exec - 1))]
             past = self._actions[-(self.policy.n_obs_steps - 1):] if self.policy.n_obs_steps > 1 else []
             known, self._request_prefix = known_actions(horizon, cur.actions.shape[-1],
                                                         self.policy.n_obs_steps - 1, future, past)

@@ -118,6 +118,32 @@ def test_inpaint_passes_the_executing_actions_as_known():
     assert np.allclose(steps, 0.05, atol=1e-5)  # the new chunk continues the old one: no jump
 
 
+def test_inpaint_leaves_an_executed_action_free_when_the_delay_is_overestimated(monkeypatch):
+    # Measured latency: the prefix length comes from the largest of the last 8 latencies, which can
+    # exceed the delay a chunk then has. One slow call (750 ms = 8 ticks at 10 Hz, all 8 executed
+    # actions) then 650 ms calls (7 ticks): a prefix of 8 would hold every action the chunk can
+    # execute, so each new chunk repeated the held action and the robot froze for good.
+    import asd_policy.realtime as rt
+
+    script = iter([0.75] + [0.65] * 50)
+    real = rt.infer_chunk
+
+    def scripted(*a, **kw):
+        res = real(*a, **kw)
+        res.latency_s = next(script)
+        return res
+
+    monkeypatch.setattr(rt, "infer_chunk", scripted)
+    pol = JumpyPolicy(n_obs_steps=2, n_action_steps=8, horizon=16)
+    ctrl = RealtimeController(pol, 10.0, clock="sim", warmup=False, transition="inpaint",
+                              generator=torch.Generator().manual_seed(0))
+    actions = np.stack(drive_sim(ctrl, 30))
+    # positions 1..8 are the executed actions; the last of them must stay free (NaN)
+    assert pol.known and all(np.isnan(k[0, 8].numpy()).all() for k in pol.known)
+    assert max(ctrl.report_.inpaint_prefix) == 7 and set(ctrl.report_.delay_ticks) == {7}
+    assert actions[14] == pytest.approx(actions[7] + 0.05) and actions[21] == pytest.approx(actions[14] + 0.05)
+
+
 def _run(tmp_path, name, policy, **kw):
     args = dict(policy=policy, env_fn=make_toy, task=None, samplers=["ddpm", "asd"], episodes=2,
                 out_dir=tmp_path / name, realtime="sim", control_hz=10.0, logger="none", progress=False,

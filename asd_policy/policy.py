@@ -206,7 +206,7 @@ class DiffusionPolicy(nn.Module):
         self,
         obs_history: Tensor | np.ndarray,
         method: str | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         known_actions: Tensor | np.ndarray | None = None,
         **sampler_kwargs: Any,
     ) -> PolicyOutput:
@@ -216,7 +216,8 @@ class DiffusionPolicy(nn.Module):
             obs_history: ``[B, n_obs_steps, obs_dim]`` (a longer history is cut to its newest
                 ``n_obs_steps``), environment units; numpy or torch, any device.
             method: ``"ddpm"``, ``"ddim"`` or ``"asd"``; default from ``config.sampler``.
-            generator: a ``torch.Generator`` for reproducible samples.
+            generator: a ``torch.Generator`` for reproducible samples, or a list of B (one per
+                batch element: element b then depends on ``generator[b]`` alone, not on its batch).
             known_actions: ``[B, horizon, action_dim]`` environment units, NaN where free: the
                 finite entries are held fixed while denoising (inpainting; exact under ASD), so
                 ``action_pred`` equals them there. Positions are ``action_pred``'s (the first

@@ -62,6 +62,8 @@ class ChunkInference:
     nfe: int | None
     per_element_sequential_calls: np.ndarray | None = None  # [B], when the sampler reports it
     per_element_nfe: np.ndarray | None = None
+    action_pred: np.ndarray | None = None  # [B, horizon, action_dim], when the policy returns it
+    stats: Any = None  # the sampler's own stats (e.g. SamplerStats), as the policy returned them
 
 
 @dataclass
@@ -193,13 +195,14 @@ def infer_chunk(
     policy: ChunkPolicy,
     obs_history: np.ndarray,
     sampler: SamplerConfig | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
     device: torch.device | None = None,
 ) -> ChunkInference:
     """Run the policy on ``obs_history`` ``[B, n_obs_steps, obs_dim]`` and time it.
 
     The device is synchronised before the clock starts and after the actions are back on the
-    host, so the latency is what a control loop waiting for the chunk would see.
+    host, so the latency is what a control loop waiting for the chunk would see. ``generator``:
+    one for the batch, or one per batch element (each chain then depends on its own only).
     """
     device = device or policy_device(policy)
     kwargs: dict[str, Any] = {}
@@ -213,11 +216,15 @@ def infer_chunk(
     t0 = time.perf_counter()
     with torch.inference_mode():
         obs_t = torch.as_tensor(obs_history, dtype=torch.float32).to(device)
-        actions, stats = _split_prediction(policy.predict_action(obs_t, **kwargs))
+        out = policy.predict_action(obs_t, **kwargs)
+        actions, stats = _split_prediction(out)
         if isinstance(actions, torch.Tensor):
             actions = actions.detach().to("cpu", torch.float32).numpy()
         _sync(device)
     latency = time.perf_counter() - t0
+    action_pred = getattr(out, "action_pred", None)
+    if isinstance(action_pred, torch.Tensor):
+        action_pred = action_pred.detach().to("cpu", torch.float32).numpy()
     actions = np.asarray(actions, dtype=np.float32)
     if actions.ndim != 3 or actions.shape[0] != batch:
         raise ValueError(
@@ -225,7 +232,7 @@ def infer_chunk(
             f"[{batch}, n_action_steps, action_dim]"
         )
     seq, nfe, seq_el, nfe_el = _stats_numbers(stats, batch)
-    return ChunkInference(actions, latency, seq, nfe, seq_el, nfe_el)
+    return ChunkInference(actions, latency, seq, nfe, seq_el, nfe_el, action_pred, stats)
 
 
 def _error_text(exc: BaseException) -> str:

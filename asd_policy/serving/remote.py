@@ -1,0 +1,146 @@
+"""RemotePolicy: a policy server behind the control loop's policy interface.
+
+``RemotePolicy(url)`` has what :class:`asd_policy.rollout.ChunkPolicy` asks for
+(``n_obs_steps``, ``n_action_steps``, ``predict_action``), so ``rollout_episodes``,
+``RealtimeController`` and ``scripts/eval.py policy_server=<url>`` run against a server as they
+run in-process. A batch of B histories goes out as B pipelined requests on the one connection
+(the server batches them), each with its own seed: drawn from the caller's ``generator`` when one
+is given, so a seeded rollout repeats, or given directly with ``seed=``. The server's timing of
+every chunk is kept in ``server_timing``, so a caller can put the server's ``infer_ms`` next to
+the latency it measured itself (network included).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from websockets.sync.client import connect
+
+from asd_policy.policy import PolicyOutput
+from asd_policy.serving.config import API_KEY_ENV
+from asd_policy.serving.wire import packb, unpackb
+
+__all__ = ["RemotePolicy", "RemoteError", "RemoteStats"]
+
+
+class RemoteError(RuntimeError):
+    """The server refused a request (its text reply is the message) or cannot be reached."""
+
+
+@dataclass
+class RemoteStats:
+    """Per-element cost of one batch of remote chunks, as the server reported it."""
+
+    sequential_calls: np.ndarray  # [B]
+    nfe: np.ndarray  # [B]
+    acceptance_rate: list[float | None]
+    server_timing: list[dict[str, float]]
+
+
+class RemotePolicy:
+    """A chunked policy served at ``url`` (``ws://host:port``).
+
+    ``api_key``: sent as ``Authorization: Api-Key <key>``; default ``$ASD_POLICY_API_KEY``.
+    """
+
+    def __init__(self, url: str, api_key: str | None = None, timeout_s: float = 60.0):
+        api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+        headers = {"Authorization": f"Api-Key {api_key}"} if api_key else None
+        self.url, self.timeout_s = url, timeout_s
+        self._stack = contextlib.ExitStack()  # closes the connection in close()
+        try:
+            self._ws = self._stack.enter_context(
+                connect(url, additional_headers=headers, max_size=None, compression=None, open_timeout=timeout_s))
+        except OSError as exc:
+            raise RemoteError(f"cannot reach the policy server at {url} ({exc}); is scripts/serve.py running there?") from None
+        except Exception as exc:  # noqa: BLE001 - the handshake's own errors (e.g. 401) name the cause
+            raise RemoteError(f"the policy server at {url} refused the connection: {exc}") from None
+        self.metadata: dict[str, Any] = unpackb(self._ws.recv(timeout_s))
+        for key in ("obs_dim", "action_dim", "n_obs_steps", "horizon", "n_action_steps"):
+            setattr(self, key, int(self.metadata[key]))
+        self.device = torch.device("cpu")
+        self.server_timing: list[dict[str, float]] = []  # one entry per chunk received
+
+    # ---- which preset ----------------------------------------------------------------------
+    def sampler_for(self, method: str | None, options: Mapping[str, Any]) -> str:
+        """The name of the server preset that is exactly ``method`` with ``options``."""
+        if method is None and not options:
+            return str(self.metadata["default_sampler"])
+        offered: dict[str, dict] = self.metadata["samplers"]
+        for name, settings in offered.items():
+            if settings.get("method") == method and all(settings.get(k) == v for k, v in options.items()):
+                return name
+        wanted = ", ".join([f"method={method}", *(f"{k}={v}" for k, v in options.items())])
+        raise RemoteError(f"the server at {self.url} offers no sampler with {wanted}; it offers "
+                          f"{', '.join(offered)} (start it with +presets.<name>={{...}} to add one)")
+
+    # ---- the policy interface --------------------------------------------------------------
+    def predict_action(
+        self,
+        obs_history: torch.Tensor | np.ndarray,
+        method: str | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
+        seed: int | Sequence[int] | None = None,
+        sampler: str | None = None,
+        **options: Any,
+    ) -> PolicyOutput:
+        """Chunks for ``obs_history`` ``[B, n_obs_steps, obs_dim]`` from the server.
+
+        ``sampler`` names a server preset directly; otherwise ``method`` and ``options`` must be
+        exactly one of the presets in ``metadata["samplers"]``. ``seed`` (an int for B = 1, or
+        one per element) makes the chunk equal in-process ``predict_action`` with
+        ``torch.Generator().manual_seed(seed)``.
+        """
+        obs = np.asarray(obs_history.detach().cpu() if isinstance(obs_history, torch.Tensor) else obs_history,
+                         dtype=np.float32)
+        if obs.ndim != 3 or obs.shape[1:] != (self.n_obs_steps, self.obs_dim):
+            raise ValueError(f"obs_history must be [B, n_obs_steps={self.n_obs_steps}, obs_dim={self.obs_dim}], "
+                             f"got {list(obs.shape)}")
+        name = sampler or self.sampler_for(method, options)
+        seeds = self._seeds(obs.shape[0], seed, generator)
+        for b in range(obs.shape[0]):  # pipelined: the server batches them
+            request: dict[str, Any] = {"observation": obs[b], "sampler": name}
+            if seeds[b] is not None:
+                request["seed"] = seeds[b]
+            self._ws.send(packb(request))
+        replies = [self._reply() for _ in range(obs.shape[0])]
+        self.server_timing.extend(r["server_timing"] for r in replies)
+        stats = RemoteStats(
+            np.array([r["sampler_stats"]["sequential_calls"] for r in replies], dtype=np.float64),
+            np.array([r["sampler_stats"]["nfe"] for r in replies], dtype=np.float64),
+            [r["sampler_stats"]["acceptance_rate"] for r in replies],
+            [r["server_timing"] for r in replies],
+        )
+        actions = torch.from_numpy(np.stack([np.array(r["actions"], dtype=np.float32) for r in replies]))
+        action_pred = torch.from_numpy(np.stack([np.array(r["action_pred"], dtype=np.float32) for r in replies]))
+        return PolicyOutput(actions, action_pred, stats)
+
+    def _seeds(self, batch: int, seed: Any, generator: Any) -> list[int | None]:
+        if seed is not None:
+            seeds = [int(seed)] if np.ndim(seed) == 0 else [int(s) for s in seed]
+            if len(seeds) != batch:
+                raise ValueError(f"got {len(seeds)} seeds for a batch of {batch}")
+            return seeds
+        if generator is None:
+            return [None] * batch  # the server draws one (and reports it in the reply)
+        gens = list(generator) if isinstance(generator, Sequence) else [generator] * batch
+        return [int(torch.randint(0, 2**62, (1,), generator=g, device=g.device).item()) for g in gens]
+
+    def _reply(self) -> dict[str, Any]:
+        frame = self._ws.recv(self.timeout_s)
+        if isinstance(frame, str):
+            raise RemoteError(f"the policy server at {self.url} answered: {frame}")
+        return unpackb(frame)
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def __enter__(self) -> "RemotePolicy":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

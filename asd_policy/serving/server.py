@@ -1,0 +1,253 @@
+"""The policy server: one checkpoint, served over a websocket to any number of robot clients.
+
+Protocol (docs/serving.md): on connect the server sends one binary frame with the policy's
+metadata; then every binary frame from the client is a request and gets one reply, in order.
+A reply is a binary frame (the chunk) or, for a bad request, a text frame naming the problem and
+the fix (openpi's convention for errors); the connection stays usable either way. ``GET /healthz``
+answers 200 without a key; with an API key set, a websocket handshake without the header
+``Authorization: Api-Key <key>`` is refused with 401.
+
+A connection's requests are read as they arrive (a client may pipeline several), each updates
+that connection's observation history in order, and all connections' requests meet in one
+:class:`~asd_policy.serving.batcher.Batcher`.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import http
+import itertools
+import secrets
+import threading
+import time
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+import numpy as np
+import torch
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from asd_policy.rollout import infer_chunk, policy_device
+from asd_policy.sampler_config import POLICY_PRESET, SAMPLER_PRESETS, resolve_samplers
+from asd_policy.serving.batcher import Batcher, Job
+from asd_policy.serving.config import ServeConfig
+from asd_policy.serving.requests import PolicyShape, RequestError, Session, parse_request
+from asd_policy.serving.wire import WireError, packb, unpackb
+
+__all__ = ["PROTOCOL", "PolicyServer", "ServerThread", "load_server"]
+
+PROTOCOL = "asd-policy/1"
+#: Frames above this many times max_message_bytes are refused by the websocket layer itself
+#: (close code 1009); frames up to it are read and answered with an error, the connection kept.
+TRANSPORT_LIMIT_FACTOR = 4
+
+
+class PolicyServer:
+    """Serves ``policy`` (a :class:`~asd_policy.policy.DiffusionPolicy`) under ``config``."""
+
+    def __init__(self, policy: Any, config: ServeConfig, task: Any = None, weights_sha256: str | None = None):
+        self.policy, self.config = policy, config
+        self.device = policy_device(policy)
+        stored = policy.config.sampler
+        names = [*SAMPLER_PRESETS, *(n for n in config.presets if n not in SAMPLER_PRESETS), POLICY_PRESET]
+        self.samplers = {s.name: s for s in resolve_samplers(names, config.presets, stored)}
+        if config.sampler not in self.samplers:
+            raise RequestError(f"sampler={config.sampler!r} is not offered; use one of {', '.join(self.samplers)}")
+        pc = policy.config
+        self.shape = PolicyShape(
+            pc.obs_dim, pc.n_obs_steps, tuple(pc.obs_keys or ()),
+            tuple(task.obs_key_dims) if task is not None and tuple(task.obs_keys) == tuple(pc.obs_keys or ()) else (),
+        )
+        self.metadata = {
+            "protocol": PROTOCOL,
+            "task": pc.task_name,
+            "obs_keys": list(pc.obs_keys or []),
+            "obs_dim": pc.obs_dim,
+            "action_dim": pc.action_dim,
+            "n_obs_steps": pc.n_obs_steps,
+            "horizon": pc.horizon,
+            "n_action_steps": pc.n_action_steps,
+            "control_hz": float(task.control_hz) if task is not None else None,
+            "samplers": {name: s.as_dict() for name, s in self.samplers.items()},
+            "default_sampler": config.sampler,
+            "weights_sha256": weights_sha256,
+            "max_batch": config.max_batch,
+            "max_message_bytes": config.max_message_bytes,
+        }
+        self.batcher: Batcher | None = None
+        self.url: str | None = None
+        self._ids = itertools.count()
+
+    # ---- inference (on the batcher's worker thread) -----------------------------------------
+    def run_batch(self, sampler: str, jobs: list[Job]) -> list[dict[str, Any]]:
+        """Sample one chunk per job in one batched call, each chain from its own seed."""
+        obs = np.stack([j.history for j in jobs])
+        generators = [torch.Generator(device=self.device).manual_seed(j.seed) for j in jobs]
+        started = time.perf_counter()
+        res = infer_chunk(self.policy, obs, self.samplers[sampler], generators, self.device)
+        infer_ms = 1000.0 * res.latency_s
+        accepted, checked = (getattr(res.stats, k, None) for k in ("accepted_drafts", "checked_drafts"))
+        replies = []
+        for b, job in enumerate(jobs):
+            seq = res.sequential_calls if res.per_element_sequential_calls is None else res.per_element_sequential_calls[b]
+            nfe = res.nfe if res.per_element_nfe is None else res.per_element_nfe[b]
+            acceptance = float(accepted[b]) / float(checked[b]) if checked is not None and int(checked[b]) > 0 else None
+            replies.append({
+                "actions": res.actions[b],
+                "action_pred": res.action_pred[b],
+                "seed": job.seed,
+                "sampler": sampler,
+                "server_timing": {"infer_ms": infer_ms, "queue_ms": 1000.0 * (started - job.received),
+                                  "batch_size": len(jobs)},
+                "sampler_stats": {"sequential_calls": float(seq), "nfe": float(nfe), "acceptance_rate": acceptance},
+            })
+        return replies
+
+    # ---- connections (on the event loop) ---------------------------------------------------
+    def _process_request(self, connection: ServerConnection, request: Any) -> Any:
+        """Before the handshake: ``/healthz`` answers without a key; a websocket needs the key."""
+        if urlsplit(request.path).path == "/healthz":
+            return connection.respond(http.HTTPStatus.OK, "OK\n")
+        key = self.config.api_key
+        if key:
+            got = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(got.encode(), f"Api-Key {key}".encode()):
+                return connection.respond(
+                    http.HTTPStatus.UNAUTHORIZED,
+                    "missing or wrong API key: send the header 'Authorization: Api-Key <key>'\n")
+        return None
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        assert self.batcher is not None
+        client = next(self._ids)
+        session = Session(self.shape)
+        outbox: asyncio.Queue[asyncio.Future | str] = asyncio.Queue()
+        await ws.send(packb(self.metadata))
+        sender = asyncio.create_task(self._send_replies(ws, outbox))
+        self.batcher.clients.add(client)
+        try:
+            async for frame in ws:
+                outbox.put_nowait(self._accept(frame, client, session))
+        except ConnectionClosed:
+            pass  # the client went away; its pending results are dropped below
+        finally:
+            self.batcher.clients.discard(client)
+            sender.cancel()
+            while not outbox.empty():
+                item = outbox.get_nowait()
+                if isinstance(item, asyncio.Future):
+                    item.cancel()
+
+    def _accept(self, frame: bytes | str, client: int, session: Session) -> asyncio.Future | str:
+        """A queued job's future, or the error text for a request that cannot be served."""
+        if isinstance(frame, str):
+            return "error: requests are binary msgpack frames; text frames are the server's error replies"
+        if len(frame) > self.config.max_message_bytes:
+            return (f"error: the request is {len(frame)} bytes; this server takes at most {self.config.max_message_bytes} "
+                    f"(max_message_bytes): send one observation, not images or long histories")
+        try:
+            request = parse_request(unpackb(frame), self.shape, list(self.samplers), self.config.sampler)
+        except (WireError, RequestError) as exc:
+            return f"error: {exc}"
+        seed = request.seed if request.seed is not None else secrets.randbits(63)
+        future = asyncio.get_running_loop().create_future()
+        return self.batcher.submit(Job(client, session.history_for(request), request.sampler, seed, future))
+
+    async def _send_replies(self, ws: ServerConnection, outbox: asyncio.Queue) -> None:
+        """Replies in request order: each request's chunk, or its error as a text frame."""
+        try:
+            while True:
+                item = await outbox.get()
+                if isinstance(item, str):
+                    await ws.send(item)
+                    continue
+                try:
+                    reply = await item
+                except Exception as exc:  # noqa: BLE001 - the batch failed: tell this client, serve on
+                    await ws.send(f"error: {exc}")
+                    continue
+                await ws.send(packb(reply))
+        except ConnectionClosed:
+            pass
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    async def serve(self, stop: asyncio.Event | None = None, on_ready: Callable[[str], None] | None = None) -> None:
+        """Serve until ``stop`` is set (or the task is cancelled); ``on_ready(url)`` once listening."""
+        if self.config.torch_threads is not None:
+            torch.set_num_threads(self.config.torch_threads)
+        self.batcher = Batcher(self.run_batch, self.config.max_batch, self.config.max_wait_ms / 1000.0)
+        batching = asyncio.create_task(self.batcher.run())
+        try:
+            async with serve(self._handler, self.config.host, self.config.port, process_request=self._process_request,
+                             max_size=TRANSPORT_LIMIT_FACTOR * self.config.max_message_bytes, compression=None) as server:
+                port = server.sockets[0].getsockname()[1]
+                host = self.config.host if ":" not in self.config.host else f"[{self.config.host}]"
+                self.url = f"ws://{host}:{port}"
+                if on_ready is not None:
+                    on_ready(self.url)
+                await (stop.wait() if stop is not None else asyncio.Event().wait())
+        finally:
+            batching.cancel()
+            await asyncio.gather(batching, return_exceptions=True)
+
+
+class ServerThread:
+    """A :class:`PolicyServer` on a background thread (tests, benchmarks, notebooks)::
+
+        with ServerThread(server) as url:
+            policy = RemotePolicy(url)
+    """
+
+    def __init__(self, server: PolicyServer, timeout_s: float = 30.0):
+        self.server, self.timeout_s = server, timeout_s
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._main, name="asd-policy-server", daemon=True)
+
+    def _main(self) -> None:
+        async def main() -> None:
+            self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+            await self.server.serve(self._stop, on_ready=lambda url: self._ready.set())
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # noqa: BLE001 - reported to the starting thread
+            self._error = exc
+            self._ready.set()
+
+    def start(self) -> str:
+        self._thread.start()
+        if not self._ready.wait(self.timeout_s) or self._error is not None:
+            raise RuntimeError(f"the policy server did not start: {self._error!r}")
+        return self.server.url
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(self.timeout_s)
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def load_server(config: ServeConfig) -> PolicyServer:
+    """The server for ``config.checkpoint``: policy loaded on ``config.device``, task metadata if known."""
+    from asd_policy.checkpoint import load_policy, read_metadata
+
+    meta = read_metadata(config.checkpoint)
+    policy = load_policy(config.checkpoint, device=config.device)
+    task = None
+    if policy.config.task_name:
+        try:
+            from asd_envs import get_task
+
+            task = get_task(policy.config.task_name)
+        except (ImportError, KeyError, ValueError):
+            task = None  # a task this install does not register: serve without its rate and key widths
+    return PolicyServer(policy, config, task, meta.get("weights_sha256"))

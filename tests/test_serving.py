@@ -1,0 +1,269 @@
+"""The policy server (asd_policy.serving): openpi's wire format and client, seeded requests that
+repeat in-process results whether batched or not, cross-client batching, errors that leave the
+connection usable, the API key, and clients that vanish mid-batch. Loopback only."""
+from __future__ import annotations
+
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import msgpack
+import numpy as np
+import pytest
+import torch
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+
+import asd_envs
+from asd_policy.config import ConfigError
+from asd_policy.policy import build_policy
+from asd_policy.rollout import ObsHistory
+from asd_policy.serving import PolicyServer, RemoteError, RemotePolicy, ServeConfig, ServerThread
+from asd_policy.serving import wire
+from openpi_client import msgpack_numpy
+from openpi_client.websocket_client_policy import WebsocketClientPolicy
+
+TASK = asd_envs.get_task("reach_around")
+
+
+@pytest.fixture(scope="module")
+def policy():
+    torch.manual_seed(0)
+    # T = 20 keeps 200 ASD chunks cheap; an untrained net still gives every seed its own chunk
+    return build_policy(TASK.obs_dim, TASK.action_dim, size="tiny", task_name=TASK.name, obs_keys=list(TASK.obs_keys),
+                        schedule={"num_train_timesteps": 20}).eval()
+
+
+def start(policy, **settings) -> tuple[ServerThread, str]:
+    thread = ServerThread(PolicyServer(policy, ServeConfig(checkpoint="unused", port=0, **settings), TASK, "abc123"))
+    return thread, thread.start()
+
+
+@pytest.fixture(scope="module")
+def served(policy):
+    thread, url = start(policy, max_batch=8, max_wait_ms=20.0, max_message_bytes=4096)
+    yield thread.server, url
+    thread.stop()
+
+
+def in_process(policy, history: np.ndarray, seed: int, sampler: str = "asd") -> np.ndarray:
+    method, options = policy.sampler_kwargs(sampler)
+    out = policy.predict_action(torch.as_tensor(history[None]), method=method,
+                                generator=torch.Generator().manual_seed(seed), **options)
+    return out.actions[0].numpy()
+
+
+def observations(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(-1, 1, size=(n, TASK.obs_dim)).astype(np.float32)
+
+
+def port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+# ---- wire format ------------------------------------------------------------------------------
+
+
+def test_arrays_cross_between_openpi_and_our_encoding():
+    data = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.int64(3), "c": [1, "x"]}
+    for pack, unpack in ((msgpack_numpy.packb, wire.unpackb), (wire.packb, msgpack_numpy.unpackb)):
+        out = unpack(pack(data))
+        assert out["a"].dtype == np.float32 and np.array_equal(out["a"], data["a"]) and out["b"] == 3 and out["c"] == [1, "x"]
+
+
+def test_refused_arrays_are_never_decoded():
+    def frame(dtype: str, nbytes: int = 8) -> bytes:
+        return msgpack.packb({"observation": {b"__ndarray__": True, b"data": b"\0" * nbytes, b"dtype": dtype,
+                                              b"shape": [1]}}, use_bin_type=True)
+
+    with pytest.raises(wire.WireError, match="refused"):
+        wire.unpackb(frame("|O8"))  # an object array would unpickle
+    with pytest.raises(wire.WireError, match="needs 4 bytes"):
+        wire.unpackb(frame("<f4", 3))
+    with pytest.raises(wire.WireError, match="not valid msgpack"):
+        wire.unpackb(b"\xc1")
+    with pytest.raises(wire.WireError, match="dtype object"):
+        wire.packb({"x": np.array([None])})
+
+
+# ---- clients ----------------------------------------------------------------------------------
+
+
+def test_the_real_openpi_client_round_trip(served, policy):
+    server, url = served
+    client = WebsocketClientPolicy("127.0.0.1", port_of(url))
+    meta = client.get_server_metadata()
+    assert meta == server.metadata
+    assert (meta["obs_dim"], meta["action_dim"], meta["n_obs_steps"], meta["horizon"], meta["n_action_steps"]) == (
+        TASK.obs_dim, TASK.action_dim, 2, 16, 8)
+    assert meta["task"] == "reach_around" and meta["obs_keys"] == list(TASK.obs_keys) and meta["weights_sha256"] == "abc123"
+    assert meta["control_hz"] == TASK.control_hz and meta["default_sampler"] == "asd" and "ddpm" in meta["samplers"]
+    obs = observations(1)[0]
+    reply = client.infer({"observation": obs, "reset": True, "seed": 7})
+    assert reply["actions"].shape == (8, TASK.action_dim) and reply["actions"].dtype == np.float32
+    assert reply["action_pred"].shape == (16, TASK.action_dim) and reply["seed"] == 7
+    assert set(reply["server_timing"]) == {"infer_ms", "queue_ms", "batch_size"}
+    assert set(reply["sampler_stats"]) == {"sequential_calls", "nfe", "acceptance_rate"}
+    # after a reset the history is the observation twice, as the in-process loop pads it
+    np.testing.assert_allclose(reply["actions"], in_process(policy, np.stack([obs, obs]), 7), atol=1e-5, rtol=0)
+    # a per-key map is the same observation
+    by_key = {k: obs[s] for k, s in TASK.obs_slices().items()}
+    again = client.infer({"observation": by_key, "reset": True, "seed": 7})
+    np.testing.assert_array_equal(again["actions"], reply["actions"])
+
+
+def test_one_observation_per_step_gets_the_control_loops_history(served, policy):
+    _, url = served
+    client = WebsocketClientPolicy("127.0.0.1", port_of(url))
+    obs = observations(4, seed=1)
+    history = ObsHistory(2, 1, TASK.obs_dim)
+    for step, o in enumerate(obs):
+        (history.reset if step == 0 else history.push)(0, o)
+        reply = client.infer({"observation": o, "reset": step == 0, "seed": 100 + step, "sampler": "ddim"})
+        np.testing.assert_allclose(reply["actions"], in_process(policy, history.get()[0], 100 + step, "ddim"),
+                                   atol=1e-5, rtol=0)
+
+
+def test_remote_policy_reproduces_in_process_seeded_actions(served, policy):
+    _, url = served
+    histories = np.stack([observations(2, seed=s) for s in range(3)])
+    with RemotePolicy(url) as remote:
+        for sampler in ("asd", "ddpm"):
+            method, options = policy.sampler_kwargs(sampler)
+            out = remote.predict_action(histories, method=method, seed=[11, 12, 13], **options)
+            for b, seed in enumerate((11, 12, 13)):
+                np.testing.assert_allclose(out.actions[b].numpy(), in_process(policy, histories[b], seed, sampler),
+                                           atol=1e-5, rtol=0)
+        # a seeded generator repeats; the server's timing of every chunk is kept
+        a = remote.predict_action(histories, generator=torch.Generator().manual_seed(5))
+        b = remote.predict_action(histories, generator=torch.Generator().manual_seed(5))
+        assert torch.equal(a.actions, b.actions) and len(remote.server_timing) == 12
+        with pytest.raises(RemoteError, match="offers no sampler with method=asd, speculation_length=3"):
+            remote.predict_action(histories, method="asd", speculation_length=3)
+
+
+def test_concurrent_clients_get_their_own_replies_batched_together(served, policy):
+    server, url = served
+    n_clients, n_requests = 8, 25
+    obs = observations(n_clients * n_requests, seed=2)
+    replies: dict[int, list] = {c: [] for c in range(n_clients)}
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(n_clients)
+    sizes_before = len(server.batcher.batch_sizes)
+
+    def client(c: int) -> None:
+        try:
+            ws = WebsocketClientPolicy("127.0.0.1", port_of(url))
+            barrier.wait()
+            for i in range(n_requests):
+                k = c * n_requests + i
+                replies[c].append(ws.infer({"observation": np.stack([obs[k], obs[k]]), "seed": k}))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(n_clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not errors
+    assert all(len(replies[c]) == n_requests for c in range(n_clients))  # none lost
+    for c in range(n_clients):
+        for i, reply in enumerate(replies[c]):
+            k = c * n_requests + i
+            assert reply["seed"] == k  # every reply went to the connection that asked, in order
+            if i % 5 == 0:  # and holds that request's own chunk
+                np.testing.assert_allclose(reply["actions"], in_process(policy, np.stack([obs[k], obs[k]]), k),
+                                           atol=1e-5, rtol=0)
+    sizes = server.batcher.batch_sizes[sizes_before:]
+    assert sum(sizes) == n_clients * n_requests and max(sizes) > 1 and max(sizes) <= 8
+    assert max(r["server_timing"]["batch_size"] for rs in replies.values() for r in rs) > 1
+
+
+# ---- bad input and faults -----------------------------------------------------------------------
+
+
+def test_bad_requests_get_an_error_and_the_connection_and_server_keep_working(served):
+    _, url = served
+    good = wire.packb({"observation": observations(1)[0], "reset": True, "seed": 1})
+    cases = {
+        b"\xc1\x00": "not valid msgpack",
+        wire.packb({"observation": np.zeros(5, np.float32)}): "expected \\[obs_dim\\] = \\[12\\]",
+        wire.packb({"observation": np.full(TASK.obs_dim, np.nan, np.float32)}): "NaN or inf",
+        wire.packb({"observation": observations(1)[0], "sampler": "adsd"}): "unknown sampler 'adsd' \\(did you mean 'asd'",
+        wire.packb({"observation": np.zeros((200, TASK.obs_dim), np.float32)}): "at most 4096 \\(max_message_bytes\\)",
+        wire.packb({"obs": observations(1)[0]}): "unknown request key 'obs'",
+        wire.packb({"observation": observations(1)[0], "seed": -1}): "seed must be an int",
+    }
+    with connect(url) as ws:
+        ws.recv()  # metadata
+        for frame, message in cases.items():
+            ws.send(frame)
+            reply = ws.recv(30)
+            assert isinstance(reply, str) and reply.startswith("error: ")
+            assert __import__("re").search(message, reply), reply
+            ws.send(good)  # the same connection still serves
+            assert isinstance(ws.recv(30), bytes)
+        ws.send("a text frame")
+        assert "binary msgpack" in ws.recv(30)
+    with RemotePolicy(url) as other:  # and so does the server
+        assert other.predict_action(observations(2)[None], seed=3).actions.shape == (1, 8, TASK.action_dim)
+
+
+def test_a_client_that_disconnects_mid_batch_costs_nothing(policy):
+    thread, url = start(policy, max_batch=8, max_wait_ms=200.0)
+    try:
+        server = thread.server
+        obs = observations(2, seed=3)
+        keep = RemotePolicy(url)
+        gone = connect(url).__enter__()  # closed by hand below, mid-batch
+        gone.recv()
+        gone.send(wire.packb({"observation": obs, "seed": 1, "sampler": "ddpm"}))
+        result: dict = {}
+        worker = threading.Thread(target=lambda: result.update(out=keep.predict_action(obs[None], seed=[2], sampler="ddpm")))
+        worker.start()
+        time.sleep(0.05)
+        gone.close()  # while its request waits for, or runs in, the batch
+        worker.join(60)
+        np.testing.assert_allclose(result["out"].actions[0].numpy(), in_process(policy, obs, 2, "ddpm"), atol=1e-5, rtol=0)
+        assert server.batcher.batch_sizes[0] == 2  # the two requests were one batch
+        assert keep.predict_action(obs[None], seed=[4]).actions.shape == (1, 8, TASK.action_dim)  # serving on
+        keep.close()
+        assert thread._thread.is_alive() and thread._error is None
+    finally:
+        thread.stop()
+
+
+def test_api_key_is_required_at_the_handshake_and_healthz_is_open(policy):
+    thread, url = start(policy, api_key="s3cret")
+    try:
+        for key in (None, "wrong"):
+            with pytest.raises(RemoteError, match="401"):
+                RemotePolicy(url, api_key=key or "")
+            headers = {"Authorization": f"Api-Key {key}"} if key else None
+            with pytest.raises(InvalidStatus):
+                connect(url, additional_headers=headers)
+        with RemotePolicy(url, api_key="s3cret") as remote:
+            assert remote.predict_action(observations(2)[None], seed=1).actions.shape == (1, 8, TASK.action_dim)
+        client = WebsocketClientPolicy("127.0.0.1", port_of(url), api_key="s3cret")  # openpi's header, unchanged
+        assert client.infer({"observation": observations(1)[0]})["actions"].shape == (8, TASK.action_dim)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port_of(url)}/healthz", timeout=10) as response:
+            assert response.status == 200
+    finally:
+        thread.stop()
+
+
+def test_bad_server_settings_name_the_fix(policy, monkeypatch):
+    monkeypatch.delenv("ASD_POLICY_API_KEY", raising=False)
+    with pytest.raises(ConfigError, match="checkpoint is required"):
+        ServeConfig()
+    with pytest.raises(ConfigError, match="port must be"):
+        ServeConfig(checkpoint="x", port=70000)
+    with pytest.raises(ConfigError, match="max_batch must be an int >= 1"):
+        ServeConfig(checkpoint="x", max_batch=0)
+    with pytest.raises(ValueError, match="sampler='fast' is not offered"):
+        PolicyServer(policy, ServeConfig(checkpoint="x", sampler="fast"))
+    assert ServeConfig(checkpoint="x").loopback_only and not ServeConfig(checkpoint="x", host="0.0.0.0").loopback_only
+    monkeypatch.setenv("ASD_POLICY_API_KEY", "from-env")
+    assert ServeConfig(checkpoint="x").api_key == "from-env"

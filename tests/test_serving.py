@@ -267,3 +267,23 @@ def test_bad_server_settings_name_the_fix(policy, monkeypatch):
     assert ServeConfig(checkpoint="x").loopback_only and not ServeConfig(checkpoint="x", host="0.0.0.0").loopback_only
     monkeypatch.setenv("ASD_POLICY_API_KEY", "from-env")
     assert ServeConfig(checkpoint="x").api_key == "from-env"
+
+
+# ---- the control loop against a server ----------------------------------------------------------
+
+
+def test_the_control_loop_runs_against_a_server(served, policy):
+    from asd_policy.realtime import run_realtime
+    from asd_policy.rollout import rollout_episodes
+    from asd_policy.sampler_config import SamplerConfig
+
+    _, url = served
+    asd = SamplerConfig("asd", *policy.sampler_kwargs("asd"))
+    with RemotePolicy(url) as remote:
+        runs = [rollout_episodes([asd_envs.make_env("reach_around")], remote, seeds=[1000], sampler=asd, max_steps=16,
+                                 generator=torch.Generator().manual_seed(0))[0] for _ in range(2)]
+        assert runs[0].error is None and runs[0].steps == 16 and len(runs[0].chunk_latency_ms) == 2
+        assert runs[0].episode_return == runs[1].episode_return  # a seeded generator repeats through the server
+        ep = run_realtime(asd_envs.make_env("reach_around"), remote, control_hz=TASK.control_hz, sampler=asd, seed=1000,
+                          max_steps=24, clock="sim", latency=150.0)  # 150 ms at 10 Hz: every chunk 2 ticks late
+        assert ep.error is None and ep.steps == 24 and set(ep.report.delay_ticks) == {2}

@@ -42,11 +42,12 @@ from asd_policy.twosample import (
 )
 
 __all__ = [
-    "CHECK_PRESETS", "DEFAULT_SAMPLERS", "REFERENCE", "NULL", "MODE_FEATURES", "ExactnessConfig", "check",
+    "ALPHA", "CHECK_PRESETS", "DEFAULT_SAMPLERS", "REFERENCE", "NULL", "MODE_FEATURES", "ExactnessConfig", "check",
     "check_schedule", "minimum_chunks", "check_sizes", "resolve_check_samplers", "observations_for",
     "draw", "compare", "fidelity", "latency_ms", "verdict", "format_table",
 ]
 
+ALPHA = 0.01  # family-wise level of the verdict over every ASD test (the check's and the evaluation's default)
 REFERENCE = "ddpm"  # the sampler every other one is compared with
 NULL = "ddpm_null"  # a second, independent DDPM-100 set: what "indistinguishable" looks like
 
@@ -219,7 +220,7 @@ def compare(x: torch.Tensor, y: torch.Tensor, policy: Any, permutations: int, se
 
 
 def fidelity(policy: Any, observations: Sequence[tuple[str, np.ndarray]], samplers: Sequence[SamplerConfig],
-             n: int, permutations: int | None = None, alpha: float = 0.01, seed: int = 0,
+             n: int, permutations: int | None = None, alpha: float = ALPHA, seed: int = 0,
              progress: Callable[[str], None] | None = None, draw_fn: Callable[..., Any] = draw) -> dict[str, dict]:
     """Every sampler vs DDPM-100 on each observation: sampler name -> its row (see :func:`_summarise`).
 
@@ -329,7 +330,7 @@ class ExactnessConfig:
     resets: int = 2  # observations at resets from seeds seed, seed + 1, ...
     rollout_states: int = 2  # observations after each of the first chunks of a DDPM rollout from seed + resets
     seed: int = HELD_OUT_SEED
-    alpha: float = 0.01  # family-wise level of the verdict over every ASD test
+    alpha: float = ALPHA  # family-wise level of the verdict over every ASD test
     permutations: int | None = None  # None: 4 x (number of tests) / alpha
     latency_repeats: int = 3  # batch-1 chunks timed per sampler (median); 0 skips timing
     torch_threads: int | None = 1  # one thread is fastest per call on a small CPU

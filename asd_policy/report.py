@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from asd_policy.evaluation.tables import fmt, markdown_table
+from asd_policy.evaluation.tables import fmt, markdown_table, page_columns
 
 __all__ = ["markdown_table", "markdown_section", "write_report"]
 
@@ -38,10 +38,21 @@ def markdown_section(results: Mapping[str, Any], plot: str | None = None) -> str
         f"{results.get('episodes_requested')} episodes per sampler (env seeds seed..seed+N-1, the same for "
         f"every sampler), wall time {fmt(results.get('wall_s'), '.0f')} s"
         + ("" if results.get("complete", True) else " — **incomplete run**") + ".")
-    parts += ["", markdown_table(results), ""]
+    parts += ["", markdown_table(results, page_columns(results)), ""]
+    if results.get("fidelity"):
+        parts += [_fidelity_note(results["fidelity"]), ""]
     if plot:
         parts += [f"![success vs latency, {results['task']}]({plot})", ""]
     return "\n".join(parts)
+
+
+def _fidelity_note(f: Mapping[str, Any]) -> str:
+    """How the fidelity columns were measured (scripts/eval.py fidelity=true)."""
+    return (f"Fidelity: {f['chunks']} chunks per sampler at each of {len(f['observations'])} observations from the "
+            f"{f['source']} ({'; '.join(f['observations'])}), against {f['reference']}; distance: mean energy "
+            f"distance of whole chunks (null: a second DDPM-100 set); p: permutation p-value ({f['permutations']} "
+            f"permutations), Bonferroni over observations x statistics ({', '.join(f['statistics'])}); "
+            f"see docs/exactness.md.")
 
 
 def write_report(run_dirs: Sequence[str | Path], out: str | Path, title: str = "Results",

@@ -16,6 +16,7 @@ from asd_policy.config import (
     check_keys,
     coerce_nested,
 )
+from asd_policy.exactness import ALPHA, minimum_chunks, statistic_names
 from asd_policy.simclock import LatencyModel, check_latency_ms, latency_for_samplers
 from asd_policy.transitions import TRANSITIONS
 from asd_policy.sampler_config import POLICY_PRESET, SAMPLER_PRESETS, SamplerConfig, resolve_samplers
@@ -55,6 +56,9 @@ class EvalConfig:
     latency_profile: str | None = None  # realtime=sim: a JSON file {sampler: ms}, instead of latency_ms
     videos: int = 0  # record GIFs of this many episodes per sampler
     resume: Any = False  # true: continue the run in the output dir; or a run dir to continue
+    fidelity: bool = False  # after the episodes: each sampler's chunks vs DDPM-100's on states the episodes visited (minutes)
+    fidelity_chunks: int = 200  # fidelity: N chunks per sampler at each observation, in one batched call
+    fidelity_observations: int = 2  # fidelity: M observation histories, evenly spaced over the first M episodes
     progress: bool = True
     logger: str = "wandb"  # wandb | none
     wandb: WandbConfig = field(default_factory=WandbConfig)
@@ -98,6 +102,7 @@ class EvalConfig:
             raise ConfigError(f"resume must be true, false or a run directory, got {self.resume!r}")
         self._check_samplers()
         self._check_realtime()
+        self._check_fidelity()
 
     def _check_realtime(self) -> None:
         """Transition, clock and latency settings; a latency map or profile covers every sampler."""
@@ -116,6 +121,25 @@ class EvalConfig:
     def latency_models(self) -> dict[str, LatencyModel]:
         """Each listed sampler's latency model on the simulated clock."""
         return latency_for_samplers(self.samplers, self.latency_ms, self.latency_profile)
+
+    def _check_fidelity(self) -> None:
+        """The fidelity settings; with fidelity on, N large enough for the permutation test."""
+        if not isinstance(self.fidelity, bool):
+            raise ConfigError(f"fidelity must be true or false, got {self.fidelity!r}")
+        _at_least("fidelity_chunks", self.fidelity_chunks, 1)
+        _at_least("fidelity_observations", self.fidelity_observations, 1)
+        if self.fidelity:
+            listed = [s for s in self.samplers if s != POLICY_PRESET or s in self.presets]
+            self.check_fidelity_sizes(self.task.name, sum(s.method == "asd" for s in resolve_samplers(listed, self.presets)))
+
+    def check_fidelity_sizes(self, task: str | None, asd_samplers: int) -> None:
+        """ConfigError naming the minimum fidelity_chunks for M observations x the task's statistics x
+        the ASD samplers (the Bonferroni family of exactness.fidelity)."""
+        family = self.fidelity_observations * len(statistic_names(task)) * max(1, asd_samplers)
+        need = minimum_chunks(family, ALPHA)
+        if self.fidelity_chunks < need:
+            raise ConfigError(f"fidelity_chunks={self.fidelity_chunks} is too small for the permutation test over "
+                              f"{family} tests at alpha={ALPHA}; use fidelity_chunks >= {need} (200 is the default)")
 
     def _check_samplers(self) -> None:
         """Every preset's keys are options of its method; every listed sampler is known."""

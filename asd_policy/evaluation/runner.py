@@ -18,6 +18,7 @@ import torch
 
 from asd_policy.config import to_dict
 from asd_policy.evaluation.config import EvalConfig, EvalError, make_config
+from asd_policy.evaluation import fidelity
 from asd_policy.evaluation.inputs import EnvPool, check_dims, load_checked_policy, task_env_fn
 from asd_policy.evaluation.plot import PLOT_NAME, plot_success_vs_latency, write_gif
 from asd_policy.evaluation.store import RESULTS_NAME, EpisodeStore
@@ -48,6 +49,7 @@ class _Run:
     latency: dict[str, Any] = field(default_factory=dict)  # realtime=sim: each sampler's LatencyModel
     warmed: set[str] = field(default_factory=set)
     videos: dict[str, Path] = field(default_factory=dict)
+    recorder: fidelity.ObsRecorder | None = None  # fidelity=true: the observations the episodes visit
 
     @property
     def device(self) -> torch.device:
@@ -74,6 +76,8 @@ def evaluate(cfg: EvalConfig | None = None, *, policy: Any = None, env_fn: Calla
     with _torch_threads(cfg.torch_threads):
         run = _prepare(cfg, policy, env_fn, out)
         results = _run_and_save(run, command)
+        if run.recorder is not None:
+            _add_fidelity(run, results)
     _report(run, results)
     if verbose:
         print(format_table(results))
@@ -117,10 +121,20 @@ def _prepare(cfg: EvalConfig, policy: Any, env_fn: Callable[..., Any] | None, ou
         if probe is not None:
             check_dims(policy, probe, task)
         _check_transition(cfg, policy, control_hz, latency)
+        recorder = _fidelity_recorder(cfg, policy, specs)
     except EvalError:
         pool.close()
         raise
-    return _Run(cfg, policy, specs, pool, control_hz, checkpoint, out, latency)
+    return _Run(cfg, policy, specs, pool, control_hz, checkpoint, out, latency, recorder=recorder)
+
+
+def _fidelity_recorder(cfg: EvalConfig, policy: Any, specs: list[SamplerConfig]) -> fidelity.ObsRecorder | None:
+    """fidelity=true: before any episode, a policy and samplers it can measure, and enough chunks."""
+    if not cfg.fidelity:
+        return None
+    fidelity.check_policy(policy, specs)
+    cfg.check_fidelity_sizes(policy.config.task_name, sum(s.method == "asd" for s in specs))
+    return fidelity.ObsRecorder(fidelity.recording_sampler(specs), cfg.fidelity_observations)
 
 
 def _check_transition(cfg: EvalConfig, policy: Any, control_hz: float | None,
@@ -229,19 +243,33 @@ def _run_episodes(run: _Run, store: EpisodeStore, bar: Any) -> None:
 def _run_batch(run: _Run, spec: SamplerConfig, todo: list[int], gen: torch.Generator) -> list[EpisodeResult]:
     """Episodes ``todo`` of one sampler: in lockstep, or one on the wall clock in real-time mode."""
     cfg = run.cfg
+    policy = run.recorder.policy_for(run.policy, spec.name, todo) if run.recorder else run.policy
     if cfg.realtime:
         extra: dict[str, Any] = {}
         if cfg.realtime == "sim":
             extra = {"clock": "sim", "latency": run.latency[spec.name]}
-        return [run_realtime(run.pool.first, run.policy, control_hz=run.control_hz, sampler=spec,
+        return [run_realtime(run.pool.first, policy, control_hz=run.control_hz, sampler=spec,
                              seed=cfg.seed + todo[0], max_steps=cfg.max_steps, generator=gen,
                              n_action_steps=cfg.n_action_steps, transition=cfg.transition,
                              ensemble_decay=cfg.ensemble_decay, **extra)]
     envs, seeds = run.pool.for_seeds([cfg.seed + e for e in todo], cfg.seed + cfg.episodes + 10_000)
     record = cfg.videos > 0 and sum(k.startswith(f"{spec.name}_ep") for k in run.videos) < cfg.videos
-    results = rollout_episodes(envs, run.policy, seeds, spec, gen, max_steps=cfg.max_steps,
+    results = rollout_episodes(envs, policy, seeds, spec, gen, max_steps=cfg.max_steps,
                                n_action_steps=cfg.n_action_steps, record_frames=record)
     return results[: len(todo)]
+
+
+def _add_fidelity(run: _Run, results: dict) -> None:
+    """Every sampler's chunks against DDPM-100's on the recorded observations: ``results["fidelity"]``
+    and ``results["samplers"][name]["fidelity"]``, written to results.json."""
+    cfg = run.cfg
+    log = (lambda line: print(f"fidelity: {line}", file=sys.stderr, flush=True)) if cfg.progress else None
+    obs, source = run.recorder.observations(run.out, run.pool.env_fn, run.policy, cfg.seed)
+    block, per_sampler = fidelity.measure(run.policy, run.specs, obs, source, cfg.fidelity_chunks, cfg.seed, log)
+    results["fidelity"] = block
+    for name, entry in per_sampler.items():
+        results["samplers"][name]["fidelity"] = entry
+    write_json(run.out / RESULTS_NAME, results)
 
 
 def _warmup(run: _Run, spec: SamplerConfig) -> None:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Sequence
 
-__all__ = ["fmt", "CELLS", "TEXT_COLUMNS", "PAGE_COLUMNS", "CARD_COLUMNS", "summary_rows",
-           "text_table", "markdown_table", "format_table"]
+__all__ = ["fmt", "CELLS", "TEXT_COLUMNS", "PAGE_COLUMNS", "CARD_COLUMNS", "FIDELITY_COLUMNS", "summary_rows",
+           "page_columns", "text_table", "markdown_table", "format_table"]
 
 Summary = Mapping[str, Any]
 Column = tuple[str, str]
@@ -45,6 +45,23 @@ def _realtime(s: Summary) -> str:
     return text
 
 
+def _fidelity_distance(s: Summary) -> str:
+    """Energy distance to DDPM-100 (the DDPM-vs-DDPM null in brackets); the reference says so."""
+    f = s.get("fidelity")
+    if not f:
+        return "-"
+    if f.get("reference"):
+        return f"(reference; null {f['null_distance']:.4f})"
+    return f"{f['distance']:.4f} (null {f['null_distance']:.4f})"
+
+
+def _fidelity_p(s: Summary) -> str:
+    f = s.get("fidelity")
+    if not f:
+        return "-"
+    return f"(null {f['null_p_value']:.3g})" if f.get("reference") else f"{f['p_value']:.3g}"
+
+
 def _latency(q: str) -> Callable[[str, Summary], str]:
     return lambda name, s: fmt(s["chunk_latency_ms"][q])
 
@@ -69,7 +86,13 @@ CELLS: dict[str, Callable[[str, Summary], str]] = {
     "realtime": lambda name, s: _realtime(s),
     "outcomes": lambda name, s: _outcomes(s, " ", ":", " "),
     "outcomes_markdown": lambda name, s: _outcomes(s, ": ", ": ", ", "),
+    "fidelity_distance": lambda name, s: _fidelity_distance(s),
+    "fidelity_p": lambda name, s: _fidelity_p(s),
 }
+
+#: fidelity=true: the distance of each sampler's chunks to DDPM-100's and the permutation p-value.
+FIDELITY_COLUMNS: list[Column] = [("fidelity_distance", "distance to DDPM-100 (null)"),
+                                  ("fidelity_p", "p vs DDPM-100")]
 
 #: The eval's printed table; a real-time and an outcomes column follow when any sampler has them.
 TEXT_COLUMNS: list[Column] = [
@@ -78,8 +101,9 @@ TEXT_COLUMNS: list[Column] = [
     ("latency_p99", "p99"), ("ms_per_action", "ms/action"), ("sequential_calls", "seq calls"),
     ("nfe", "NFE"), ("speedup", "speedup"),
 ]
-_TEXT_OPTIONAL: list[tuple[str, Column]] = [("realtime", ("realtime", "real-time")),
-                                            ("outcomes", ("outcomes", "successes by outcome"))]
+_TEXT_OPTIONAL: list[tuple[str, list[Column]]] = [("realtime", [("realtime", "real-time")]),
+                                                  ("fidelity", FIDELITY_COLUMNS),
+                                                  ("outcomes", [("outcomes", "successes by outcome")])]
 #: docs/results*.md (scripts/report.py).
 PAGE_COLUMNS: list[Column] = [
     ("sampler", "sampler"), ("settings", "settings"), ("episodes", "episodes"),
@@ -93,6 +117,15 @@ CARD_COLUMNS: list[Column] = [
     ("sampler", "sampler"), ("episodes", "episodes"), ("success_percent", "success"),
     ("ci95", "95% interval (Wilson)"), ("sequential_calls", "sequential calls / chunk"), ("nfe", "NFE / chunk"),
 ]
+
+
+def page_columns(results: Mapping[str, Any]) -> list[Column]:
+    """The results pages' columns, with the fidelity columns when the run measured fidelity."""
+    return PAGE_COLUMNS + (FIDELITY_COLUMNS if _has(results, "fidelity") else [])
+
+
+def _has(results: Mapping[str, Any], key: str) -> bool:
+    return any(s.get(key) for s in results["samplers"].values())
 
 
 def summary_rows(results: Mapping[str, Any], columns: Sequence[Column]) -> tuple[list[str], list[list[str]]]:
@@ -123,8 +156,16 @@ def markdown_table(results: Mapping[str, Any], columns: Sequence[Column] = PAGE_
 def format_table(results: Mapping[str, Any]) -> str:
     """The per-sampler summary as the fixed-width text table ``scripts/eval.py`` prints."""
     columns = list(TEXT_COLUMNS)
-    for key, column in _TEXT_OPTIONAL:
-        if any(s.get(key) for s in results["samplers"].values()):
-            columns.append(column)
+    for key, optional in _TEXT_OPTIONAL:
+        if _has(results, key):
+            columns += optional
     title = f"task={results['task']}  checkpoint={results['checkpoint']}  device={results['device']}"
-    return title + "\n" + text_table(results, columns)
+    text = title + "\n" + text_table(results, columns)
+    f = results.get("fidelity")
+    if f:
+        v = f["verdict"]
+        text += (f"\nfidelity: {f['chunks']} chunks per sampler at {len(f['observations'])} observations from the "
+                 f"{f['source']}; p: Bonferroni permutation p-value; ASD "
+                 + ("indistinguishable from DDPM-100" if v["exact"] else f"FAILED: {', '.join(v['failed'])}")
+                 + f" (threshold {v['threshold']:.3g})")
+    return text

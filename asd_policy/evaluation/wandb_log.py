@@ -13,6 +13,13 @@ from asd_policy.wandb_setup import start_run
 __all__ = ["log_to_wandb"]
 
 
+def _fidelity(s: Mapping[str, Any]) -> dict[str, Any]:
+    """A sampler's fidelity numbers as W&B keys (the reference has no distance or p of its own)."""
+    f = s.get("fidelity") or {}
+    return {"fidelity_distance": f.get("distance"), "fidelity_null_distance": f.get("null_distance"),
+            "fidelity_p": f.get("p_value")}
+
+
 def log_to_wandb(results: Mapping[str, Any], out_dir: Path, config: Mapping[str, Any], wandb_cfg: WandbConfig,
                  plot_path: Path | None, videos: Mapping[str, Path] | None = None) -> dict:
     """One W&B run in ``out_dir``/wandb; returns ``{"mode", "dir", "url"}``."""
@@ -32,9 +39,11 @@ def log_to_wandb(results: Mapping[str, Any], out_dir: Path, config: Mapping[str,
         ep_table = wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in rows])
         sum_cols = ["sampler", "chunk_latency_ms_mean", "success_rate", "ci95_lo", "ci95_hi",
                     "sequential_calls_mean", "nfe_mean", "speedup_vs_ddpm"]
-        sum_table = wandb.Table(columns=sum_cols, data=[
+        fid_cols = ["fidelity_distance", "fidelity_null_distance", "fidelity_p"] if results.get("fidelity") else []
+        sum_table = wandb.Table(columns=sum_cols + fid_cols, data=[
             [name, s["chunk_latency_ms"]["mean"], s["success_rate"], s["success_ci95"][0],
              s["success_ci95"][1], s["sequential_calls_mean"], s["nfe_mean"], s["speedup_vs_ddpm"]]
+            + [_fidelity(s)[c] for c in fid_cols]
             for name, s in results["samplers"].items()])
         payload: dict[str, Any] = {
             "episodes": ep_table,
@@ -62,11 +71,17 @@ def log_to_wandb(results: Mapping[str, Any], out_dir: Path, config: Mapping[str,
             summary[f"{name}/sequential_calls_mean"] = s["sequential_calls_mean"]
             summary[f"{name}/nfe_mean"] = s["nfe_mean"]
             summary[f"{name}/speedup_vs_ddpm"] = s["speedup_vs_ddpm"]
+            if s.get("fidelity"):
+                summary.update({f"{name}/{k}": v for k, v in _fidelity(s).items()})
             for k, v in (s.get("realtime") or {}).items():  # clock, transition, delay, misses, jumps...
                 if isinstance(v, dict):
                     summary.update({f"{name}/realtime/{k}_{q}": x for q, x in v.items()})
                 else:
                     summary[f"{name}/realtime/{k}"] = v
+        if results.get("fidelity"):
+            f = results["fidelity"]
+            summary.update({"fidelity/chunks": f["chunks"], "fidelity/observations": len(f["observations"]),
+                            "fidelity/asd_exact": f["verdict"]["exact"]})
         run.summary.update(summary)
         # The same numbers as a file in the run (uploaded with it; offline runs keep their summary
         # only inside the binary run-*.wandb log, so this makes it readable without syncing).

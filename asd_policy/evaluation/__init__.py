@@ -8,11 +8,12 @@
                          "chunk_latency_ms": {"mean", "p50", "p95", "p99"},
                          "sequential_calls_mean", "nfe_mean", "speedup_vs_ddpm",
                          "action_latency_ms", "errors", "sampler" (the settings that ran),
-                         "outcomes", and "realtime" in real-time mode}},
+                         "outcomes", "realtime" in real-time mode, "fidelity" with fidelity=true}},
      "episodes": [per-episode rows], "seed", "episodes_requested", "complete", ...}
 
 Modules: ``config`` (EvalConfig), ``runner`` (the loop), ``inputs`` (policy and envs), ``store``
-(episodes.jsonl, resume, run meta), ``summary`` (rows, Wilson interval, per-sampler summary),
+(episodes.jsonl, resume, run meta), ``fidelity`` (fidelity=true: chunks vs DDPM-100 on
+observations the episodes visited), ``summary`` (rows, Wilson interval, per-sampler summary),
 ``tables`` (the text and markdown tables), ``plot`` (PNG, GIFs), ``wandb_log`` (the W&B run).
 Sampler presets live in :mod:`asd_policy.sampler_config`.
 """

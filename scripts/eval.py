@@ -66,8 +66,11 @@ def _resume_dir(cfg: EvalConfig, run_dir: Path) -> Path:
 
 
 def _config(cfg: DictConfig) -> EvalConfig:
-    """The validated EvalConfig, its checkpoint an absolute path (default checkpoints/<task>)."""
+    """The validated EvalConfig, its checkpoint an absolute path (default checkpoints/<task>,
+    none when a policy_server serves the policy)."""
     config = from_hydra(cfg)
+    if config.policy_server:
+        return config  # the server's checkpoint is the policy
     checkpoint = config.checkpoint or f"checkpoints/{config.task.name}"
     return dataclasses.replace(config, checkpoint=to_absolute_path(checkpoint))
 

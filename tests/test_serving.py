@@ -139,7 +139,7 @@ def test_remote_policy_reproduces_in_process_seeded_actions(served, policy):
         a = remote.predict_action(histories, generator=torch.Generator().manual_seed(5))
         b = remote.predict_action(histories, generator=torch.Generator().manual_seed(5))
         assert torch.equal(a.actions, b.actions) and len(remote.server_timing) == 12
-        with pytest.raises(RemoteError, match="offers no sampler with method=asd, speculation_length=3"):
+        with pytest.raises(ValueError, match="offers no sampler with method=asd, speculation_length=3"):
             remote.predict_action(histories, method="asd", speculation_length=3)
 
 
@@ -287,3 +287,27 @@ def test_the_control_loop_runs_against_a_server(served, policy):
         ep = run_realtime(asd_envs.make_env("reach_around"), remote, control_hz=TASK.control_hz, sampler=asd, seed=1000,
                           max_steps=24, clock="sim", latency=150.0)  # 150 ms at 10 Hz: every chunk 2 ticks late
         assert ep.error is None and ep.steps == 24 and set(ep.report.delay_ticks) == {2}
+
+
+def test_scripts_eval_runs_against_a_server(served, tmp_path):
+    from asd_policy.evaluation import evaluate
+
+    server, url = served
+    results = evaluate(task="reach_around", policy_server=url, samplers=["ddim", "asd"], episodes=2, max_steps=16,
+                       logger="none", progress=False, verbose=False, out_dir=tmp_path)
+    assert results["policy_server"]["url"] == url and results["policy_server"]["weights_sha256"] == "abc123"
+    assert results["policy_server"]["device"] == server.metadata["device"]
+    for name in ("ddim", "asd"):
+        row = results["samplers"][name]
+        assert row["episodes"] == 2 and row["server_infer_ms"]["p50"] > 0
+        # the latency measured at the client holds the server's sampling time and the network
+        assert row["chunk_latency_ms"]["p50"] >= row["server_infer_ms"]["p50"]
+    meta = __import__("json").loads((tmp_path / "run_meta.json").read_text())
+    assert meta["policy_server"] == url and meta["checkpoint"] is None
+    with pytest.raises(ConfigError, match="not both"):
+        evaluate(task="reach_around", policy_server=url, checkpoint="checkpoints/reach_around", out_dir=tmp_path)
+    with pytest.raises(ConfigError, match="known_actions"):  # the protocol has no known-actions field
+        evaluate(task="reach_around", policy_server=url, realtime="sim", transition="inpaint", logger="none",
+                 out_dir=tmp_path)
+    with pytest.raises(ConfigError, match="serves a policy for task 'reach_around', not 'lift'"):
+        evaluate(task="lift", policy_server=url, logger="none", out_dir=tmp_path)

@@ -37,6 +37,7 @@ class EvalConfig:
 
     task: TaskConfig = field(default_factory=lambda: TaskConfig(name="reach_around"))
     checkpoint: str | None = None  # a checkpoint directory; None: checkpoints/<task.name>
+    policy_server: str | None = None  # ws://host:port of scripts/serve.py: evaluate the policy it serves instead
     samplers: list[str] = field(default_factory=lambda: ["ddpm", "asd", "ddim"])  # preset names, in order
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)  # add or change presets, e.g. {asd8L: {method: asd, speculation_length: 8}}
     episodes: int = 20  # per sampler
@@ -100,9 +101,20 @@ class EvalConfig:
         check_choice("logger", self.logger, LOGGERS)
         if not isinstance(self.resume, (bool, str)):
             raise ConfigError(f"resume must be true, false or a run directory, got {self.resume!r}")
+        self._check_policy_server()
         self._check_samplers()
         self._check_realtime()
         self._check_fidelity()
+
+    def _check_policy_server(self) -> None:
+        if self.policy_server is None:
+            return
+        if not str(self.policy_server).startswith(("ws://", "wss://")):
+            raise ConfigError(f"policy_server must be a websocket URL such as ws://127.0.0.1:8000, got {self.policy_server!r}")
+        if self.checkpoint is not None:
+            raise ConfigError("give checkpoint or policy_server, not both: the server's checkpoint is the policy evaluated")
+        if self.fidelity:
+            raise ConfigError("fidelity=true draws hundreds of chunks in-process; run it with checkpoint=, not policy_server=")
 
     def _check_realtime(self) -> None:
         """Transition, clock and latency settings; a latency map or profile covers every sampler."""

@@ -11,7 +11,7 @@ from asd_policy.checkpoint import load_policy
 from asd_policy.evaluation.config import EvalError
 from asd_policy.rollout import EpisodeResult
 
-__all__ = ["load_checked_policy", "task_env_fn", "check_dims", "EnvPool"]
+__all__ = ["load_checked_policy", "connect_policy_server", "task_env_fn", "check_dims", "EnvPool"]
 
 
 def _policy_task(policy: Any) -> str | None:
@@ -40,6 +40,21 @@ def load_checked_policy(checkpoint: str | os.PathLike, task: str | None, device:
             f"use checkpoints/{task} or pass task={trained}"
         )
     return policy
+
+
+def connect_policy_server(url: str, task: str | None) -> Any:
+    """A :class:`~asd_policy.serving.RemotePolicy` for the server at ``url``, checked to serve ``task``."""
+    from asd_policy.serving import RemoteError, RemotePolicy
+
+    try:
+        remote = RemotePolicy(url)
+    except RemoteError as exc:
+        raise EvalError(str(exc)) from None
+    if task is not None and remote.task_name is not None and remote.task_name != task:
+        remote.close()
+        raise EvalError(f"the server at {url} serves a policy for task {remote.task_name!r}, not {task!r}; "
+                        f"pass task={remote.task_name}")
+    return remote
 
 
 def task_env_fn(task: str, env_kwargs: dict) -> tuple[Any, Callable[..., Any]]:

@@ -19,7 +19,7 @@ import torch
 from asd_policy.config import to_dict
 from asd_policy.evaluation.config import EvalConfig, EvalError, make_config
 from asd_policy.evaluation import fidelity
-from asd_policy.evaluation.inputs import EnvPool, check_dims, load_checked_policy, task_env_fn
+from asd_policy.evaluation.inputs import EnvPool, check_dims, connect_policy_server, load_checked_policy, task_env_fn
 from asd_policy.evaluation.plot import PLOT_NAME, plot_success_vs_latency, write_gif
 from asd_policy.evaluation.store import RESULTS_NAME, EpisodeStore
 from asd_policy.evaluation.summary import assemble, episode_row
@@ -27,7 +27,7 @@ from asd_policy.evaluation.tables import format_table
 from asd_policy.evaluation.wandb_log import log_to_wandb
 from asd_policy.io import write_json
 from asd_policy.realtime import run_realtime
-from asd_policy.rollout import EpisodeResult, infer_chunk, policy_device, rollout_episodes
+from asd_policy.rollout import EpisodeResult, infer_chunk, latency_summary, policy_device, rollout_episodes
 from asd_policy.sampler_config import SamplerConfig, resolve_samplers
 from asd_policy.simclock import LatencyModel, delay_ticks
 from asd_policy.transitions import check_transition_policy
@@ -50,6 +50,7 @@ class _Run:
     warmed: set[str] = field(default_factory=set)
     videos: dict[str, Path] = field(default_factory=dict)
     recorder: fidelity.ObsRecorder | None = None  # fidelity=true: the observations the episodes visit
+    server_infer_ms: dict[str, list[float]] = field(default_factory=dict)  # policy_server: the server's own timing
 
     @property
     def device(self) -> torch.device:
@@ -78,6 +79,8 @@ def evaluate(cfg: EvalConfig | None = None, *, policy: Any = None, env_fn: Calla
         results = _run_and_save(run, command)
         if run.recorder is not None:
             _add_fidelity(run, results)
+    if cfg.policy_server:
+        run.policy.close()
     _report(run, results)
     if verbose:
         print(format_table(results))
@@ -102,14 +105,16 @@ def _prepare(cfg: EvalConfig, policy: Any, env_fn: Callable[..., Any] | None, ou
             raise EvalError("give a task name (task=reach_around) or an env_fn")
         spec_task, env_fn = task_env_fn(task, cfg.task.env_kwargs)
     checkpoint = cfg.checkpoint
-    if policy is None:
+    if policy is None and cfg.policy_server:
+        policy = connect_policy_server(cfg.policy_server, task)
+    elif policy is None:
         checkpoint = checkpoint or (f"checkpoints/{task}" if task else None)
         if checkpoint is None:
             raise EvalError("give checkpoint=<path> (or a policy object)")
         policy = load_checked_policy(checkpoint, task, cfg.device,
                                      obs_dim=spec_task.obs_dim if spec_task else None,
                                      action_dim=spec_task.action_dim if spec_task else None)
-    stored = getattr(getattr(policy, "config", None), "sampler", None)
+    stored = getattr(getattr(policy, "config", None), "sampler", None) or getattr(policy, "stored_sampler", None)
     specs = resolve_samplers(cfg.samplers, cfg.presets, stored=stored if isinstance(stored, Mapping) else None)
     pool = EnvPool(env_fn, 1 if cfg.realtime else cfg.num_envs, cfg.vector_env, cfg.videos > 0, task)
     probe = pool.first
@@ -166,6 +171,7 @@ def _run_meta(run: _Run) -> dict:
     return {
         "task": cfg.task.name,
         "checkpoint": run.checkpoint,
+        **({"policy_server": cfg.policy_server} if cfg.policy_server else {}),
         "seed": int(cfg.seed),
         "samplers": {s.name: s.as_dict() for s in run.specs},
         "max_steps": cfg.max_steps,
@@ -216,8 +222,23 @@ def _run_and_save(run: _Run, command: str | None) -> dict:
                            cfg.episodes, complete, time.perf_counter() - t0)
         if command:
             results["command"] = command
+        _add_server_timing(run, results)
         write_json(run.out / RESULTS_NAME, results)
     return results
+
+
+def _add_server_timing(run: _Run, results: dict) -> None:
+    """policy_server: the server's own sampling time per chunk next to the latency measured here
+    (which includes the network); only for episodes run in this process, not resumed ones."""
+    if not run.cfg.policy_server:
+        return
+    meta = run.policy.metadata
+    results["policy_server"] = {"url": run.cfg.policy_server, "weights_sha256": meta.get("weights_sha256"),
+                                "device": meta.get("device"),
+                                "note": "chunk_latency_ms is measured at this client (network included); "
+                                        "server_infer_ms is the server's sampling time of the same chunks"}
+    for name, values in run.server_infer_ms.items():
+        results["samplers"][name]["server_infer_ms"] = latency_summary(values)
 
 
 def _run_episodes(run: _Run, store: EpisodeStore, bar: Any) -> None:
@@ -230,7 +251,11 @@ def _run_episodes(run: _Run, store: EpisodeStore, bar: Any) -> None:
                 continue
             _warmup(run, spec)
             gen = torch.Generator(device=run.device).manual_seed(int(cfg.seed) * 1_000_003 + todo[0])
+            timed = len(getattr(run.policy, "server_timing", ()))
             results = _run_batch(run, spec, todo, gen)
+            if cfg.policy_server:
+                run.server_infer_ms.setdefault(spec.name, []).extend(
+                    t["infer_ms"] for t in run.policy.server_timing[timed:])
             for e, r in zip(todo, results):
                 store.append(episode_row(spec.name, e, r))
                 _keep_video(run, spec.name, e, r)

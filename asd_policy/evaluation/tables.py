@@ -160,6 +160,8 @@ def format_table(results: Mapping[str, Any]) -> str:
         if _has(results, key):
             columns += optional
     title = f"task={results['task']}  checkpoint={results['checkpoint']}  device={results['device']}"
+    if server := results.get("policy_server"):
+        title = f"task={results['task']}  policy_server={server['url']} ({server.get('device')}; chunk ms measured here, network included)"
     text = title + "\n" + text_table(results, columns)
     f = results.get("fidelity")
     if f:

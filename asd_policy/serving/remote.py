@@ -62,6 +62,8 @@ class RemotePolicy:
         self.metadata: dict[str, Any] = unpackb(self._ws.recv(timeout_s))
         for key in ("obs_dim", "action_dim", "n_obs_steps", "horizon", "n_action_steps"):
             setattr(self, key, int(self.metadata[key]))
+        self.task_name: str | None = self.metadata.get("task")
+        self.stored_sampler: dict = dict(self.metadata["samplers"]["policy"])  # the checkpoint's own sampler
         self.device = torch.device("cpu")
         self.server_timing: list[dict[str, float]] = []  # one entry per chunk received
 
@@ -75,7 +77,7 @@ class RemotePolicy:
             if settings.get("method") == method and all(settings.get(k) == v for k, v in options.items()):
                 return name
         wanted = ", ".join([f"method={method}", *(f"{k}={v}" for k, v in options.items())])
-        raise RemoteError(f"the server at {self.url} offers no sampler with {wanted}; it offers "
+        raise ValueError(f"the server at {self.url} offers no sampler with {wanted}; it offers "
                           f"{', '.join(offered)} (start it with +presets.<name>={{...}} to add one)")
 
     # ---- the policy interface --------------------------------------------------------------

@@ -28,6 +28,7 @@ import torch
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from asd_policy.devices import describe_device
 from asd_policy.rollout import infer_chunk, policy_device
 from asd_policy.sampler_config import POLICY_PRESET, SAMPLER_PRESETS, resolve_samplers
 from asd_policy.serving.batcher import Batcher, Job
@@ -49,6 +50,8 @@ class PolicyServer:
     def __init__(self, policy: Any, config: ServeConfig, task: Any = None, weights_sha256: str | None = None):
         self.policy, self.config = policy, config
         self.device = policy_device(policy)
+        if config.torch_threads is not None:
+            torch.set_num_threads(config.torch_threads)
         stored = policy.config.sampler
         names = [*SAMPLER_PRESETS, *(n for n in config.presets if n not in SAMPLER_PRESETS), POLICY_PRESET]
         self.samplers = {s.name: s for s in resolve_samplers(names, config.presets, stored)}
@@ -72,6 +75,7 @@ class PolicyServer:
             "samplers": {name: s.as_dict() for name, s in self.samplers.items()},
             "default_sampler": config.sampler,
             "weights_sha256": weights_sha256,
+            "device": describe_device(self.device),
             "max_batch": config.max_batch,
             "max_message_bytes": config.max_message_bytes,
         }
@@ -174,8 +178,6 @@ class PolicyServer:
     # ---- lifecycle -------------------------------------------------------------------------
     async def serve(self, stop: asyncio.Event | None = None, on_ready: Callable[[str], None] | None = None) -> None:
         """Serve until ``stop`` is set (or the task is cancelled); ``on_ready(url)`` once listening."""
-        if self.config.torch_threads is not None:
-            torch.set_num_threads(self.config.torch_threads)
         self.batcher = Batcher(self.run_batch, self.config.max_batch, self.config.max_wait_ms / 1000.0)
         batching = asyncio.create_task(self.batcher.run())
         try:

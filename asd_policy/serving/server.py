@@ -28,6 +28,7 @@ import torch
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from asd_policy.config import ConfigError, did_you_mean
 from asd_policy.devices import describe_device
 from asd_policy.rollout import infer_chunk, policy_device
 from asd_policy.sampler_config import POLICY_PRESET, SAMPLER_PRESETS, resolve_samplers
@@ -56,7 +57,8 @@ class PolicyServer:
         names = [*SAMPLER_PRESETS, *(n for n in config.presets if n not in SAMPLER_PRESETS), POLICY_PRESET]
         self.samplers = {s.name: s for s in resolve_samplers(names, config.presets, stored)}
         if config.sampler not in self.samplers:
-            raise RequestError(f"sampler={config.sampler!r} is not offered; use one of {', '.join(self.samplers)}")
+            raise ConfigError(f"sampler={config.sampler!r} is not offered{did_you_mean(config.sampler, self.samplers)}; "
+                              f"use one of {', '.join(self.samplers)} (or add it with +presets.{config.sampler}={{...}})")
         pc = policy.config
         self.shape = PolicyShape(
             pc.obs_dim, pc.n_obs_steps, tuple(pc.obs_keys or ()),

@@ -154,6 +154,11 @@ def test_bad_fidelity_settings_name_the_fix(settings, words):
         EvalConfig(**settings)
 
 
+def test_fidelity_settings_that_are_fine():
+    EvalConfig(fidelity=True, samplers=["policy"])  # the stored sampler is only known once the policy is loaded
+    EvalConfig(fidelity=True, fidelity_chunks=10, fidelity_observations=1)
+
+
 def test_fidelity_needs_a_diffusion_policy_and_a_ddpm_reference(tiny_policy, tmp_path):
     with pytest.raises(EvalError, match="needs a DiffusionPolicy.*set fidelity=false"):
         evaluate(policy=FakePolicy(), env_fn=make_toy, task=None, samplers=["ddpm"], episodes=1, out_dir=tmp_path,

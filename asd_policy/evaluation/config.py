@@ -141,8 +141,9 @@ class EvalConfig:
         _at_least("fidelity_chunks", self.fidelity_chunks, 1)
         _at_least("fidelity_observations", self.fidelity_observations, 1)
         if self.fidelity:
-            listed = [s for s in self.samplers if s != POLICY_PRESET or s in self.presets]
-            self.check_fidelity_sizes(self.task.name, sum(s.method == "asd" for s in resolve_samplers(listed, self.presets)))
+            listed = [s for s in self.samplers if s != POLICY_PRESET or s in self.presets]  # policy: known at load
+            asd = sum(s.method == "asd" for s in resolve_samplers(listed, self.presets)) if listed else 0
+            self.check_fidelity_sizes(self.task.name, asd)
 
     def check_fidelity_sizes(self, task: str | None, asd_samplers: int) -> None:
         """ConfigError naming the minimum fidelity_chunks for M observations x the task's statistics x

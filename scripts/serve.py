@@ -6,13 +6,14 @@
     python scripts/serve.py checkpoint=checkpoints/lift max_batch=1     # no cross-client batching
 
 The settings and their defaults are the fields of ``asd_policy.serving.ServeConfig``. Prints the
-URL and the policy's metadata, serves until Ctrl-C, then stops cleanly.
+URL and the policy's metadata, serves until Ctrl-C (or SIGTERM), then stops cleanly.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import signal
 import sys
 
 import hydra
@@ -37,7 +38,7 @@ def _startup_lines(config: ServeConfig, url: str, metadata: dict) -> list[str]:
         f"batching: max_batch={config.max_batch} max_wait_ms={config.max_wait_ms}",
         f"samplers: {', '.join(metadata['samplers'])} (default {metadata['default_sampler']})",
         f"metadata: {json.dumps(shown)}",
-        "Ctrl-C stops the server",
+        "Ctrl-C (or SIGTERM) stops the server",
     ]
 
 
@@ -55,8 +56,14 @@ def main(cfg: DictConfig) -> None:
     def ready(url: str) -> None:
         print("\n".join(_startup_lines(config, url, server.metadata)), flush=True)
 
+    async def serve() -> None:
+        stop = asyncio.Event()  # SIGTERM (docker stop, systemd) stops as cleanly as Ctrl-C
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await server.serve(stop, on_ready=ready)
+        print("stopped", flush=True)
+
     try:
-        asyncio.run(server.serve(on_ready=ready))
+        asyncio.run(serve())
     except KeyboardInterrupt:
         print("stopped", flush=True)
     except OSError as exc:  # e.g. the port is taken

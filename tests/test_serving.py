@@ -139,6 +139,15 @@ def test_remote_policy_reproduces_in_process_seeded_actions(served, policy):
         a = remote.predict_action(histories, generator=torch.Generator().manual_seed(5))
         b = remote.predict_action(histories, generator=torch.Generator().manual_seed(5))
         assert torch.equal(a.actions, b.actions) and len(remote.server_timing) == 12
+        # known actions (inpainting) travel too: held exactly, the rest equal to in-process
+        known = np.full((3, 16, TASK.action_dim), np.nan, np.float32)
+        known[:, 1:4] = 0.25
+        out = remote.predict_action(histories, seed=[21, 22, 23], sampler="asd", known_actions=known)
+        method, options = policy.sampler_kwargs("asd")
+        ref = policy.predict_action(torch.as_tensor(histories[1:2]), method=method, known_actions=known[1:2],
+                                    generator=torch.Generator().manual_seed(22), **options)
+        np.testing.assert_allclose(out.action_pred[1].numpy(), ref.action_pred[0].numpy(), atol=1e-5, rtol=0)
+        np.testing.assert_allclose(out.action_pred[:, 1:4].numpy(), 0.25, atol=1e-6)
         with pytest.raises(ValueError, match="offers no sampler with method=asd, speculation_length=3"):
             remote.predict_action(histories, method="asd", speculation_length=3)
 
@@ -195,6 +204,8 @@ def test_bad_requests_get_an_error_and_the_connection_and_server_keep_working(se
         wire.packb({"observation": np.zeros((200, TASK.obs_dim), np.float32)}): "at most 4096 \\(max_message_bytes\\)",
         wire.packb({"obs": observations(1)[0]}): "unknown request key 'obs'",
         wire.packb({"observation": observations(1)[0], "seed": -1}): "seed must be an int",
+        wire.packb({"observation": observations(1)[0], "known_actions": np.zeros((8, 2), np.float32)}):
+            "known_actions has shape \\[8, 2\\]; expected \\[horizon, action_dim\\] = \\[16, 2\\]",
     }
     with connect(url) as ws:
         ws.recv()  # metadata
@@ -209,6 +220,30 @@ def test_bad_requests_get_an_error_and_the_connection_and_server_keep_working(se
         assert "binary msgpack" in ws.recv(30)
     with RemotePolicy(url) as other:  # and so does the server
         assert other.predict_action(observations(2)[None], seed=3).actions.shape == (1, 8, TASK.action_dim)
+
+
+def test_requests_with_and_without_known_actions_are_batched_apart(policy):
+    thread, url = start(policy, max_batch=8, max_wait_ms=300.0)
+    try:
+        obs = observations(2, seed=4)
+        known = np.full((16, TASK.action_dim), np.nan, np.float32)
+        known[1:3] = -0.5
+        clients = [RemotePolicy(url), RemotePolicy(url)]
+        results: dict = {}
+        jobs = [threading.Thread(target=lambda: results.update(plain=clients[0].predict_action(obs[None], seed=[5]))),
+                threading.Thread(target=lambda: results.update(known=clients[1].predict_action(
+                    obs[None], seed=[5], known_actions=known[None])))]
+        for j in jobs:
+            j.start()
+        for j in jobs:
+            j.join(60)
+        np.testing.assert_allclose(results["plain"].actions[0].numpy(), in_process(policy, obs, 5), atol=1e-5, rtol=0)
+        np.testing.assert_allclose(results["known"].action_pred[0, 1:3].numpy(), -0.5, atol=1e-6)
+        assert sorted(thread.server.batcher.batch_sizes) == [1, 1]  # one batch each, both in one wait window
+        for c in clients:
+            c.close()
+    finally:
+        thread.stop()
 
 
 def test_a_client_that_disconnects_mid_batch_costs_nothing(policy):
@@ -306,8 +341,10 @@ def test_scripts_eval_runs_against_a_server(served, tmp_path):
     assert meta["policy_server"] == url and meta["checkpoint"] is None
     with pytest.raises(ConfigError, match="not both"):
         evaluate(task="reach_around", policy_server=url, checkpoint="checkpoints/reach_around", out_dir=tmp_path)
-    with pytest.raises(ConfigError, match="known_actions"):  # the protocol has no known-actions field
-        evaluate(task="reach_around", policy_server=url, realtime="sim", transition="inpaint", logger="none",
-                 out_dir=tmp_path)
+    inpainted = evaluate(task="reach_around", policy_server=url, samplers=["asd"], episodes=1, max_steps=32,
+                         realtime="sim", transition="inpaint", latency_ms=250.0, logger="none", progress=False,
+                         verbose=False, out_dir=tmp_path / "inpaint")
+    rt = inpainted["samplers"]["asd"]["realtime"]
+    assert rt["transition"] == "inpaint" and rt["boundary_jump_mean"] is not None
     with pytest.raises(ConfigError, match="serves a policy for task 'reach_around', not 'lift'"):
         evaluate(task="lift", policy_server=url, logger="none", out_dir=tmp_path)

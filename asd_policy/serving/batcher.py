@@ -2,7 +2,8 @@
 
 The first request of a batch waits at most ``max_wait_s`` for company, and less when there is
 nobody left to wait for (every open connection already has a request in). Requests for different
-samplers go into separate batches, at most ``max_batch`` requests each. Batches run one at a time
+samplers, or with and without known actions, go into separate batches, at most ``max_batch``
+requests each. Batches run one at a time
 on one worker thread (the model is not shared between threads); while one runs, new requests
 queue and form the next batch. Each request carries its own seed and the sampler gives every
 chain its own generator, so a request's actions do not depend on the batch it landed in.
@@ -32,6 +33,7 @@ class Job:
     sampler: str
     seed: int
     future: asyncio.Future
+    known: np.ndarray | None = None  # [horizon, action_dim] known actions (NaN = free), or None
     received: float = field(default_factory=time.perf_counter)
 
 
@@ -86,10 +88,11 @@ class Batcher:
         return pending
 
     def _batches(self, pending: list[Job]) -> list[tuple[str, list[Job]]]:
-        by_sampler: dict[str, list[Job]] = {}
+        """Same sampler, and known actions or none for all (they draw their chain's noise differently)."""
+        groups: dict[tuple[str, bool], list[Job]] = {}
         for job in pending:
-            by_sampler.setdefault(job.sampler, []).append(job)
-        return [(s, jobs[i : i + self.max_batch]) for s, jobs in by_sampler.items()
+            groups.setdefault((job.sampler, job.known is not None), []).append(job)
+        return [(s, jobs[i : i + self.max_batch]) for (s, _), jobs in groups.items()
                 for i in range(0, len(jobs), self.max_batch)]
 
     async def _run(self, loop: asyncio.AbstractEventLoop, sampler: str, jobs: list[Job]) -> None:

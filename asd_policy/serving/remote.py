@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from websockets.sync.client import connect
 
+from asd_policy.normalizer import MinMaxNormalizer
 from asd_policy.policy import PolicyOutput
 from asd_policy.serving.config import API_KEY_ENV
 from asd_policy.serving.wire import packb, unpackb
@@ -64,6 +65,8 @@ class RemotePolicy:
             setattr(self, key, int(self.metadata[key]))
         self.task_name: str | None = self.metadata.get("task")
         self.stored_sampler: dict = dict(self.metadata["samplers"]["policy"])  # the checkpoint's own sampler
+        # the server's action scaling: real-time jumps are reported in normalised units, as in-process
+        self.action_normalizer = MinMaxNormalizer.from_dict(self.metadata["action_normalizer"])
         self.device = torch.device("cpu")
         self.server_timing: list[dict[str, float]] = []  # one entry per chunk received
 
@@ -88,6 +91,7 @@ class RemotePolicy:
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
         seed: int | Sequence[int] | None = None,
         sampler: str | None = None,
+        known_actions: torch.Tensor | np.ndarray | None = None,
         **options: Any,
     ) -> PolicyOutput:
         """Chunks for ``obs_history`` ``[B, n_obs_steps, obs_dim]`` from the server.
@@ -95,7 +99,8 @@ class RemotePolicy:
         ``sampler`` names a server preset directly; otherwise ``method`` and ``options`` must be
         exactly one of the presets in ``metadata["samplers"]``. ``seed`` (an int for B = 1, or
         one per element) makes the chunk equal in-process ``predict_action`` with
-        ``torch.Generator().manual_seed(seed)``.
+        ``torch.Generator().manual_seed(seed)``. ``known_actions`` ``[B, horizon, action_dim]``
+        (environment units, NaN where free) are held fixed, as in-process (inpainting).
         """
         obs = np.asarray(obs_history.detach().cpu() if isinstance(obs_history, torch.Tensor) else obs_history,
                          dtype=np.float32)
@@ -104,10 +109,14 @@ class RemotePolicy:
                              f"got {list(obs.shape)}")
         name = sampler or self.sampler_for(method, options)
         seeds = self._seeds(obs.shape[0], seed, generator)
+        known = None if known_actions is None else np.asarray(
+            known_actions.detach().cpu() if isinstance(known_actions, torch.Tensor) else known_actions, dtype=np.float32)
         for b in range(obs.shape[0]):  # pipelined: the server batches them
             request: dict[str, Any] = {"observation": obs[b], "sampler": name}
             if seeds[b] is not None:
                 request["seed"] = seeds[b]
+            if known is not None:
+                request["known_actions"] = known[b]
             self._ws.send(packb(request))
         replies = [self._reply() for _ in range(obs.shape[0])]
         self.server_timing.extend(r["server_timing"] for r in replies)

@@ -1,7 +1,9 @@
 """What a client may send, checked against the policy it talks to, and each connection's history.
 
-A request is a map ``{"observation": ..., "reset": bool, "sampler": str, "seed": int}``; only
-``observation`` is required. The observation is one of
+A request is a map ``{"observation": ..., "reset": bool, "sampler": str, "seed": int,
+"known_actions": [horizon, action_dim]}``; only ``observation`` is required. ``known_actions``
+(environment units, NaN where free) holds those actions fixed while the chunk is sampled
+(inpainting, exact under ASD), as real-time chunk continuation asks. The observation is one of
 
 * a flat vector ``[obs_dim]``: this step's observation, pushed into the connection's history
   (after ``reset=true``, or on the connection's first request, the history is that observation
@@ -25,7 +27,7 @@ from asd_policy.rollout import ObsHistory
 
 __all__ = ["RequestError", "PolicyShape", "Request", "parse_request", "Session", "REQUEST_KEYS"]
 
-REQUEST_KEYS = ("observation", "reset", "sampler", "seed")
+REQUEST_KEYS = ("observation", "reset", "sampler", "seed", "known_actions")
 #: Seeds travel as msgpack integers; torch generators take seeds in [0, 2**64).
 MAX_SEED = 2**64 - 1
 
@@ -40,6 +42,8 @@ class PolicyShape:
 
     obs_dim: int
     n_obs_steps: int
+    horizon: int
+    action_dim: int
     obs_keys: tuple[str, ...] = ()
     obs_key_dims: tuple[int, ...] = ()  # empty when the task is not registered here
 
@@ -50,6 +54,7 @@ class Request:
     reset: bool
     sampler: str
     seed: int | None
+    known_actions: np.ndarray | None = None  # float32 [horizon, action_dim], NaN where free
 
 
 def _key_map(obs: Mapping, shape: PolicyShape) -> np.ndarray:
@@ -95,6 +100,21 @@ def _observation(obs: Any, shape: PolicyShape) -> np.ndarray:
     return arr[-shape.n_obs_steps:] if history else arr
 
 
+def _known_actions(known: Any, shape: PolicyShape) -> np.ndarray | None:
+    if known is None:
+        return None
+    try:
+        arr = np.asarray(known, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise RequestError("known_actions must be a numeric array (NaN where free)") from None
+    if arr.shape != (shape.horizon, shape.action_dim):
+        raise RequestError(f"known_actions has shape {list(arr.shape)}; expected [horizon, action_dim] = "
+                           f"[{shape.horizon}, {shape.action_dim}] in environment units, NaN where free")
+    if np.isinf(arr).any():
+        raise RequestError("known_actions has inf; send finite values where known and NaN where free")
+    return arr
+
+
 def parse_request(message: Any, shape: PolicyShape, samplers: Sequence[str], default_sampler: str) -> Request:
     """The checked request of one decoded frame."""
     if not isinstance(message, Mapping):
@@ -116,7 +136,7 @@ def parse_request(message: Any, shape: PolicyShape, samplers: Sequence[str], def
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED):
         raise RequestError(f"seed must be an int in [0, 2**64), got {seed!r}")
     return Request(_observation(message["observation"], shape), bool(reset), str(sampler),
-                   None if seed is None else int(seed))
+                   None if seed is None else int(seed), _known_actions(message.get("known_actions"), shape))
 
 
 class Session:

@@ -36,6 +36,7 @@ from asd_policy.serving.batcher import Batcher, Job
 from asd_policy.serving.config import ServeConfig
 from asd_policy.serving.requests import PolicyShape, RequestError, Session, parse_request
 from asd_policy.serving.wire import WireError, packb, unpackb
+from asd_policy.transitions import PolicyCall
 
 __all__ = ["PROTOCOL", "PolicyServer", "ServerThread", "load_server"]
 
@@ -61,7 +62,7 @@ class PolicyServer:
                               f"use one of {', '.join(self.samplers)} (or add it with +presets.{config.sampler}={{...}})")
         pc = policy.config
         self.shape = PolicyShape(
-            pc.obs_dim, pc.n_obs_steps, tuple(pc.obs_keys or ()),
+            pc.obs_dim, pc.n_obs_steps, pc.horizon, pc.action_dim, tuple(pc.obs_keys or ()),
             tuple(task.obs_key_dims) if task is not None and tuple(task.obs_keys) == tuple(pc.obs_keys or ()) else (),
         )
         self.metadata = {
@@ -73,6 +74,7 @@ class PolicyServer:
             "n_obs_steps": pc.n_obs_steps,
             "horizon": pc.horizon,
             "n_action_steps": pc.n_action_steps,
+            "action_normalizer": policy.action_normalizer.to_dict(),  # for jumps in normalised units
             "control_hz": float(task.control_hz) if task is not None else None,
             "samplers": {name: s.as_dict() for name, s in self.samplers.items()},
             "default_sampler": config.sampler,
@@ -90,8 +92,10 @@ class PolicyServer:
         """Sample one chunk per job in one batched call, each chain from its own seed."""
         obs = np.stack([j.history for j in jobs])
         generators = [torch.Generator(device=self.device).manual_seed(j.seed) for j in jobs]
+        known = np.stack([j.known for j in jobs]) if jobs[0].known is not None else None  # a batch has all or none
+        policy = PolicyCall(self.policy, known, self.device) if known is not None else self.policy
         started = time.perf_counter()
-        res = infer_chunk(self.policy, obs, self.samplers[sampler], generators, self.device)
+        res = infer_chunk(policy, obs, self.samplers[sampler], generators, self.device)
         infer_ms = 1000.0 * res.latency_s
         accepted, checked = (getattr(res.stats, k, None) for k in ("accepted_drafts", "checked_drafts"))
         replies = []
@@ -158,7 +162,8 @@ class PolicyServer:
             return f"error: {exc}"
         seed = request.seed if request.seed is not None else secrets.randbits(63)
         future = asyncio.get_running_loop().create_future()
-        return self.batcher.submit(Job(client, session.history_for(request), request.sampler, seed, future))
+        return self.batcher.submit(Job(client, session.history_for(request), request.sampler, seed, future,
+                                       request.known_actions))
 
     async def _send_replies(self, ws: ServerConnection, outbox: asyncio.Queue) -> None:
         """Replies in request order: each request's chunk, or its error as a text frame."""

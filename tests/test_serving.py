@@ -348,3 +348,35 @@ def test_scripts_eval_runs_against_a_server(served, tmp_path):
     assert rt["transition"] == "inpaint" and rt["boundary_jump_mean"] is not None
     with pytest.raises(ConfigError, match="serves a policy for task 'reach_around', not 'lift'"):
         evaluate(task="lift", policy_server=url, logger="none", out_dir=tmp_path)
+
+
+def test_the_serve_script_starts_on_loopback_answers_and_stops_on_sigterm():
+    import pathlib
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, str(root / "scripts" / "serve.py"), "checkpoint=checkpoints/reach_around", "port=0",
+           "torch_threads=1", "sampler=ddim"]
+    proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**__import__("os").environ, "ASD_POLICY_API_KEY": ""})
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "stops the server" in line:
+                break
+        text = "".join(lines)
+        assert "loopback only" in text and "key: none" in text, text
+        url = re.search(r" at (ws://127\.0\.0\.1:\d+) ", text).group(1)
+        reply = WebsocketClientPolicy(url).infer({"observation": observations(1)[0]})
+        assert reply["actions"].shape == (8, 2) and reply["sampler"] == "ddim"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0 and "stopped" in proc.stdout.read()
+    finally:
+        proc.kill()
+    bad = subprocess.run([sys.executable, str(root / "scripts" / "serve.py"), "checkpiont=x"], cwd=root,
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "did you mean 'checkpoint'" in bad.stderr

@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samplers", nargs="+", default=["asd", "ddpm"])
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--max-batch", type=int, default=16, help="batching on; off is max_batch=1")
-    parser.add_argument("--max-wait-ms", type=float, default=2.0)
+    parser.add_argument("--max-wait-ms", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds before the window opens")
     parser.add_argument("--window", type=float, default=20.0, help="seconds counted per throughput point")
     parser.add_argument("--json")

@@ -27,7 +27,7 @@ class ServeConfig:
     sampler: str = "asd"  # the preset a request without "sampler" gets
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)  # add or change offered presets
     max_batch: int = 16  # requests sampled together, at most (1: no cross-client batching)
-    max_wait_ms: float = 2.0  # how long a request waits for others to batch with (less when all clients are in)
+    max_wait_ms: float = 20.0  # how long a request waits for others to batch with (less when all clients are in)
     api_key: str | None = None  # require "Authorization: Api-Key <key>"; None: $ASD_POLICY_API_KEY, else no key
     max_message_bytes: int = 1 << 20  # larger requests get an error reply (the connection stays open)
     torch_threads: int | None = None  # torch.set_num_threads for inference; None: leave torch's

@@ -188,10 +188,8 @@ class RealtimeController:
 
     # -- inference
     def _infer(self, obs_history: np.ndarray, known: np.ndarray | None = None) -> ChunkInference:
-        call = PolicyCall(self.policy, known, self.device)
-        res = infer_chunk(call, obs_history, self.sampler, self.generator, self.device)
-        res.action_pred = call.action_pred  # type: ignore[attr-defined]
-        return res
+        return infer_chunk(PolicyCall(self.policy, known, self.device), obs_history, self.sampler, self.generator,
+                           self.device)
 
     def _record(self, res: ChunkInference) -> None:
         self._executed.append(0)
@@ -203,7 +201,7 @@ class RealtimeController:
 
     def _as_chunk(self, res: ChunkInference, tick: int) -> _Chunk:
         actions = res.actions[0]
-        pred = getattr(res, "action_pred", None)
+        pred = res.action_pred
         start = self.policy.n_obs_steps - 1
         span = pred[0, start:] if pred is not None and pred.shape[1] - start >= actions.shape[0] else actions
         return _Chunk(len(self._executed) - 1, tick, actions[: self.n_exec], span)
@@ -221,8 +219,8 @@ class RealtimeController:
 
     def expected_delay(self) -> int:
         """Ticks the next chunk is expected to take (exact for a fixed latency model; from the
-        largest of the last 8 latencies otherwise): the inpainted prefix's length, capped at
-        ``n_action_steps - 1``."""
+        largest of the last 8 latencies otherwise). The inpainted prefix is this long, capped at
+        ``n_action_steps - 1`` where the request is built."""
         return delay_ticks(self._latency_estimate(), self.period)
 
     # -- public API

@@ -225,6 +225,8 @@ def infer_chunk(
     action_pred = getattr(out, "action_pred", None)
     if isinstance(action_pred, torch.Tensor):
         action_pred = action_pred.detach().to("cpu", torch.float32).numpy()
+    if action_pred is not None:
+        action_pred = np.asarray(action_pred, dtype=np.float32)
     actions = np.asarray(actions, dtype=np.float32)
     if actions.ndim != 3 or actions.shape[0] != batch:
         raise ValueError(

@@ -103,21 +103,14 @@ def jumps(actions: np.ndarray, sources: Sequence[int], normalize: Callable[[np.n
 
 class PolicyCall:
     """``policy`` as :func:`asd_policy.rollout.infer_chunk` calls it, passing ``known_actions``
-    when given and keeping the chunk's full ``action_pred`` (host numpy) in ``.action_pred``."""
+    when given (the chunk's ``action_pred`` comes back in the ``ChunkInference``)."""
 
     def __init__(self, policy: Any, known: np.ndarray | None, device: torch.device):
         self.policy, self.known, self.device = policy, known, device
         self.n_obs_steps = policy.n_obs_steps
         self.n_action_steps = policy.n_action_steps
-        self.action_pred: np.ndarray | None = None
 
     def predict_action(self, obs: torch.Tensor, **kwargs: Any) -> Any:
         if self.known is not None:
             kwargs["known_actions"] = torch.as_tensor(self.known, device=self.device)
-        out = self.policy.predict_action(obs, **kwargs)
-        pred = getattr(out, "action_pred", None)
-        if pred is not None:
-            if isinstance(pred, torch.Tensor):
-                pred = pred.detach().to("cpu", torch.float32).numpy()
-            self.action_pred = np.asarray(pred, dtype=np.float32)
-        return out
+        return self.policy.predict_action(obs, **kwargs)

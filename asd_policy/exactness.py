@@ -226,7 +226,7 @@ def fidelity(policy: Any, observations: Sequence[tuple[str, np.ndarray]], sample
 
     ``samplers`` must hold the reference (``ddpm``) and may hold the null (``ddpm_null``), e.g.
     ``resolve_check_samplers(DEFAULT_SAMPLERS)``. The evaluation's ``fidelity=true`` calls this with
-    observations taken from its own episodes. ``draw_fn`` (default :func:`draw`) draws a tested
+    observations taken from its own episodes. ``draw_fn`` (default :func:`draw`) draws every
     sampler's chunks; only the power study (``asd_policy.exactness_planted``) passes another.
     """
     by_name = {s.name: s for s in samplers}
@@ -240,7 +240,7 @@ def fidelity(policy: Any, observations: Sequence[tuple[str, np.ndarray]], sample
     check_sizes(n, len(observations), permutations, family * n_asd, alpha)
     rows: dict[str, dict] = {s.name: {"sampler": s.as_dict(), "observations": []} for s in samplers}
     for i, (label, obs) in enumerate(observations):
-        ref, ref_cost = draw(policy, obs, by_name[REFERENCE], n, _seed(seed, i, REFERENCE))
+        ref, ref_cost = draw_fn(policy, obs, by_name[REFERENCE], n, _seed(seed, i, REFERENCE))
         rows[REFERENCE]["observations"].append({"observation": label, **ref_cost})
         for s in tested:
             if progress:

@@ -9,6 +9,7 @@ was written: the correct ASD (L=64) gets a Bonferroni p of 0.22, always-accept 0
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -84,6 +85,26 @@ def test_latency_is_timed_per_sampler_at_batch_one(toy_policy):
     lat = ex.latency_ms(toy_policy, OBS[0][1], samplers, repeats=2)
     assert set(lat) == {s.name for s in samplers} and all(0 < v < 60_000 for v in lat.values())
     assert lat["ddim2"] < lat[ex.REFERENCE]  # 2 sequential calls against 100
+
+
+def test_power_study_draws_the_reference_once_and_matches_fresh_draws(toy_policy, monkeypatch):
+    """The shared cache of clean draws changes no number: each bug's report equals one made with
+    fresh draws, and the DDPM reference is drawn once for all bugs."""
+    from asd_policy import exactness_planted as planted
+
+    calls = []
+    real_draw = ex.draw
+    monkeypatch.setattr(ex, "draw", lambda policy, obs, s, n, seed: calls.append(s.name) or real_draw(policy, obs, s, n, seed))
+    bugs = [None, "always_accept"]
+    result = planted.power(toy_policy, OBS, ["asd16"], bugs, 40, alpha=0.05)
+    assert calls.count(ex.REFERENCE) == 1 and calls.count("asd16") == 2, calls
+    reference, _, asd16 = ex.resolve_check_samplers(["asd16"])  # the null is not drawn by the power study
+    permutations = math.ceil(4 * len(OBS) * len(ex.statistic_names(None)) * 4 / 0.05)
+    for bug in bugs:
+        fresh = ex.fidelity(toy_policy, OBS, [reference, asd16], 40, permutations, 0.05, draw_fn=bugged_draw(bug))
+        got = result["results"][str(bug)]["asd16"]
+        assert (got["p_value"], got["distance"]) == (fresh["samplers"]["asd16"]["p_value"],
+                                                    fresh["samplers"]["asd16"]["distance"])
 
 
 # ---- bad input --------------------------------------------------------------------------------

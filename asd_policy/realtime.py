@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -45,7 +45,16 @@ from asd_policy.rollout import (
     scalar_info,
 )
 from asd_policy.sampler_config import SamplerConfig
-from asd_policy.simclock import LatencyModel, Rate, SimInference, ThreadedInference, delay_ticks, load_avg
+from asd_policy.simclock import (
+    BatchedSimInference,
+    LatencyModel,
+    Rate,
+    SimBatch,
+    SimInference,
+    ThreadedInference,
+    delay_ticks,
+    load_avg,
+)
 from asd_policy.transitions import (
     TRANSITIONS,
     PolicyCall,
@@ -56,7 +65,7 @@ from asd_policy.transitions import (
     known_actions,
 )
 
-__all__ = ["CLOCKS", "Rate", "RealtimeController", "RealtimeReport", "run_realtime"]
+__all__ = ["CLOCKS", "Rate", "RealtimeController", "RealtimeReport", "run_realtime", "run_realtime_batch"]
 
 CLOCKS = ("wall", "sim")
 
@@ -122,6 +131,9 @@ class RealtimeController:
             the measured latency of each call).
         transition: ``"switch"``, ``"ensemble"`` or ``"inpaint"`` (:mod:`asd_policy.transitions`).
         ensemble_decay: ``m`` of the ensemble weights ``exp(-m * i)``, ``i = 0`` the oldest chunk.
+        sim_batch: on the simulated clock with a fixed latency model, the
+            :class:`~asd_policy.simclock.SimBatch` shared by controllers stepped in lockstep
+            (:func:`run_realtime_batch`), so their requests are inferred together.
     """
 
     def __init__(
@@ -139,6 +151,7 @@ class RealtimeController:
         latency: LatencyModel | float | None = None,
         transition: str = "switch",
         ensemble_decay: float = 0.01,
+        sim_batch: SimBatch | None = None,
     ):
         if on_miss not in ("hold", "zero"):
             raise ValueError(f"on_miss must be 'hold' or 'zero', got {on_miss!r}")
@@ -166,8 +179,14 @@ class RealtimeController:
         self.transition = transition
         self.ensemble_decay = float(ensemble_decay)
         self._normalize = action_normalizer(policy)
-        self._backend = (SimInference(self._infer, self.period, self.latency) if clock == "sim"
-                         else ThreadedInference(self._infer))
+        if sim_batch is not None and clock != "sim":
+            raise ValueError("sim_batch needs clock='sim'")
+        if sim_batch is not None:
+            self._backend = BatchedSimInference(sim_batch, self.period, self.latency, lambda: self.generator)
+        elif clock == "sim":
+            self._backend = SimInference(self._infer, self.period, self.latency)
+        else:
+            self._backend = ThreadedInference(self._infer)
         self._history: ObsHistory | None = None
         self._chunks: list[_Chunk] = []  # arrived, oldest first; the last one is current
         self._request_tick = 0
@@ -224,8 +243,10 @@ class RealtimeController:
         return delay_ticks(self._latency_estimate(), self.period)
 
     # -- public API
-    def reset(self, obs: np.ndarray) -> None:
-        """Start an episode from ``obs``: clears state and infers the first chunk (blocking)."""
+    def reset(self, obs: np.ndarray, first: ChunkInference | None = None) -> None:
+        """Start an episode from ``obs``: clears state and infers the first chunk (blocking).
+        ``first``: that chunk, when the caller inferred it from ``obs`` (and made the warm-up
+        call) with this controller's generator, as :func:`run_realtime_batch` does for all its envs at once."""
         self._backend.drain()
         obs = np.asarray(obs, dtype=np.float32).reshape(-1)
         self._history = ObsHistory(self.policy.n_obs_steps, 1, obs.shape[0])
@@ -235,9 +256,9 @@ class RealtimeController:
         self.report_ = self._new_report()
         self._latencies, self._seq, self._nfe, self._executed = [], [], [], []
         self._actions, self._sources = [], []
-        if self.warmup:
+        if first is None and self.warmup:
             self._infer(self._history.get())  # first call pays one-off costs; not recorded
-        res = self._infer(self._history.get())
+        res = first if first is not None else self._infer(self._history.get())
         res.latency_s = self.latency.latency_s(res.latency_s)
         self._record(res)
         self._chunks = [self._as_chunk(res, 0)]
@@ -367,6 +388,72 @@ class RealtimeController:
         self.close()
 
 
+def _control_hz(env: Any, control_hz: float | None) -> float:
+    hz = control_hz or getattr(env.unwrapped, "control_hz", None) or env.metadata.get("control_hz")
+    if not hz:
+        raise ValueError("control_hz not given and the env does not declare one")
+    return hz
+
+
+class _Episode:
+    """One env's episode under a controller: ``start`` resets both, each ``step`` is one tick; an
+    env or inference failure ends the episode as failed, with its error."""
+
+    def __init__(self, env: Any, ctrl: RealtimeController, seed: int, max_steps: int | None):
+        self.env, self.ctrl, self.max_steps = env, ctrl, max_steps
+        self.ep = EpisodeResult(seed=int(seed))
+        self.load0 = None if ctrl.latency.fixed else load_avg()
+        self.obs: Any = None
+
+    def reset_env(self) -> bool:
+        try:
+            self.obs, _ = self.env.reset(seed=self.ep.seed)
+            return True
+        except Exception as exc:  # noqa: BLE001 - an env failure fails the episode
+            return self._fail(exc)
+
+    def start(self, first: ChunkInference | None = None) -> bool:
+        """Reset the env (unless :meth:`reset_env` did) and the controller, with ``first`` if given."""
+        if self.obs is None and not self.reset_env():
+            return False
+        try:
+            self.ctrl.reset(self.obs, first)
+            return True
+        except Exception as exc:  # noqa: BLE001
+            return self._fail(exc)
+
+    def step(self) -> bool:
+        """One tick; False once the episode is over."""
+        ep = self.ep
+        try:
+            action = self.ctrl.act(self.obs)
+            self.obs, rew, term, trunc, info = self.env.step(action)
+        except Exception as exc:  # noqa: BLE001
+            return self._fail(exc)
+        ep.steps += 1
+        ep.episode_return += float(rew)
+        ep.success = ep.success or _is_success(info)
+        ep.final_info = scalar_info(info)
+        return not (term or trunc or (self.max_steps and ep.steps >= self.max_steps))
+
+    def _fail(self, exc: Exception) -> bool:
+        self.ep.error = _error_text(exc)
+        self.ep.success = False
+        return False
+
+    def result(self, rate: Rate | None = None) -> EpisodeResult:
+        ep, ctrl = self.ep, self.ctrl
+        ep.report = ctrl.report(rate)
+        if not ctrl.latency.fixed:
+            ep.report.load_avg_start, ep.report.load_avg_end = self.load0, load_avg()
+        ep.wall_s = ep.report.wall_s or 0.0
+        ep.chunk_latency_ms = ctrl.chunk_latency_ms
+        ep.chunk_actions = ctrl.chunk_actions
+        ep.sequential_calls = list(ctrl._seq)
+        ep.nfe = list(ctrl._nfe)
+        return ep
+
+
 def run_realtime(
     env: Any,
     policy: ChunkPolicy,
@@ -381,41 +468,83 @@ def run_realtime(
     ``env.unwrapped.control_hz`` / ``env.metadata["control_hz"]``) on the wall clock, or on the
     simulated clock with ``clock="sim"`` (no sleeping; ``wall_s`` is then simulated time). The
     result's ``report`` says how well the schedule was kept."""
-    hz = control_hz or getattr(env.unwrapped, "control_hz", None) or env.metadata.get("control_hz")
-    if not hz:
-        raise ValueError("control_hz not given and the env does not declare one")
+    hz = _control_hz(env, control_hz)
     if generator is None:
         generator = torch.Generator(device=policy_device(policy)).manual_seed(int(seed))
-    ep = EpisodeResult(seed=int(seed))
-    with RealtimeController(policy, hz, sampler=sampler, generator=generator,
-                            **controller_kwargs) as ctrl:
+    with RealtimeController(policy, hz, sampler=sampler, generator=generator, **controller_kwargs) as ctrl:
         rate = Rate(hz) if ctrl.clock == "wall" else None
-        load0 = None if ctrl.latency.fixed else load_avg()
-        try:
-            obs, _ = env.reset(seed=int(seed))
-            ctrl.reset(obs)
+        episode = _Episode(env, ctrl, seed, max_steps)
+        if episode.start():
             if rate is not None:
                 rate.start()
-            while True:
-                action = ctrl.act(obs)
-                obs, rew, term, trunc, info = env.step(action)
-                ep.steps += 1
-                ep.episode_return += float(rew)
-                ep.success = ep.success or _is_success(info)
-                ep.final_info = scalar_info(info)
-                if term or trunc or (max_steps and ep.steps >= max_steps):
-                    break
+            while episode.step():
                 if rate is not None:
                     rate.sleep()
-        except Exception as exc:  # noqa: BLE001 - an env failure fails the episode
-            ep.error = _error_text(exc)
-            ep.success = False
-        ep.report = ctrl.report(rate)
-        if not ctrl.latency.fixed:
-            ep.report.load_avg_start, ep.report.load_avg_end = load0, load_avg()
-        ep.wall_s = ep.report.wall_s or 0.0
-        ep.chunk_latency_ms = ctrl.chunk_latency_ms
-        ep.chunk_actions = ctrl.chunk_actions
-        ep.sequential_calls = list(ctrl._seq)
-        ep.nfe = list(ctrl._nfe)
-    return ep
+        return episode.result(rate)
+
+
+def run_realtime_batch(
+    envs: Sequence[Any],
+    policy: ChunkPolicy,
+    seeds: Sequence[int],
+    generators: Sequence[torch.Generator],
+    latency: LatencyModel,
+    control_hz: float | None = None,
+    sampler: SamplerConfig | None = None,
+    max_steps: int | None = None,
+    **controller_kwargs: Any,
+) -> list[EpisodeResult]:
+    """Episodes of several envs on one simulated clock, in lockstep: at each tick every env acts,
+    and the chunk requests queued by the time one is due are inferred in one batched call
+    (:class:`~asd_policy.simclock.SimBatch`). Needs a fixed latency model. Episode ``i`` (env
+    ``envs[i]``, ``seeds[i]``, its own ``generators[i]``) is the one :func:`run_realtime` gives with
+    the same seed and generator, up to the rounding of a batched network call."""
+    if not (len(envs) == len(seeds) == len(generators)):
+        raise ValueError(f"one seed and one generator per env: {len(envs)} envs, {len(seeds)} seeds, "
+                         f"{len(generators)} generators")
+    hz = _control_hz(envs[0], control_hz)
+    device = policy_device(policy)
+
+    def infer(obs: np.ndarray, known: np.ndarray | None, gens: list) -> ChunkInference:
+        return infer_chunk(PolicyCall(policy, known, device), obs, sampler, gens, device)
+
+    batch = SimBatch(infer)
+    episodes = []
+    for env, seed, g in zip(envs, seeds, generators):
+        ctrl = RealtimeController(policy, hz, sampler=sampler, generator=g, clock="sim", latency=latency,
+                                  sim_batch=batch, **controller_kwargs)
+        episodes.append(_Episode(env, ctrl, seed, max_steps))
+    try:
+        running = _start_together([e for e in episodes if e.reset_env()], infer)
+        while running:
+            still = []
+            for e in running:
+                if e.step():
+                    still.append(e)
+                else:
+                    e.ctrl.close()  # its pending request leaves the queue before the next batch runs
+            running = still
+    finally:
+        for e in episodes:
+            e.ctrl.close()
+    return [e.result() for e in episodes]
+
+
+def _start_together(episodes: list[_Episode], infer: Callable[..., ChunkInference]) -> list[_Episode]:
+    """Every episode's warm-up call and first chunk, each in one batched call (as each
+    controller's ``reset`` would make them one by one, from the same generators), then the resets;
+    the episodes that started. A failed call fails every episode of the batch."""
+    if not episodes:
+        return []
+    hist = np.concatenate([np.repeat(np.asarray(e.obs, np.float32).reshape(1, 1, -1), e.ctrl.policy.n_obs_steps, 1)
+                           for e in episodes])
+    gens = [e.ctrl.generator for e in episodes]
+    try:
+        if episodes[0].ctrl.warmup:
+            infer(hist, None, gens)
+        first = infer(hist, None, gens)
+    except Exception as exc:  # noqa: BLE001
+        for e in episodes:
+            e._fail(exc)
+        return []
+    return [e for b, e in enumerate(episodes) if e.start(first.row(b))]

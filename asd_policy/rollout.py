@@ -65,6 +65,17 @@ class ChunkInference:
     action_pred: np.ndarray | None = None  # [B, horizon, action_dim], when the policy returns it
     stats: Any = None  # the sampler's own stats (e.g. SamplerStats), as the policy returned them
 
+    def row(self, b: int) -> "ChunkInference":
+        """Element ``b`` as a batch of one: its own sequential calls and NFE where the sampler
+        reports them per element, the batch's latency (the caller's to replace if it models it)."""
+        seq, nfe = self.per_element_sequential_calls, self.per_element_nfe
+        return ChunkInference(
+            self.actions[b : b + 1], self.latency_s,
+            self.sequential_calls if seq is None else float(seq[b]),
+            self.nfe if nfe is None else float(nfe[b]),
+            action_pred=None if self.action_pred is None else self.action_pred[b : b + 1],
+        )
+
 
 @dataclass
 class EpisodeResult:

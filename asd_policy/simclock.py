@@ -11,6 +11,12 @@ is requested and its result is held back until its arrival tick.
 ``L`` comes from a latency model: the measured latency of that very inference call
 (``latency_ms=None``), a fixed number of ms, or a ``{sampler: ms}`` map (``latency_ms`` or a
 JSON file given as ``latency_profile``), so a CPU box can replay another device's latency.
+
+With a fixed latency model a request's arrival tick is known when it is made, so several envs
+can run in lockstep on one simulated clock and have their requests inferred together
+(:class:`SimBatch`, :class:`BatchedSimInference`): a request runs when its chunk is first due,
+batched with every request queued by then. Each chain draws from its own generator, so an
+episode is the one it would be alone (up to a batched network call's rounding).
 """
 from __future__ import annotations
 
@@ -19,13 +25,16 @@ import math
 import numbers
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
+
 from asd_policy.config import ConfigError
 
-__all__ = ["Rate", "delay_ticks", "LatencyModel", "SimInference", "ThreadedInference", "check_latency_ms",
-           "load_latency_profile", "latency_for_samplers", "load_avg"]
+__all__ = ["Rate", "delay_ticks", "LatencyModel", "SimInference", "SimBatch", "SimRequest", "BatchedSimInference",
+           "ThreadedInference", "check_latency_ms", "load_latency_profile", "latency_for_samplers", "load_avg"]
 
 #: Float slack so that a latency of exactly m periods (e.g. 0.3 s at 10 Hz) counts as m ticks.
 _EPS = 1e-9
@@ -150,6 +159,100 @@ class SimInference:
 
     def drain(self) -> None:
         self._result = None
+
+    def close(self) -> None:
+        self.drain()
+
+
+@dataclass(eq=False)
+class SimRequest:
+    """One env's chunk request: its observation history ``[1, T, obs_dim]``, known actions
+    ``[1, horizon, action_dim]`` or None, and the generator its chain draws from."""
+
+    obs_history: Any
+    known: Any
+    generator: Any
+    result: Any = None  # its ChunkInference, once its batch ran
+    error: BaseException | None = None  # what its batch raised, re-raised where its result is due
+
+
+class SimBatch:
+    """The queued requests of several envs' controllers on one simulated clock.
+
+    ``infer(obs_history [B, T, D], known [B, H, A] or None, generators [B]) -> ChunkInference``
+    runs one batched call. :meth:`run` infers every queued request: those with known actions and
+    those without in separate calls (they draw their chain's noise differently).
+    """
+
+    def __init__(self, infer: Callable[[Any, Any, list], Any]):
+        self.infer = infer
+        self._queue: list[SimRequest] = []
+        self.batch_sizes: list[int] = []
+
+    def put(self, request: SimRequest) -> None:
+        self._queue.append(request)
+
+    def cancel(self, request: SimRequest) -> None:
+        self._queue = [r for r in self._queue if r is not request]
+
+    def run(self) -> None:
+        queue, self._queue = self._queue, []
+        groups: dict[bool, list[SimRequest]] = {}
+        for r in queue:
+            groups.setdefault(r.known is not None, []).append(r)
+        for with_known, reqs in groups.items():
+            obs = np.concatenate([r.obs_history for r in reqs])
+            known = np.concatenate([r.known for r in reqs]) if with_known else None
+            try:
+                res = self.infer(obs, known, [r.generator for r in reqs])
+            except Exception as exc:  # noqa: BLE001 - each env's episode fails when its chunk is due
+                for r in reqs:
+                    r.error = exc
+                continue
+            self.batch_sizes.append(len(reqs))
+            for b, r in enumerate(reqs):
+                r.result = res.row(b)
+
+
+class BatchedSimInference:
+    """:class:`SimInference` for one env of a lockstep batch: ``submit`` queues the request in the
+    shared :class:`SimBatch`; ``poll`` at its arrival tick runs the batch if it has not run yet.
+    Needs a fixed latency model (the arrival tick must be known before inference runs, and a
+    measured latency would be the batch's, not this chunk's)."""
+
+    def __init__(self, batch: SimBatch, period_s: float, model: LatencyModel, generator: Callable[[], Any]):
+        if not model.fixed:
+            raise ValueError("batched simulated-clock inference needs a fixed latency model (latency_ms or "
+                             "latency_profile): a measured latency would be the batch's; run one env at a time")
+        self.batch, self.period, self.model, self.generator = batch, float(period_s), model, generator
+        self._request: SimRequest | None = None
+        self._arrival = 0
+
+    @property
+    def pending(self) -> bool:
+        return self._request is not None
+
+    def submit(self, tick: int, obs_history: Any, known: Any = None) -> None:
+        self._request = SimRequest(obs_history, known, self.generator())
+        self._arrival = tick + delay_ticks(self.model.latency_s(0.0), self.period)
+        self.batch.put(self._request)
+
+    def poll(self, tick: int) -> Any:
+        req = self._request
+        if req is None or tick < self._arrival:
+            return None
+        if req.result is None and req.error is None:
+            self.batch.run()
+        self._request = None
+        if req.error is not None:
+            raise req.error
+        req.result.latency_s = self.model.latency_s(0.0)
+        return req.result
+
+    def drain(self) -> None:
+        if self._request is not None:
+            self.batch.cancel(self._request)
+            self._request = None
 
     def close(self) -> None:
         self.drain()

@@ -97,7 +97,7 @@ class FakePolicy:
             time.sleep(self.fixed_latency + seq * self.delay_per_call)
         obs = obs_history[:, -1].float()
         remaining = obs[:, 2:] - obs[:, :2]  # plan a straight line to the goal (env moves 0.25 * a)
-        noise = torch.randn((b, self.n_action_steps, 2), generator=generator) * self.noise
+        noise = randn_rows((b, self.n_action_steps, 2), generator) * self.noise
         acts = []
         for k in range(self.n_action_steps):
             a = (remaining / 0.25 + noise[:, k]).clamp(-1, 1)
@@ -110,6 +110,14 @@ class FakePolicy:
         action_pred = apply_known(action_pred, known_actions)
         return PolicyOutput(action_pred[:, start:start + self.n_action_steps], action_pred,
                             fake_stats(method, b, seq))
+
+
+def randn_rows(shape, generator):
+    """``torch.randn(shape)``; with a list of generators (one per row, as DiffusionPolicy takes them)
+    row b is drawn from generator b alone, as it would be in a batch of one."""
+    if isinstance(generator, (list, tuple)):
+        return torch.stack([torch.randn(shape[1:], generator=g) for g in generator])
+    return torch.randn(shape, generator=generator)
 
 
 def apply_known(action_pred, known_actions):

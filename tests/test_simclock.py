@@ -164,6 +164,18 @@ def test_sim_runs_are_deterministic_with_a_fixed_latency_model(tmp_path):
     assert c["episodes"] != a["episodes"]
 
 
+@pytest.mark.parametrize("transition", ["switch", "inpaint", "ensemble"])
+def test_lockstep_envs_give_the_episodes_of_one_env_at_a_time(tmp_path, transition):
+    """num_envs=4 on the simulated clock batches the envs' chunk requests, and every episode row is
+    the one num_envs=1 gives (each episode's chains draw from its own generator)."""
+    policies = {n: FakePolicy(noise=1.5, n_action_steps=6) for n in (1, 4)}  # noisy: long episodes, many chunks
+    res = {n: _run(tmp_path, f"n{n}", policies[n], episodes=6, num_envs=n, transition=transition) for n in (1, 4)}
+    rows = {n: sorted((tmp_path / f"n{n}" / EPISODES_NAME).read_text().splitlines()) for n in (1, 4)}
+    assert len(rows[1]) == 12 and rows[4] == rows[1]  # in another order: batch by batch, sampler by sampler
+    assert res[4]["samplers"] == res[1]["samplers"]
+    assert policies[4].calls < policies[1].calls / 2  # the requests were batched
+
+
 def test_metrics_and_inpaint_cuts_boundary_jumps(tmp_path):
     res = {t: _run(tmp_path, t, JumpyPolicy(n_action_steps=8, horizon=16), transition=t, max_steps=30)
            for t in ("switch", "inpaint", "ensemble")}
@@ -190,7 +202,9 @@ def test_measured_latency_records_load(tmp_path):
 def test_bad_inputs_fail_before_any_episode(tmp_path):
     sim = dict(realtime="sim", samplers=["ddpm", "asd"])
     cases = [
-        (dict(num_envs=2), "realtime=sim runs one env at a time"),
+        (dict(num_envs=2, latency_ms=None), "realtime=sim with num_envs=2 needs a fixed latency model"),
+        (dict(num_envs=2, latency_ms=100, vector_env="sync"), "drop vector_env=sync"),
+        (dict(num_envs=2, realtime="wall"), "realtime=wall runs one env at a time"),
         (dict(transition="inpant"), r"transition='inpant' is not valid \(did you mean 'inpaint'\?\)"),
         (dict(latency_ms={"ddpm": 700}), "latency_ms has no latency for sampler.* asd; add asd: <ms>"),
         (dict(latency_ms=-3), "latency_ms must be a number of milliseconds >= 0, got -3"),

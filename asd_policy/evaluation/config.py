@@ -42,14 +42,14 @@ class EvalConfig:
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)  # add or change presets, e.g. {asd8L: {method: asd, speculation_length: 8}}
     episodes: int = 20  # per sampler
     seed: int = HELD_OUT_SEED  # first env seed: above the demonstrations' seeds 0, 1, ...
-    num_envs: int = 1  # episodes run in lockstep, one batched inference per chunk
+    num_envs: int = 1  # episodes run in lockstep, one batched inference per chunk (realtime=sim: with a fixed latency model)
     vector_env: str | None = None  # None: a list of envs (an env error fails only its episode); sync | async: gymnasium.vector
     device: str = "cpu"  # cpu | cuda | cuda:1 | mps
     torch_threads: int | None = 1  # torch.set_num_threads during the evaluation; None: leave torch's
     max_steps: int | None = None  # cap on steps per episode (the task's TimeLimit applies anyway)
     n_action_steps: int | None = None  # actions executed per chunk; None: the policy's
     warmup: bool = True  # one untimed inference per sampler before timing
-    realtime: Any = False  # false | wall (true) | sim: each episode at the control rate on the wall or a simulated clock (one env)
+    realtime: Any = False  # false | wall (true) | sim: each episode at the control rate on the wall or a simulated clock
     control_hz: float | None = None  # real-time rate; None: the task's
     transition: str = "switch"  # real-time chunk transition: switch | ensemble | inpaint
     ensemble_decay: float = 0.01  # transition=ensemble: weights exp(-m * i), i = 0 the oldest chunk (ACT's m)
@@ -125,10 +125,18 @@ class EvalConfig:
             raise ConfigError(f"transition={self.transition} needs a real-time run; add realtime=sim (or wall)")
         if self.realtime != "sim" and (self.latency_ms is not None or self.latency_profile is not None):
             raise ConfigError("latency_ms / latency_profile set the simulated clock's latency; add realtime=sim")
-        if self.realtime == "sim" and self.num_envs > 1:
-            raise ConfigError(f"realtime=sim runs one env at a time; drop num_envs={self.num_envs} (or use num_envs=1)")
         self.latency_ms = check_latency_ms(self.latency_ms)
-        self.latency_models()
+        models = self.latency_models()
+        if self.realtime == "sim" and self.num_envs > 1:
+            if not all(m.fixed for m in models.values()):
+                raise ConfigError(f"realtime=sim with num_envs={self.num_envs} needs a fixed latency model (latency_ms "
+                                  "or latency_profile): a measured latency would be the batch's, not one chunk's; set "
+                                  "one, or use num_envs=1")
+            if self.vector_env is not None:
+                raise ConfigError(f"realtime=sim steps each env on its own clock; drop vector_env={self.vector_env}")
+        if self.realtime == "wall" and self.num_envs > 1:
+            raise ConfigError(f"realtime=wall runs one env at a time on the wall clock; drop num_envs={self.num_envs} "
+                              "(or use realtime=sim with a latency model to run several)")
 
     def latency_models(self) -> dict[str, LatencyModel]:
         """Each listed sampler's latency model on the simulated clock."""

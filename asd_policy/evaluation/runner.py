@@ -26,7 +26,7 @@ from asd_policy.evaluation.summary import assemble, episode_row
 from asd_policy.evaluation.tables import format_table
 from asd_policy.evaluation.wandb_log import log_to_wandb
 from asd_policy.io import write_json
-from asd_policy.realtime import run_realtime
+from asd_policy.realtime import run_realtime, run_realtime_batch
 from asd_policy.rollout import EpisodeResult, infer_chunk, latency_summary, policy_device, rollout_episodes
 from asd_policy.sampler_config import SamplerConfig, resolve_samplers
 from asd_policy.simclock import LatencyModel, delay_ticks
@@ -116,7 +116,7 @@ def _prepare(cfg: EvalConfig, policy: Any, env_fn: Callable[..., Any] | None, ou
                                      action_dim=spec_task.action_dim if spec_task else None)
     stored = getattr(getattr(policy, "config", None), "sampler", None) or getattr(policy, "stored_sampler", None)
     specs = resolve_samplers(cfg.samplers, cfg.presets, stored=stored if isinstance(stored, Mapping) else None)
-    pool = EnvPool(env_fn, 1 if cfg.realtime else cfg.num_envs, cfg.vector_env, cfg.videos > 0, task)
+    pool = EnvPool(env_fn, 1 if cfg.realtime == "wall" else cfg.num_envs, cfg.vector_env, cfg.videos > 0, task)
     probe = pool.first
     control_hz = cfg.control_hz or (spec_task.control_hz if spec_task is not None else None)
     if control_hz is None and probe is not None:
@@ -250,9 +250,8 @@ def _run_episodes(run: _Run, store: EpisodeStore, bar: Any) -> None:
             if not todo:
                 continue
             _warmup(run, spec)
-            gen = torch.Generator(device=run.device).manual_seed(int(cfg.seed) * 1_000_003 + todo[0])
             timed = len(getattr(run.policy, "server_timing", ()))
-            results = _run_batch(run, spec, todo, gen)
+            results = _run_batch(run, spec, todo)
             if cfg.policy_server:
                 run.server_infer_ms.setdefault(spec.name, []).extend(
                     t["infer_ms"] for t in run.policy.server_timing[timed:])
@@ -265,18 +264,28 @@ def _run_episodes(run: _Run, store: EpisodeStore, bar: Any) -> None:
             run.pool.replace_broken(results)
 
 
-def _run_batch(run: _Run, spec: SamplerConfig, todo: list[int], gen: torch.Generator) -> list[EpisodeResult]:
-    """Episodes ``todo`` of one sampler: in lockstep, or one on the wall clock in real-time mode."""
+def _generator(run: _Run, episode: int) -> torch.Generator:
+    """The sampler's generator of a batch whose first episode is ``episode`` (in real time, one
+    per episode: a real-time episode's chunks then do not depend on the batch it ran in)."""
+    return torch.Generator(device=run.device).manual_seed(int(run.cfg.seed) * 1_000_003 + episode)
+
+
+def _run_batch(run: _Run, spec: SamplerConfig, todo: list[int]) -> list[EpisodeResult]:
+    """Episodes ``todo`` of one sampler in lockstep (batched inference; on the simulated clock each
+    env keeps its own schedule and the requests due together are batched), or one at a time."""
     cfg = run.cfg
     policy = run.recorder.policy_for(run.policy, spec.name, todo) if run.recorder else run.policy
     if cfg.realtime:
-        extra: dict[str, Any] = {}
-        if cfg.realtime == "sim":
-            extra = {"clock": "sim", "latency": run.latency[spec.name]}
-        return [run_realtime(run.pool.first, policy, control_hz=run.control_hz, sampler=spec,
-                             seed=cfg.seed + todo[0], max_steps=cfg.max_steps, generator=gen,
-                             n_action_steps=cfg.n_action_steps, transition=cfg.transition,
-                             ensemble_decay=cfg.ensemble_decay, **extra)]
+        common = dict(control_hz=run.control_hz, sampler=spec, max_steps=cfg.max_steps,
+                      n_action_steps=cfg.n_action_steps, transition=cfg.transition, ensemble_decay=cfg.ensemble_decay)
+        if cfg.realtime == "sim" and len(todo) > 1:
+            envs, seeds = run.pool.for_seeds([cfg.seed + e for e in todo], 0)
+            return run_realtime_batch(envs, policy, seeds, [_generator(run, e) for e in todo], run.latency[spec.name],
+                                      **common)
+        clock = {"clock": "sim", "latency": run.latency[spec.name]} if cfg.realtime == "sim" else {}
+        return [run_realtime(run.pool.first, policy, seed=cfg.seed + todo[0], generator=_generator(run, todo[0]),
+                             **common, **clock)]
+    gen = _generator(run, todo[0])
     envs, seeds = run.pool.for_seeds([cfg.seed + e for e in todo], cfg.seed + cfg.episodes + 10_000)
     record = cfg.videos > 0 and sum(k.startswith(f"{spec.name}_ep") for k in run.videos) < cfg.videos
     results = rollout_episodes(envs, policy, seeds, spec, gen, max_steps=cfg.max_steps,

@@ -34,7 +34,8 @@ import numpy as np
 from asd_policy.config import ConfigError
 
 __all__ = ["Rate", "delay_ticks", "LatencyModel", "SimInference", "SimBatch", "SimRequest", "BatchedSimInference",
-           "ThreadedInference", "check_latency_ms", "load_latency_profile", "latency_for_samplers", "load_avg"]
+           "ThreadedInference", "check_latency_ms", "load_latency_profile", "profile_from_results", "latency_for_samplers",
+           "load_avg"]
 
 #: Float slack so that a latency of exactly m periods (e.g. 0.3 s at 10 Hz) counts as m ticks.
 _EPS = 1e-9
@@ -110,6 +111,26 @@ def load_latency_profile(path: str | os.PathLike) -> dict[str, float]:
         raise ConfigError(f"latency_profile={os.fspath(path)!r} must hold a non-empty JSON object "
                           f"{{sampler: ms}}, got {type(data).__name__}")
     return {str(k): _number(f"latency_profile {os.fspath(path)}: {k}", v) for k, v in data.items()}
+
+
+LATENCY_STATS = ("mean", "p50", "p95", "p99")
+
+
+def profile_from_results(results: Mapping[str, Any], stat: str = "mean") -> dict[str, float]:
+    """A latency profile ``{sampler: ms}`` from an evaluation's results.json: each sampler's
+    ``chunk_latency_ms[stat]`` (a measured run's own latency, e.g. a GPU's, to replay elsewhere)."""
+    if stat not in LATENCY_STATS:
+        raise ConfigError(f"stat={stat!r} is not one of {', '.join(LATENCY_STATS)}")
+    samplers = results.get("samplers") if isinstance(results, Mapping) else None
+    if not isinstance(samplers, Mapping) or not samplers:
+        raise ConfigError("no samplers in these results; give the results.json of scripts/eval.py")
+    out = {}
+    for name, row in samplers.items():
+        value = (row.get("chunk_latency_ms") or {}).get(stat)
+        if value is None:
+            raise ConfigError(f"sampler {name!r} has no chunk_latency_ms.{stat} (no chunk was timed); rerun its episodes")
+        out[str(name)] = round(_number(f"{name}.chunk_latency_ms.{stat}", value), 1)
+    return out
 
 
 def latency_for_samplers(samplers: Sequence[str], latency_ms: Any = None,

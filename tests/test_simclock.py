@@ -176,6 +176,27 @@ def test_lockstep_envs_give_the_episodes_of_one_env_at_a_time(tmp_path, transiti
     assert policies[4].calls < policies[1].calls / 2  # the requests were batched
 
 
+def test_latency_profile_from_a_measured_run_replays_its_latency(tmp_path):
+    """scripts/latency_profile.py turns a run's results.json into a profile the simulated clock takes."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    measured = _run(tmp_path, "m", FakePolicy(noise=0.0, fixed_latency=0.02), latency_ms=None, episodes=1)
+    script = Path(__file__).resolve().parents[1] / "scripts" / "latency_profile.py"
+    out = tmp_path / "profile.json"
+    res = subprocess.run([sys.executable, str(script), str(tmp_path / "m" / "results.json"), "--stat", "p50",
+                          "--out", str(out)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    profile = json.loads(out.read_text())
+    assert profile == {s: round(measured["samplers"][s]["chunk_latency_ms"]["p50"], 1) for s in ("ddpm", "asd")}
+    assert all(v >= 20 for v in profile.values())  # the fake sleeps 20 ms per chunk
+    replay = _run(tmp_path, "r", FakePolicy(noise=0.0), latency_ms=None, latency_profile=str(out), episodes=1)
+    assert replay["samplers"]["asd"]["chunk_latency_ms"]["mean"] == profile["asd"]
+    bad = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "no samplers in these results" in bad.stderr
+
+
 def test_metrics_and_inpaint_cuts_boundary_jumps(tmp_path):
     res = {t: _run(tmp_path, t, JumpyPolicy(n_action_steps=8, horizon=16), transition=t, max_steps=30)
            for t in ("switch", "inpaint", "ensemble")}

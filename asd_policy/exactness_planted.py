@@ -128,6 +128,26 @@ def power(policy: Any, observations: Sequence, sampler_names: Sequence[str], bug
             "threshold": alpha / asd_family, "results": out}
 
 
+BUG_LABELS = {
+    "always_accept": "always-accept (keep every draft)",
+    "neighbour_row": "neighbour-row target (model output rows rolled by one)",
+    "reflect_wrong_mean": "reflect about the wrong mean (mu_q)",
+    "None": "none (the correct ASD)",
+}
+
+
+def power_table(result: dict) -> str:
+    """The markdown table of a :func:`power` result (as written by ``--out``), one row per bug and sampler."""
+    head = ["planted bug", "sampler", "p-value (Bonferroni)", "smallest p (statistic, observation)", "distance", "detected"]
+    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join(["---"] * len(head)) + " |"]
+    for bug, rows in result["results"].items():
+        for sampler, r in rows.items():
+            sp = r["smallest_p"]
+            lines.append(f"| {BUG_LABELS.get(bug, bug)} | {sampler} | {r['p_value']:.3g} | {sp['p']:.2g} ({sp['statistic']}, "
+                         f"{sp['observation']}) | {r['distance']:.3g} | {'yes' if r['detected'] else 'no'} |")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     import asd_envs
 
@@ -138,8 +158,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--rollout-states", type=int, default=2)
     ap.add_argument("--samplers", nargs="+", default=["asd16"])
     ap.add_argument("--bugs", nargs="+", default=list(BUGS))
-    ap.add_argument("--out", default=None)
+    ap.add_argument("--out", default=None, help="write the result as JSON here")
+    ap.add_argument("--table", metavar="JSON", help="only print the markdown table of a result written by --out")
     args = ap.parse_args(argv)
+    if args.table:
+        with open(args.table) as f:
+            print(power_table(json.load(f)))
+        return
     torch.set_num_threads(1)
     policy = ex.load_checked(args.checkpoint)
     task = policy.config.task_name
@@ -151,6 +176,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     result["cpu_s"] = time.process_time() - start
     text = json.dumps(result, indent=2)
     print(text)
+    print(power_table(result), file=sys.stderr)
     if args.out:
         with open(args.out, "w") as f:
             f.write(text)

@@ -208,7 +208,6 @@ class SimBatch:
     def __init__(self, infer: Callable[[Any, Any, list], Any]):
         self.infer = infer
         self._queue: list[SimRequest] = []
-        self.batch_sizes: list[int] = []
 
     def put(self, request: SimRequest) -> None:
         self._queue.append(request)
@@ -230,7 +229,6 @@ class SimBatch:
                 for r in reqs:
                     r.error = exc
                 continue
-            self.batch_sizes.append(len(reqs))
             for b, r in enumerate(reqs):
                 r.result = res.row(b)
 

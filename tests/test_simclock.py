@@ -246,6 +246,8 @@ def test_bad_inputs_fail_before_any_episode(tmp_path):
             EvalConfig(**{**sim, **kw})
         assert "\n" not in str(ei.value)
     policy = FakePolicy(n_action_steps=4)
+    with pytest.raises(EvalError, match=r"n_action_steps=6 is more than the 4 actions a chunk of this policy holds"):
+        _run(tmp_path, "steps", policy, n_action_steps=6)
     with pytest.raises(EvalError, match=r"sampler 'ddpm' takes 700 ms = 7 ticks at 10 Hz, not fewer than the 4 "
                                         r"actions.*faster sampler, control_hz below 5.71, or transition=switch"):
         _run(tmp_path, "long", policy, transition="inpaint", latency_ms={"ddpm": 700.0, "asd": 100.0})

@@ -125,6 +125,7 @@ def _prepare(cfg: EvalConfig, policy: Any, env_fn: Callable[..., Any] | None, ou
     try:
         if probe is not None:
             check_dims(policy, probe, task)
+        _check_action_steps(cfg, policy)
         _check_transition(cfg, policy, control_hz, latency)
         recorder = _fidelity_recorder(cfg, policy, specs)
     except EvalError:
@@ -140,6 +141,14 @@ def _fidelity_recorder(cfg: EvalConfig, policy: Any, specs: list[SamplerConfig])
     fidelity.check_policy(policy, specs)
     cfg.check_fidelity_sizes(policy.config.task_name, sum(s.method == "asd" for s in specs))
     return fidelity.ObsRecorder(fidelity.recording_sampler(specs), cfg.fidelity_observations)
+
+
+def _check_action_steps(cfg: EvalConfig, policy: Any) -> None:
+    """n_action_steps can shorten what a chunk executes, not lengthen it: a chunk holds the policy's."""
+    have = getattr(policy, "n_action_steps", None)
+    if cfg.n_action_steps and have and int(cfg.n_action_steps) > int(have):
+        raise EvalError(f"n_action_steps={cfg.n_action_steps} is more than the {have} actions a chunk of this policy "
+                        f"holds; use n_action_steps <= {have} (or null for {have})")
 
 
 def _check_transition(cfg: EvalConfig, policy: Any, control_hz: float | None,

@@ -536,8 +536,11 @@ def _start_together(episodes: list[_Episode], infer: Callable[..., ChunkInferenc
     the episodes that started. A failed call fails every episode of the batch."""
     if not episodes:
         return []
-    hist = np.concatenate([np.repeat(np.asarray(e.obs, np.float32).reshape(1, 1, -1), e.ctrl.policy.n_obs_steps, 1)
-                           for e in episodes])
+    obs = [np.asarray(e.obs, np.float32).reshape(-1) for e in episodes]
+    history = ObsHistory(episodes[0].ctrl.policy.n_obs_steps, len(episodes), obs[0].shape[0])
+    for i, o in enumerate(obs):
+        history.reset(i, o)
+    hist = history.get()
     gens = [e.ctrl.generator for e in episodes]
     try:
         if episodes[0].ctrl.warmup:

@@ -406,11 +406,11 @@ class _Lockstep:
             r = self.results[i]
             r.chunk_latency_ms.append(chunk.latency_s * 1e3)
             r.chunk_actions.append(executed[i])
-            seq, nfe = chunk.per_element_sequential_calls, chunk.per_element_nfe
-            if seq is not None or chunk.sequential_calls is not None:
-                r.sequential_calls.append(float(seq[j] if seq is not None else chunk.sequential_calls))
-            if nfe is not None or chunk.nfe is not None:
-                r.nfe.append(float(nfe[j] if nfe is not None else chunk.nfe))
+            row = chunk.row(j)
+            if row.sequential_calls is not None:
+                r.sequential_calls.append(float(row.sequential_calls))
+            if row.nfe is not None:
+                r.nfe.append(float(row.nfe))
 
     def grab_frame(self) -> None:
         r = self.results[0]

@@ -100,17 +100,17 @@ class PolicyServer:
         accepted, checked = (getattr(res.stats, k, None) for k in ("accepted_drafts", "checked_drafts"))
         replies = []
         for b, job in enumerate(jobs):
-            seq = res.sequential_calls if res.per_element_sequential_calls is None else res.per_element_sequential_calls[b]
-            nfe = res.nfe if res.per_element_nfe is None else res.per_element_nfe[b]
+            row = res.row(b)
             acceptance = float(accepted[b]) / float(checked[b]) if checked is not None and int(checked[b]) > 0 else None
             replies.append({
-                "actions": res.actions[b],
-                "action_pred": res.action_pred[b],
+                "actions": row.actions[0],
+                "action_pred": row.action_pred[0],
                 "seed": job.seed,
                 "sampler": sampler,
                 "server_timing": {"infer_ms": infer_ms, "queue_ms": 1000.0 * (started - job.received),
                                   "batch_size": len(jobs)},
-                "sampler_stats": {"sequential_calls": float(seq), "nfe": float(nfe), "acceptance_rate": acceptance},
+                "sampler_stats": {"sequential_calls": float(row.sequential_calls), "nfe": float(row.nfe),
+                                  "acceptance_rate": acceptance},
             })
         return replies
 

@@ -6,8 +6,10 @@ The next chunk is inferred while the current one executes (on a thread on the wa
 once, its result held back until its arrival tick, on the simulated clock). A chunk inferred from
 the observation of tick ``k`` holds the actions for ticks ``k, k+1, ...``; when it arrives at
 tick ``k + d`` its first ``d`` actions have elapsed and are skipped. If the current chunk runs
-out before the next arrives, the tick is a *deadline miss* and the last action is held (or
-zeros, ``on_miss="zero"``). Both clocks share this controller; only the inference backend differs.
+out before the next arrives, the tick is a *deadline miss* and the last action is held (or zeros,
+``on_miss="zero"``; or, with ``on_miss="extend"``, the chunk's own predicted actions beyond
+``n_action_steps`` are executed while it has them, then the last one is held). Both clocks share
+this controller; only the inference backend differs.
 
 Integration into your own loop (see docs/realtime.md)::
 
@@ -65,9 +67,11 @@ from asd_policy.transitions import (
     known_actions,
 )
 
-__all__ = ["CLOCKS", "Rate", "RealtimeController", "RealtimeReport", "run_realtime", "run_realtime_batch"]
+__all__ = ["CLOCKS", "ON_MISS", "Rate", "RealtimeController", "RealtimeReport", "run_realtime", "run_realtime_batch"]
 
 CLOCKS = ("wall", "sim")
+#: What a tick gets when the current chunk has no action left for it (a deadline miss).
+ON_MISS = ("hold", "zero", "extend")
 
 
 @dataclass
@@ -79,6 +83,7 @@ class RealtimeReport:
     deadline_misses: int = 0  # ticks with no action left in the current chunk (last action held)
     skipped_actions: int = 0  # chunk actions that elapsed during inference (dropped on alignment)
     stale_chunks: int = 0  # chunks that arrived after all their actions had elapsed
+    extended_actions: int = 0  # deadline misses served from the chunk's prediction (on_miss="extend")
     chunks: int = 0  # chunks that arrived during the run (the blocking first one included)
     achieved_hz: float | None = None  # ticks / wall time (needs a Rate; None on the simulated clock)
     idle_s: float | None = None  # time the loop slept waiting for its next tick
@@ -90,6 +95,7 @@ class RealtimeReport:
     nfe_mean: float | None = None
     clock: str = "wall"  # wall | sim
     transition: str = "switch"  # switch | ensemble | inpaint
+    on_miss: str = "hold"  # hold | zero | extend
     latency_source: str = "measured"  # measured | latency_ms | latency_profile:<path>
     latency_model_ms: float | None = None  # the fixed latency (None: measured)
     delay_ticks: list = field(default_factory=list)  # request -> arrival, each chunk after the first
@@ -108,7 +114,8 @@ class _Chunk:
     index: int  # position in the recorded chunks (chunk_latency_ms order)
     tick: int  # the tick whose observation it was inferred from (its action 0's tick)
     actions: np.ndarray  # the usable actions [n_exec, A]
-    span: np.ndarray  # actions it can contribute to an ensemble [>= n_exec, A]
+    span: np.ndarray  # its whole prediction from action 0 on [>= n_exec, A]: what it can contribute to
+    # an ensemble, and what on_miss="extend" executes after the usable actions run out
 
 
 class RealtimeController:
@@ -124,7 +131,12 @@ class RealtimeController:
         lookahead: start the next inference when this many actions (or fewer) are left after the
             current tick. Default: from the latency, ``ceil(latency/period + safety) - 1``.
         safety: fraction of a tick added to the latency estimate (default 0.5).
-        on_miss: ``"hold"`` (repeat the last action) or ``"zero"`` on a deadline miss.
+        on_miss: on a deadline miss, ``"hold"`` (repeat the last action), ``"zero"``, or
+            ``"extend"``: execute the chunk's next predicted action beyond ``n_action_steps`` (the
+            rest of ``action_pred``; the policy plans them open loop, as the executed ones), holding
+            the last only when the prediction runs out too. A chunk is then stale only once all of
+            its prediction has elapsed. The miss is still counted (``deadline_misses``), and also
+            as ``extended_actions``.
         clock: ``"wall"`` (inference on a thread, the wall clock decides when it arrives) or
             ``"sim"`` (simulated time: see :mod:`asd_policy.simclock`; the caller does not sleep).
         latency: the latency model on the simulated clock (a :class:`LatencyModel`, ms, or None:
@@ -153,8 +165,8 @@ class RealtimeController:
         ensemble_decay: float = 0.01,
         sim_batch: SimBatch | None = None,
     ):
-        if on_miss not in ("hold", "zero"):
-            raise ValueError(f"on_miss must be 'hold' or 'zero', got {on_miss!r}")
+        if on_miss not in ON_MISS:
+            raise ValueError(f"on_miss must be one of {', '.join(ON_MISS)}, got {on_miss!r}")
         if not control_hz or control_hz <= 0:
             raise ValueError(f"control_hz must be > 0, got {control_hz!r}")
         if clock not in CLOCKS:
@@ -203,6 +215,7 @@ class RealtimeController:
 
     def _new_report(self) -> RealtimeReport:
         return RealtimeReport(control_hz=1.0 / self.period, clock=self.clock, transition=self.transition,
+                              on_miss=self.on_miss,
                               **self.latency.as_dict())
 
     # -- inference
@@ -278,26 +291,35 @@ class RealtimeController:
         rep.delay_ticks.append(offset)
         if self._request_prefix is not None:
             rep.inpaint_prefix.append(self._request_prefix)
-        usable = min(self.n_exec, res.actions.shape[1])
+        chunk = self._as_chunk(res, self._request_tick)
+        usable = self._reach(chunk)
         if offset >= usable:
             rep.stale_chunks += 1
             rep.skipped_actions += usable
             return
         rep.skipped_actions += offset
-        self._chunks.append(self._as_chunk(res, self._request_tick))
+        self._chunks.append(chunk)
         if self.transition != "ensemble":
             self._chunks = self._chunks[-1:]
+
+    def _reach(self, chunk: _Chunk) -> int:
+        """How many of the chunk's actions (from its action 0) can execute: the usable ones, or its
+        whole prediction with ``on_miss="extend"``."""
+        return max(len(chunk.span), len(chunk.actions)) if self.on_miss == "extend" else len(chunk.actions)
+
+    def _action_at(self, chunk: _Chunk, idx: int) -> np.ndarray:
+        return chunk.actions[idx] if idx < len(chunk.actions) else chunk.span[idx]
 
     def _planned(self, k: int, j: int) -> np.ndarray:
         """The action tick ``k + j`` will get from the current chunk (held after it runs out),
         planned at tick ``k``."""
         cur = self._chunks[-1]
-        idx = k + j - cur.tick
-        if idx < len(cur.actions):
-            return cur.actions[idx]
+        idx, reach = k + j - cur.tick, self._reach(cur)
+        if idx < reach:
+            return self._action_at(cur, idx)
         if self.on_miss == "zero":
             return np.zeros_like(cur.actions[0])
-        return cur.actions[-1] if k - cur.tick < len(cur.actions) else self._last_action
+        return self._action_at(cur, reach - 1) if k - cur.tick < reach else self._last_action
 
     def _request(self, k: int) -> None:
         known, self._request_prefix = None, None
@@ -317,16 +339,18 @@ class RealtimeController:
     def _select(self, k: int) -> np.ndarray:
         cur = self._chunks[-1]
         idx = k - cur.tick
-        if 0 <= idx < len(cur.actions):
+        if not 0 <= idx < len(cur.actions):
+            self.report_.deadline_misses += 1
+        if 0 <= idx < self._reach(cur):
+            self.report_.extended_actions += int(idx >= len(cur.actions))
             self._executed[cur.index] += 1
             self._sources.append(cur.index)
             if self.transition != "ensemble":
-                return cur.actions[idx]
+                return self._action_at(cur, idx)
             self._chunks = [c for c in self._chunks if k - c.tick < len(c.span)]
             return ensemble_action([c.span[k - c.tick] for c in self._chunks], self.ensemble_decay)
-        self.report_.deadline_misses += 1
         self._sources.append(self._sources[-1] if self._sources else cur.index)
-        if self.on_miss == "hold" and self._last_action is not None:
+        if self.on_miss != "zero" and self._last_action is not None:  # hold, or extend past the prediction
             return self._last_action
         return np.zeros_like(cur.actions[0])
 

@@ -39,8 +39,14 @@ def load_runs(roots: Iterable[str | os.PathLike]) -> list[dict]:
                 continue
             latency = next(iter((meta.get("latency") or {}).values()), {}).get("latency_source", "measured")
             runs.append({"dir": res.parent, "results": results, "meta": meta, "control_hz": float(meta["control_hz"]),
-                         "transition": meta.get("transition", "switch"), "latency": latency})
+                         "transition": transition_label(meta), "latency": latency})
     return runs
+
+
+def transition_label(meta: Mapping[str, Any]) -> str:
+    """The transition, with ``+extend`` when the run executed predictions past the chunk on a miss."""
+    label = meta.get("transition", "switch")
+    return label + "+extend" if meta.get("on_miss") == "extend" else label
 
 
 def group_runs(runs: Sequence[Run]) -> dict[tuple[str, str], list[Run]]:
@@ -48,7 +54,7 @@ def group_runs(runs: Sequence[Run]) -> dict[tuple[str, str], list[Run]]:
     groups: dict[tuple[str, str], list[Run]] = {}
     for run in runs:
         groups.setdefault((run["results"]["task"], run["latency"]), []).append(run)
-    order = {"switch": 0, "ensemble": 1, "inpaint": 2}
+    order = {"switch": 0, "switch+extend": 1, "ensemble": 2, "inpaint": 3, "inpaint+extend": 4}
     return {k: sorted(v, key=lambda r: (r["control_hz"], order.get(r["transition"], 9))) for k, v in sorted(groups.items())}
 
 
@@ -96,8 +102,8 @@ def _pyplot():
     return plt
 
 
-MARKERS = {"switch": "o", "ensemble": "s", "inpaint": "^"}
-STYLES = {"switch": "-", "ensemble": ":", "inpaint": "--"}
+MARKERS = {"switch": "o", "ensemble": "s", "inpaint": "^", "switch+extend": "D", "inpaint+extend": "v"}
+STYLES = {"switch": "-", "ensemble": ":", "inpaint": "--", "switch+extend": "-.", "inpaint+extend": (0, (1, 1))}
 
 
 def plot_success_vs_rate(runs: Sequence[Run], path: str | os.PathLike, title: str) -> Path:

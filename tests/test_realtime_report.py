@@ -11,7 +11,8 @@ from asd_policy.realtime_report import group_runs, load_runs, write_realtime_rep
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _run(root: Path, name: str, hz: float, transition: str, source: str, success: float, jump: float) -> None:
+def _run(root: Path, name: str, hz: float, transition: str, source: str, success: float, jump: float,
+         on_miss: str | None = None) -> None:
     d = root / name
     d.mkdir(parents=True)
     sampler = {"episodes": 10, "success_rate": success, "success_ci95": [success - 0.1, min(1.0, success + 0.1)],
@@ -23,7 +24,8 @@ def _run(root: Path, name: str, hz: float, transition: str, source: str, success
     results = {"task": "toy", "samplers": {"asd": sampler}, "seed": 1000, "command": "python scripts/eval.py -m x",
                "device_name": "cpu", "torch": "2"}
     meta = {"realtime": "sim", "control_hz": hz, "transition": transition,
-            "latency": {"asd": {"latency_source": source, "latency_model_ms": None}}}
+            "latency": {"asd": {"latency_source": source, "latency_model_ms": None}},
+            **({"on_miss": on_miss} if on_miss else {})}
     (d / "results.json").write_text(json.dumps(results))
     (d / "run_meta.json").write_text(json.dumps(meta))
 
@@ -33,15 +35,18 @@ def test_page_has_a_table_and_two_plots_per_task_and_latency_source(tmp_path):
     _run(root, "a", 20, "inpaint", "measured", 0.9, 0.1)
     _run(root, "b", 10, "switch", "measured", 1.0, 0.3)
     _run(root, "c", 10, "switch", "latency_profile:p.json", 1.0, 0.2)
+    _run(root, "d", 10, "switch", "latency_profile:p.json", 0.8, 0.2, on_miss="extend")
     (root / "sync").mkdir()
     (root / "sync" / "results.json").write_text("{}")  # no run_meta: not a real-time run, skipped
     runs = load_runs([root])
     groups = group_runs(runs)
     assert list(groups) == [("toy", "latency_profile:p.json"), ("toy", "measured")]
     assert [r["control_hz"] for r in groups[("toy", "measured")]] == [10.0, 20.0]
+    assert [r["transition"] for r in groups[("toy", "latency_profile:p.json")]] == ["switch", "switch+extend"]
     page = write_realtime_report([root], tmp_path / "page.md", "Real time", notes="## Notes\n\nnone")
     text = page.read_text()
     assert text.count("| rate Hz |") == 2 and "| 20 | inpaint | asd | 10 | 0.90 [0.80, 1.00] |" in text and "| 0.100 | 0.050 | 1.5 |" in text
+    assert "| 10 | switch+extend | asd | 10 | 0.80 [0.70, 0.90] |" in text
     assert "fixed latency model (profile p.json)" in text and text.rstrip().endswith("none")
     assert len(list(root.rglob("success_vs_rate_*.png"))) == 2 and len(list(root.rglob("jump_vs_delay_*.png"))) == 2
 

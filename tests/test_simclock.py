@@ -81,6 +81,30 @@ def test_zero_latency_arrives_at_once_and_stale_chunks():
     assert actions[4:] == [3.0] * 12 and ctrl.report_.stale_chunks >= 2
 
 
+def test_extend_executes_the_prediction_instead_of_holding():
+    # The hand count above (3 ticks late, 4 actions, lookahead 0) with 8 predicted actions: the
+    # ticks that held 3 (misses) now get the chunk's own actions 4 and 5, each the one for its tick.
+    ctrl = RealtimeController(TickPolicy(4, horizon=9), 10.0, clock="sim", latency=250.0, lookahead=0,
+                              warmup=False, on_miss="extend")
+    actions = drive_sim(ctrl, 12)
+    rep = ctrl.report_
+    assert actions == list(range(12))
+    assert rep.deadline_misses == 6 and rep.extended_actions == 6 and rep.stale_chunks == 0
+    assert rep.skipped_actions == 6 and rep.delay_ticks == [3, 3]
+    assert sum(ctrl.chunk_actions) == 12  # every extended action is its chunk's
+    # 500 ms = 5 ticks >= 4 actions: stale under hold, but inside the 12 predicted: used at offset 5,
+    # and the next (asked for on arrival) comes 5 ticks later, before the prediction runs out
+    ctrl = RealtimeController(TickPolicy(4, horizon=13), 10.0, clock="sim", latency=500.0, warmup=False,
+                              on_miss="extend")
+    assert drive_sim(ctrl, 16) == list(range(16)) and ctrl.report_.stale_chunks == 0
+    # 900 ms = 9 ticks: past the prediction too; its last predicted action (7) is held, chunks stale
+    ctrl = RealtimeController(TickPolicy(4, horizon=9), 10.0, clock="sim", latency=900.0, warmup=False,
+                              on_miss="extend")
+    actions = drive_sim(ctrl, 16)
+    assert actions[:8] == list(range(8)) and actions[8:] == [7.0] * 8 and ctrl.report_.stale_chunks >= 1
+    assert ctrl.report_.extended_actions == 4 and ctrl.report_.deadline_misses == 12
+
+
 def test_ensemble_weights_and_average():
     w = ensemble_weights(3, 0.01)
     assert np.allclose(w, np.exp(-0.01 * np.arange(3)) / np.exp(-0.01 * np.arange(3)).sum())
@@ -213,6 +237,19 @@ def test_metrics_and_inpaint_cuts_boundary_jumps(tmp_path):
     assert "jump at switch" in format_table(res["inpaint"]) and "sim inpaint" in format_table(res["inpaint"])
 
 
+def test_on_miss_extend_in_an_evaluation(tmp_path):
+    """on_miss=extend reaches the controller, the metrics and run_meta.json; the ticks a held run
+    holds are served from the prediction (350 ms = 4 ticks > the 3 actions left of a 6-action chunk)."""
+    kw = dict(samplers=["ddpm"], latency_ms={"ddpm": 650.0}, max_steps=30)
+    held = _run(tmp_path, "hold", JumpyPolicy(n_action_steps=6, horizon=16), **kw)
+    ext = _run(tmp_path, "extend", JumpyPolicy(n_action_steps=6, horizon=16), on_miss="extend", **kw)
+    h, e = held["samplers"]["ddpm"]["realtime"], ext["samplers"]["ddpm"]["realtime"]
+    assert h["on_miss"] == "hold" and h["extended_actions"] == 0 and h["deadline_misses"] > 0
+    assert e["on_miss"] == "extend" and e["extended_actions"] == e["deadline_misses"] == h["deadline_misses"]
+    assert json.loads((tmp_path / "extend" / "run_meta.json").read_text())["on_miss"] == "extend"
+    assert f"extended {e['extended_actions']}" in format_table(ext)
+
+
 def test_measured_latency_records_load(tmp_path):
     r = _run(tmp_path, "m", FakePolicy(noise=0.0), latency_ms=None, samplers=["ddim"], episodes=1)
     rt = r["samplers"]["ddim"]["realtime"]
@@ -234,6 +271,8 @@ def test_bad_inputs_fail_before_any_episode(tmp_path):
         (dict(latency_profile=str(tmp_path / "none.json")), "no such file"),
         (dict(latency_profile=str(tmp_path)), "not readable JSON"),
         (dict(realtime="sometimes"), "realtime='sometimes' is not valid; use false, wall"),
+        (dict(on_miss="extnd"), r"on_miss='extnd' is not valid \(did you mean 'extend'\?\)"),
+        (dict(on_miss="extend", realtime=False), "on_miss=extend needs a real-time run; add realtime=sim"),
     ]
     (tmp_path / "list.json").write_text("[1, 2]")
     (tmp_path / "text.json").write_text('{"ddpm": "slow", "asd": 3}')

@@ -18,6 +18,7 @@ from asd_policy.config import (
 )
 from asd_policy.exactness import ALPHA, minimum_chunks, statistic_names
 from asd_policy.simclock import LatencyModel, check_latency_ms, latency_for_samplers
+from asd_policy.realtime import ON_MISS
 from asd_policy.transitions import TRANSITIONS
 from asd_policy.sampler_config import POLICY_PRESET, SAMPLER_PRESETS, SamplerConfig, resolve_samplers
 
@@ -53,6 +54,7 @@ class EvalConfig:
     control_hz: float | None = None  # real-time rate; None: the task's
     transition: str = "switch"  # real-time chunk transition: switch | ensemble | inpaint
     ensemble_decay: float = 0.01  # transition=ensemble: weights exp(-m * i), i = 0 the oldest chunk (ACT's m)
+    on_miss: str = "hold"  # real time, a tick the chunk has no action for: hold | zero | extend (its further prediction)
     latency_ms: Any = None  # realtime=sim: null (each call's measured latency) | ms | {sampler: ms}
     latency_profile: str | None = None  # realtime=sim: a JSON file {sampler: ms}, instead of latency_ms
     videos: int = 0  # record GIFs of this many episodes per sampler
@@ -119,10 +121,13 @@ class EvalConfig:
     def _check_realtime(self) -> None:
         """Transition, clock and latency settings; a latency map or profile covers every sampler."""
         check_choice("transition", self.transition, TRANSITIONS)
+        check_choice("on_miss", self.on_miss, ON_MISS)
         if isinstance(self.ensemble_decay, bool) or not isinstance(self.ensemble_decay, numbers.Real):
             raise ConfigError(f"ensemble_decay must be a number, got {self.ensemble_decay!r}")
         if not self.realtime and self.transition != "switch":
             raise ConfigError(f"transition={self.transition} needs a real-time run; add realtime=sim (or wall)")
+        if not self.realtime and self.on_miss != "hold":
+            raise ConfigError(f"on_miss={self.on_miss} needs a real-time run; add realtime=sim (or wall)")
         if self.realtime != "sim" and (self.latency_ms is not None or self.latency_profile is not None):
             raise ConfigError("latency_ms / latency_profile set the simulated clock's latency; add realtime=sim")
         self.latency_ms = check_latency_ms(self.latency_ms)

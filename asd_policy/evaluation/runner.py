@@ -195,7 +195,7 @@ def _realtime_meta(run: _Run) -> dict:
     cfg = run.cfg
     if not cfg.realtime:
         return {}
-    meta = {"control_hz": run.control_hz, "transition": cfg.transition}
+    meta = {"control_hz": run.control_hz, "transition": cfg.transition, "on_miss": cfg.on_miss}
     if cfg.transition == "ensemble":
         meta["ensemble_decay"] = float(cfg.ensemble_decay)
     if cfg.realtime == "sim":
@@ -286,7 +286,8 @@ def _run_batch(run: _Run, spec: SamplerConfig, todo: list[int]) -> list[EpisodeR
     policy = run.recorder.policy_for(run.policy, spec.name, todo) if run.recorder else run.policy
     if cfg.realtime:
         common = dict(control_hz=run.control_hz, sampler=spec, max_steps=cfg.max_steps,
-                      n_action_steps=cfg.n_action_steps, transition=cfg.transition, ensemble_decay=cfg.ensemble_decay)
+                      n_action_steps=cfg.n_action_steps, transition=cfg.transition, ensemble_decay=cfg.ensemble_decay,
+                      on_miss=cfg.on_miss)
         if cfg.realtime == "sim" and len(todo) > 1:
             envs, seeds = run.pool.for_seeds([cfg.seed + e for e in todo], 0)
             return run_realtime_batch(envs, policy, seeds, [_generator(run, e) for e in todo], run.latency[spec.name],

@@ -18,7 +18,9 @@ META_NAME = "run_meta.json"
 
 #: Settings that must match for a resumed run to continue the same episodes.
 RESUME_KEYS = ("task", "checkpoint", "seed", "max_steps", "realtime", "n_action_steps", "control_hz",
-               "transition", "ensemble_decay", "latency")
+               "transition", "ensemble_decay", "on_miss", "latency")
+#: The value of a key that run_meta.json files written before it existed meant.
+_RESUME_DEFAULTS = {"on_miss": "hold"}
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -40,10 +42,9 @@ def read_rows(path: Path) -> list[dict]:
 
 def _check_resume(old: Mapping[str, Any], new: Mapping[str, Any], out_dir: Path) -> None:
     for key in RESUME_KEYS:
-        if old.get(key) != new.get(key):
-            raise EvalError(
-                f"cannot resume {out_dir}: it was run with {key}={old.get(key)!r}, now {key}={new.get(key)!r}"
-            )
+        was, now = old.get(key, _RESUME_DEFAULTS.get(key)), new.get(key, _RESUME_DEFAULTS.get(key))
+        if was != now:
+            raise EvalError(f"cannot resume {out_dir}: it was run with {key}={was!r}, now {key}={now!r}")
     for name, settings in new["samplers"].items():
         if name in old.get("samplers", {}) and old["samplers"][name] != settings:
             raise EvalError(f"cannot resume {out_dir}: sampler {name!r} was {old['samplers'][name]}, now {settings}")

@@ -15,8 +15,8 @@ from asd_policy.sampler_config import SamplerConfig
 __all__ = ["wilson_interval", "episode_row", "flat_row", "summarize", "assemble"]
 
 #: Real-time counts copied from an episode's RealtimeReport into its row.
-REALTIME_KEYS = ("ticks", "deadline_misses", "skipped_actions", "stale_chunks", "achieved_hz",
-                 "idle_fraction", "overruns", "clock", "transition", "latency_source", "latency_model_ms",
+REALTIME_KEYS = ("ticks", "deadline_misses", "skipped_actions", "stale_chunks", "extended_actions", "achieved_hz",
+                 "idle_fraction", "overruns", "clock", "transition", "on_miss", "latency_source", "latency_model_ms",
                  "load_avg_start", "load_avg_end")
 #: Per-chunk / per-jump lists kept in episodes.jsonl (results.json's rows get their means).
 REALTIME_LISTS = ("delay_ticks", "inpaint_prefix", "boundary_jumps", "within_chunk_jumps")
@@ -116,6 +116,7 @@ def _realtime(rows: Sequence[Mapping[str, Any]]) -> dict:
     out = {
         "clock": first.get("clock", "wall"),
         "transition": first.get("transition", "switch"),
+        "on_miss": first.get("on_miss", "hold"),
         "latency_source": first.get("latency_source", "measured"),
         "latency_model_ms": first.get("latency_model_ms"),
         "delay_ticks_mean": _pooled(rows, "delay_ticks"),
@@ -123,6 +124,7 @@ def _realtime(rows: Sequence[Mapping[str, Any]]) -> dict:
         "deadline_miss_rate": (misses / ticks) if ticks else None,
         "skipped_actions": int(sum(r.get("skipped_actions", 0) for r in rows)),
         "stale_chunks": int(sum(r.get("stale_chunks", 0) for r in rows)),
+        "extended_actions": int(sum(r.get("extended_actions", 0) for r in rows)),
         "boundary_jump_mean": _pooled(rows, "boundary_jumps"),
         "within_chunk_jump_mean": _pooled(rows, "within_chunk_jumps"),
         "achieved_hz_mean": _mean(r.get("achieved_hz") for r in rows),

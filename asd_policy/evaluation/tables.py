@@ -39,6 +39,8 @@ def _realtime(s: Summary) -> str:
         text += f"rate {fmt(rt['achieved_hz_mean'])} Hz"
     else:
         text += f"stale {rt['stale_chunks']} delay {fmt(rt['delay_ticks_mean'])} ticks"
+    if rt.get("on_miss", "hold") == "extend":
+        text += f" extended {rt.get('extended_actions', 0)}"
     if "boundary_jump_mean" in rt:
         text += (f" | {rt.get('clock', 'wall')} {rt.get('transition', 'switch')}: jump at switch "
                  f"{fmt(rt['boundary_jump_mean'], '.3f')} within {fmt(rt['within_chunk_jump_mean'], '.3f')}")

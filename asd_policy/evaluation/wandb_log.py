@@ -32,7 +32,8 @@ def log_to_wandb(results: Mapping[str, Any], out_dir: Path, config: Mapping[str,
         cols = ["sampler", "episode", "seed", "success", "steps", "return", "chunks",
                 "chunk_latency_ms_mean", "chunk_latency_ms_p95", "sequential_calls_mean", "nfe_mean",
                 "error"]
-        extra = [c for c in ("deadline_misses", "skipped_actions", "stale_chunks", "achieved_hz", "delay_ticks_mean",
+        extra = [c for c in ("deadline_misses", "skipped_actions", "stale_chunks", "extended_actions", "achieved_hz",
+                             "delay_ticks_mean",
                              "boundary_jumps_mean", "within_chunk_jumps_mean", "inpaint_prefix_mean")
                  if rows and c in rows[0]]
         cols += extra

@@ -17,7 +17,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from asd_policy.evaluation.tables import fmt
 
-__all__ = ["load_runs", "group_runs", "realtime_rows", "realtime_markdown", "plot_success_vs_rate",
+__all__ = ["load_runs", "group_runs", "realtime_rows", "realtime_markdown", "glance_markdown", "plot_success_vs_rate",
            "plot_jump_vs_delay", "write_realtime_report"]
 
 Run = Mapping[str, Any]  # {"dir", "results", "meta", "control_hz", "transition", "latency"}
@@ -169,6 +169,27 @@ def _save(fig: Any, path: str | os.PathLike) -> Path:
     return path
 
 
+def glance_markdown(runs: Sequence[Run]) -> str:
+    """One row per (task, latency, sampler, transition): its successes at every rate run, from the
+    largest run of each point; the table that shows a sweep at a glance."""
+    best: dict[tuple, dict[float, Mapping[str, Any]]] = {}
+    for run in runs:
+        for name, s in run["results"]["samplers"].items():
+            key = (run["results"]["task"], run["latency"], name, run["transition"])
+            old = best.setdefault(key, {}).get(run["control_hz"])
+            if old is None or s["episodes"] > old["episodes"]:
+                best[key][run["control_hz"]] = s
+    order = {"ddpm": 0, "asd": 1, "ddim": 2}
+    lines = ["| task | latency | sampler | transition | success at each control rate |", "|---|---|---|---|---|"]
+    for (task, source, name, transition), points in sorted(
+            best.items(), key=lambda kv: (kv[0][0], kv[0][1] != "measured", kv[0][1], kv[0][3], order.get(kv[0][2], 9), kv[0][2])):
+        cells = " · ".join(f"{hz:g} Hz **{round(s['success_rate'] * s['episodes'])}/{s['episodes']}**"
+                           for hz, s in sorted(points.items()))
+        latency = "measured" if source == "measured" else Path(source.split(":", 1)[-1]).stem.replace("latency-profile-", "")
+        lines.append(f"| {task} | {latency} | {name} | {transition} | {cells} |")
+    return "\n".join(lines)
+
+
 def _latency_label(source: str) -> str:
     if source == "measured":
         return "latency measured on this machine"
@@ -182,6 +203,10 @@ def write_realtime_report(roots: Sequence[str | os.PathLike], out: str | os.Path
     out = Path(out)
     groups = group_runs(load_runs(roots))
     parts = [f"# {title}", ""] + ([intro.strip(), ""] if intro else [])
+    parts += ["## Every point at a glance", "",
+              "Successes per control rate, from the tables below (the largest run where a point ran twice); "
+              "`latency` names the fixed latency model (a profile in docs/bench) or says the latency was measured.",
+              "", glance_markdown([r for rs in groups.values() for r in rs]), ""]
     for (task, source), runs in groups.items():
         label = _latency_label(source)
         folder = Path(os.path.commonpath([str(r["dir"]) for r in runs]))

@@ -47,6 +47,10 @@ def test_page_has_a_table_and_two_plots_per_task_and_latency_source(tmp_path):
     text = page.read_text()
     assert text.count("| rate Hz |") == 2 and "| 20 | inpaint | asd | 10 | 0.90 [0.80, 1.00] |" in text and "| 0.100 | 0.050 | 1.5 |" in text
     assert "| 10 | switch+extend | asd | 10 | 0.80 [0.70, 0.90] |" in text
+    # at a glance: one row per (task, latency, sampler, transition), every rate of the sweep in it
+    assert "| toy | measured | asd | switch | 10 Hz **10/10** |" in text
+    assert "| toy | measured | asd | inpaint | 20 Hz **9/10** |" in text
+    assert "| toy | p | asd | switch+extend | 10 Hz **8/10** |" in text
     assert "fixed latency model (profile p.json)" in text and text.rstrip().endswith("none")
     assert len(list(root.rglob("success_vs_rate_*.png"))) == 2 and len(list(root.rglob("jump_vs_delay_*.png"))) == 2
 

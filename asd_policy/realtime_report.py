@@ -185,9 +185,16 @@ def glance_markdown(runs: Sequence[Run]) -> str:
             best.items(), key=lambda kv: (kv[0][0], kv[0][1] != "measured", kv[0][1], kv[0][3], order.get(kv[0][2], 9), kv[0][2])):
         cells = " · ".join(f"{hz:g} Hz **{round(s['success_rate'] * s['episodes'])}/{s['episodes']}**"
                            for hz, s in sorted(points.items()))
-        latency = "measured" if source == "measured" else Path(source.split(":", 1)[-1]).stem.replace("latency-profile-", "")
+        latency = _short_latency(source)
         lines.append(f"| {task} | {latency} | {name} | {transition} | {cells} |")
     return "\n".join(lines)
+
+
+def _short_latency(source: str) -> str:
+    """``measured``, or the latency model's short name (``cpu-lift`` for latency-profile-cpu-lift.json)."""
+    if source == "measured":
+        return "measured"
+    return Path(source.split(":", 1)[-1]).stem.replace("latency-profile-", "")
 
 
 def _latency_label(source: str) -> str:
@@ -211,8 +218,9 @@ def write_realtime_report(roots: Sequence[str | os.PathLike], out: str | os.Path
         label = _latency_label(source)
         folder = Path(os.path.commonpath([str(r["dir"]) for r in runs]))
         slug = "measured" if source == "measured" else f"model_{Path(source.split(':', 1)[-1]).stem}"
-        rate_png = plot_success_vs_rate(runs, folder / f"success_vs_rate_{slug}.png", f"{task}: success vs control rate, {label}")
-        jump_png = plot_jump_vs_delay(runs, folder / f"jump_vs_delay_{slug}.png", f"{task}: chunk-boundary jump vs delay, {label}")
+        short = "latency measured" if source == "measured" else f"latency model {_short_latency(source)}"
+        rate_png = plot_success_vs_rate(runs, folder / f"success_vs_rate_{slug}.png", f"{task}: success vs control rate, {short}")
+        jump_png = plot_jump_vs_delay(runs, folder / f"jump_vs_delay_{slug}.png", f"{task}: chunk-boundary jump vs delay, {short}")
         parts += [f"## {task}: {label}", "", "```bash"]
         parts += sorted({r["results"].get("command", "") for r in runs if r["results"].get("command")})
         machine = runs[0]["results"].get("device_name", "?")

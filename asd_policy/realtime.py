@@ -304,8 +304,8 @@ class RealtimeController:
 
     def _reach(self, chunk: _Chunk) -> int:
         """How many of the chunk's actions (from its action 0) can execute: the usable ones, or its
-        whole prediction with ``on_miss="extend"``."""
-        return max(len(chunk.span), len(chunk.actions)) if self.on_miss == "extend" else len(chunk.actions)
+        whole prediction with ``on_miss="extend"`` (``span`` starts with them: :meth:`_as_chunk`)."""
+        return len(chunk.span) if self.on_miss == "extend" else len(chunk.actions)
 
     def _action_at(self, chunk: _Chunk, idx: int) -> np.ndarray:
         return chunk.actions[idx] if idx < len(chunk.actions) else chunk.span[idx]

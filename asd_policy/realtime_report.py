@@ -190,11 +190,15 @@ def glance_markdown(runs: Sequence[Run]) -> str:
     return "\n".join(lines)
 
 
+def _model_stem(source: str) -> str:
+    """The file stem of a latency source (``latency-profile-cpu-lift`` for
+    ``latency_profile:docs/bench/latency-profile-cpu-lift.json``; ``latency_ms`` for a map)."""
+    return Path(source.split(":", 1)[-1]).stem
+
+
 def _short_latency(source: str) -> str:
     """``measured``, or the latency model's short name (``cpu-lift`` for latency-profile-cpu-lift.json)."""
-    if source == "measured":
-        return "measured"
-    return Path(source.split(":", 1)[-1]).stem.replace("latency-profile-", "")
+    return "measured" if source == "measured" else _model_stem(source).replace("latency-profile-", "")
 
 
 def _latency_label(source: str) -> str:
@@ -217,7 +221,7 @@ def write_realtime_report(roots: Sequence[str | os.PathLike], out: str | os.Path
     for (task, source), runs in groups.items():
         label = _latency_label(source)
         folder = Path(os.path.commonpath([str(r["dir"]) for r in runs]))
-        slug = "measured" if source == "measured" else f"model_{Path(source.split(':', 1)[-1]).stem}"
+        slug = "measured" if source == "measured" else f"model_{_model_stem(source)}"
         short = "latency measured" if source == "measured" else f"latency model {_short_latency(source)}"
         rate_png = plot_success_vs_rate(runs, folder / f"success_vs_rate_{slug}.png", f"{task}: success vs control rate, {short}")
         jump_png = plot_jump_vs_delay(runs, folder / f"jump_vs_delay_{slug}.png", f"{task}: chunk-boundary jump vs delay, {short}")

@@ -33,8 +33,7 @@ def log_to_wandb(results: Mapping[str, Any], out_dir: Path, config: Mapping[str,
                 "chunk_latency_ms_mean", "chunk_latency_ms_p95", "sequential_calls_mean", "nfe_mean",
                 "error"]
         extra = [c for c in ("deadline_misses", "skipped_actions", "stale_chunks", "extended_actions", "achieved_hz",
-                             "delay_ticks_mean",
-                             "boundary_jumps_mean", "within_chunk_jumps_mean", "inpaint_prefix_mean")
+                             "delay_ticks_mean", "boundary_jumps_mean", "within_chunk_jumps_mean", "inpaint_prefix_mean")
                  if rows and c in rows[0]]
         cols += extra
         ep_table = wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in rows])

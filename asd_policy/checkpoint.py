@@ -8,7 +8,9 @@ A checkpoint is a directory::
                                SHA-256, and free-form training info
     <dir>/README.md            model card (shipped checkpoints only)
 
-``load_policy`` accepts the directory or either file inside it.  Every failure (missing or corrupt
+``load_policy`` accepts the directory or either file inside it, and also a LeRobot diffusion
+``pretrained_model/`` directory (:mod:`asd_policy.lerobot_checkpoint`: its config.json, safetensors
+weights and processor statistics; lerobot is not imported). Every failure (missing or corrupt
 file, wrong weights, a checkpoint for another task) raises :class:`CheckpointError`, a
 ``ValueError`` whose message names the file and says what to do.
 """
@@ -24,7 +26,7 @@ from typing import Any
 import torch
 
 from asd_policy.io import atomic_write
-from asd_policy.normalizer import MinMaxNormalizer
+from asd_policy.normalizer import normalizer_from_dict
 from asd_policy.policy import DiffusionPolicy, PolicyConfig
 
 __all__ = [
@@ -104,7 +106,15 @@ def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path, Path]:
 
 
 def read_metadata(path: str | os.PathLike) -> dict:
-    """The checkpoint's JSON (validated to be ours); cheap: does not touch the weights."""
+    """The checkpoint's JSON (validated to be ours); cheap: does not touch the weights.
+
+    For a LeRobot checkpoint: ``{"format": "lerobot", "config": <the PolicyConfig it amounts to>,
+    "weights_sha256": ...}``.
+    """
+    from asd_policy import lerobot_checkpoint as lerobot
+
+    if lerobot.is_lerobot_checkpoint(path):
+        return lerobot.read_lerobot_metadata(path)
     meta_path, _ = resolve_checkpoint(path)
     try:
         meta = json.loads(meta_path.read_text())
@@ -171,14 +181,20 @@ def load_policy(
     from safetensors import SafetensorError  # type: ignore[attr-defined]
     from safetensors.torch import load as st_load
 
+    from asd_policy import lerobot_checkpoint as lerobot
+
+    if lerobot.is_lerobot_checkpoint(path):
+        policy = lerobot.load_lerobot_policy(path, device=device)
+        check_compatible(policy, str(path), obs_dim, action_dim, task_name, obs_keys)
+        return policy
     meta = read_metadata(path)
     meta_path, weights_path = resolve_checkpoint(path)
     check_compatible(meta, str(meta_path.parent), obs_dim, action_dim, task_name, obs_keys)
 
     try:
         config = PolicyConfig.from_dict(meta["config"])
-        obs_norm = MinMaxNormalizer.from_dict(meta["obs_normalizer"])
-        act_norm = MinMaxNormalizer.from_dict(meta["action_normalizer"])
+        obs_norm = normalizer_from_dict(meta["obs_normalizer"])
+        act_norm = normalizer_from_dict(meta["action_normalizer"])
         policy = DiffusionPolicy(config, obs_norm, act_norm)
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(

@@ -50,6 +50,12 @@ class UNetConfig:
     step_embed_dim: int = 128
     kernel_size: int = 5
     n_groups: int = 8
+    # FiLM with a per-channel scale and a bias (Chi et al.); False: the bias alone (LeRobot's
+    # use_film_scale_modulation=False).
+    film_scale: bool = True
+    # GroupNorm groups of the output head's conv block; None: n_groups. LeRobot (and diffusion_policy)
+    # build that block with 8 groups whatever n_groups is.
+    head_n_groups: int | None = None
     size: str | None = None  # informational: the named size the widths came from, if any
 
     def __post_init__(self) -> None:
@@ -65,6 +71,10 @@ class UNetConfig:
                 raise ValueError(
                     f"every entry of down_dims must be divisible by n_groups={self.n_groups}, got {self.down_dims}"
                 )
+        if self.head_n_groups is not None and (self.head_n_groups < 1 or self.down_dims[0] % self.head_n_groups):
+            raise ValueError(
+                f"head_n_groups={self.head_n_groups} must divide down_dims[0]={self.down_dims[0]} (or be null: n_groups)"
+            )
         if self.kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd, got {self.kernel_size}")
         if self.step_embed_dim % 2:
@@ -116,21 +126,26 @@ class ConvNormAct(nn.Sequential):
 
 
 class FiLMResidualBlock(nn.Module):
-    """Two conv blocks; the first's output is scaled and shifted per channel by the conditioning."""
+    """Two conv blocks; the first's output is scaled and shifted per channel by the conditioning
+    (shifted only, without ``film_scale``)."""
 
-    def __init__(self, c_in: int, c_out: int, cond_dim: int, kernel_size: int, n_groups: int):
+    def __init__(self, c_in: int, c_out: int, cond_dim: int, kernel_size: int, n_groups: int, film_scale: bool = True):
         super().__init__()
         self.c_out = c_out
+        self.film_scale = film_scale
         self.conv1 = ConvNormAct(c_in, c_out, kernel_size, n_groups)
         self.conv2 = ConvNormAct(c_out, c_out, kernel_size, n_groups)
-        self.film = nn.Sequential(nn.Mish(), nn.Linear(cond_dim, 2 * c_out))
+        self.film = nn.Sequential(nn.Mish(), nn.Linear(cond_dim, 2 * c_out if film_scale else c_out))
         self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         h = self.conv1(x)
-        scale, shift = self.film(c).unsqueeze(-1).chunk(2, dim=1)
-        h = self.conv2(scale * h + shift)
-        return h + self.skip(x)
+        if self.film_scale:
+            scale, shift = self.film(c).unsqueeze(-1).chunk(2, dim=1)  # the scales first, then the biases
+            h = scale * h + shift
+        else:
+            h = h + self.film(c).unsqueeze(-1)
+        return self.conv2(h) + self.skip(x)
 
 
 class ConditionalUnet1D(nn.Module):
@@ -148,6 +163,10 @@ class ConditionalUnet1D(nn.Module):
             nn.Linear(4 * e, e),
         )
         film_dim = e + config.cond_dim
+
+        def block(c_in: int, c_out: int) -> FiLMResidualBlock:
+            return FiLMResidualBlock(c_in, c_out, film_dim, k, g, config.film_scale)
+
         widths = (config.action_dim, *config.down_dims)
         n_levels = len(config.down_dims)
 
@@ -157,8 +176,8 @@ class ConditionalUnet1D(nn.Module):
             self.down.append(
                 nn.ModuleList(
                     [
-                        FiLMResidualBlock(c_in, c_out, film_dim, k, g),
-                        FiLMResidualBlock(c_out, c_out, film_dim, k, g),
+                        block(c_in, c_out),
+                        block(c_out, c_out),
                         # halve the length on every level but the innermost
                         nn.Conv1d(c_out, c_out, 3, stride=2, padding=1) if i < n_levels - 1 else nn.Identity(),
                     ]
@@ -166,7 +185,7 @@ class ConditionalUnet1D(nn.Module):
             )
         c_mid = config.down_dims[-1]
         self.mid = nn.ModuleList(
-            [FiLMResidualBlock(c_mid, c_mid, film_dim, k, g), FiLMResidualBlock(c_mid, c_mid, film_dim, k, g)]
+            [block(c_mid, c_mid), block(c_mid, c_mid)]
         )
         # Up path: one level per down level except the outermost; each takes the skip of the level it
         # mirrors (concatenated on channels) and doubles the length afterwards.
@@ -176,14 +195,15 @@ class ConditionalUnet1D(nn.Module):
             self.up.append(
                 nn.ModuleList(
                     [
-                        FiLMResidualBlock(2 * c_here, c_next, film_dim, k, g),
-                        FiLMResidualBlock(c_next, c_next, film_dim, k, g),
+                        block(2 * c_here, c_next),
+                        block(c_next, c_next),
                         nn.ConvTranspose1d(c_next, c_next, 4, stride=2, padding=1),
                     ]
                 )
             )
         c0 = config.down_dims[0]
-        self.head = nn.Sequential(ConvNormAct(c0, c0, k, g), nn.Conv1d(c0, config.action_dim, 1))
+        head_groups = config.head_n_groups or g
+        self.head = nn.Sequential(ConvNormAct(c0, c0, k, head_groups), nn.Conv1d(c0, config.action_dim, 1))
 
     def forward(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         """Predict the noise (or clean sample) for ``x_t`` at step ``t``.

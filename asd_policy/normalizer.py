@@ -1,4 +1,12 @@
-"""Per-dimension min-max normalisation to [-1, 1], stored as plain numbers (JSON) in checkpoints."""
+"""Per-dimension normalisers, stored as plain numbers (JSON) in checkpoints.
+
+* :class:`MinMaxNormalizer`: our own policies' min-max map to [-1, 1].
+* :class:`AffineNormalizer`: any per-dimension affine map and its own inverse, e.g. a LeRobot
+  policy's MEAN_STD / MIN_MAX / IDENTITY statistics per feature (``asd_policy.lerobot_checkpoint``).
+
+Both have ``normalize``, ``unnormalize``, ``dim`` and a ``to_dict`` that
+:func:`normalizer_from_dict` reads back.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MinMaxNormalizer"]
+__all__ = ["MinMaxNormalizer", "AffineNormalizer", "normalizer_from_dict"]
 
 
 class MinMaxNormalizer(nn.Module):
@@ -68,3 +76,69 @@ class MinMaxNormalizer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}"
+
+
+class AffineNormalizer(nn.Module):
+    """``normalize(x) = x * scale + offset`` and ``unnormalize(y) = y * unscale + unoffset``, per dimension.
+
+    The inverse is stored, not derived, because some normalisers are not exactly inverted by their
+    own unnormaliser: LeRobot's MEAN_STD divides by ``std + eps`` but multiplies back by ``std``.
+    ``parts`` records, for the metadata, which named feature spans which dimensions and how it is
+    normalised (``[{"name", "dim", "mode"}, ...]``).
+    """
+
+    def __init__(self, scale, offset, unscale, unoffset, parts: list[dict] | None = None):
+        super().__init__()
+        arrays = [np.asarray(a, dtype=np.float64).reshape(-1) for a in (scale, offset, unscale, unoffset)]
+        if len({a.shape for a in arrays}) != 1:
+            raise ValueError(f"normaliser scale, offset, unscale and unoffset differ in shape: {[a.shape for a in arrays]}")
+        if not all(np.isfinite(a).all() for a in arrays):
+            raise ValueError("normaliser coefficients must be finite")
+        if (arrays[0] == 0).any() or (arrays[2] == 0).any():
+            raise ValueError("normaliser scale and unscale must be non-zero in every dimension")
+        self.parts = [dict(p) for p in parts or []]
+        if self.parts and sum(int(p["dim"]) for p in self.parts) != arrays[0].size:
+            raise ValueError(f"normaliser parts span {sum(int(p['dim']) for p in self.parts)} dimensions, not {arrays[0].size}")
+        for name, a in zip(("scale", "offset", "unscale", "unoffset"), arrays):
+            self.register_buffer(name, torch.as_tensor(a, dtype=torch.float32), persistent=False)
+
+    @property
+    def dim(self) -> int:
+        return int(self.scale.numel())
+
+    @classmethod
+    def identity(cls, dim: int) -> "AffineNormalizer":
+        return cls(np.ones(dim), np.zeros(dim), np.ones(dim), np.zeros(dim))
+
+    @classmethod
+    def concat(cls, normalizers: list["AffineNormalizer"]) -> "AffineNormalizer":
+        """One normaliser over the concatenation of the inputs' dimensions, in order."""
+        cat = {k: np.concatenate([getattr(n, k).double().numpy() for n in normalizers]) for k in ("scale", "offset", "unscale", "unoffset")}
+        return cls(**cat, parts=[p for n in normalizers for p in n.parts])
+
+    def normalize(self, x: Tensor) -> Tensor:
+        return x * self.scale.to(x.dtype) + self.offset.to(x.dtype)
+
+    def unnormalize(self, y: Tensor) -> Tensor:
+        return y * self.unscale.to(y.dtype) + self.unoffset.to(y.dtype)
+
+    def to_dict(self) -> dict:
+        d = {"kind": "affine", **{k: getattr(self, k).tolist() for k in ("scale", "offset", "unscale", "unoffset")}}
+        return {**d, "parts": self.parts} if self.parts else d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AffineNormalizer":
+        return cls(d["scale"], d["offset"], d["unscale"], d["unoffset"], d.get("parts"))
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}" + (f", parts={[p['name'] for p in self.parts]}" if self.parts else "")
+
+
+def normalizer_from_dict(d: dict) -> MinMaxNormalizer | AffineNormalizer:
+    """The normaliser a ``to_dict()`` describes (dicts without a ``kind`` are min-max: older checkpoints)."""
+    kind = d.get("kind", "minmax")
+    if kind == "affine":
+        return AffineNormalizer.from_dict(d)
+    if kind == "minmax":
+        return MinMaxNormalizer.from_dict(d)
+    raise ValueError(f"unknown normaliser kind {kind!r}; known kinds: 'minmax', 'affine'")

@@ -10,6 +10,10 @@ chunks (environment units), sampling through :func:`asd_policy.sampling.sample`:
     out.stats          # SamplerStats (sequential_calls, nfe, ...)
     actions, action_pred, stats = out                           # it is a NamedTuple
 
+A policy whose config names ``obs_features`` (a LeRobot checkpoint: ``observation.state``, then
+``observation.environment_state``) also takes the observation as a dict of those features,
+``{"observation.state": [B, n_obs_steps, 12], ...}``, concatenated in that order.
+
 Horizons follow diffusion_policy: the chunk covers ``horizon`` steps starting at the oldest
 observation in the history, so the first action to execute is the one at index
 ``n_obs_steps - 1`` (aligned with the newest observation), and ``n_action_steps`` are executed.
@@ -20,7 +24,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import asdict, dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 import torch
@@ -29,7 +33,9 @@ from torch.nn import functional as F
 
 from asd_policy.model import ConditionalUnet1D, UNET_SIZES, UNetConfig
 from asd_policy.config import check_choice, check_keys
-from asd_policy.normalizer import MinMaxNormalizer
+from asd_policy.normalizer import AffineNormalizer, MinMaxNormalizer
+
+Normalizer = MinMaxNormalizer | AffineNormalizer
 from asd_policy.sampler_config import SamplerConfig, sampler_options
 from asd_policy.sampling import METHODS, Known, sample
 from asd_policy.schedule import NoiseSchedule
@@ -83,6 +89,9 @@ class PolicyConfig:
     sampler: dict = field(default_factory=lambda: dict(DEFAULT_SAMPLER))
     task_name: str | None = None
     obs_keys: list[str] | None = None
+    # The named observation features the flat vector concatenates, in order: [{"name", "dim"}, ...]
+    # (a LeRobot policy's; None for ours, whose vector is the task's obs_keys).
+    obs_features: list[dict] | None = None
 
     def __post_init__(self) -> None:
         for name in ("obs_dim", "action_dim", "n_obs_steps", "horizon", "n_action_steps"):
@@ -111,6 +120,11 @@ class PolicyConfig:
         self.sampler = stored_sampler(self.sampler)
         if self.obs_keys is not None:
             self.obs_keys = [str(k) for k in self.obs_keys]
+        if self.obs_features is not None:
+            self.obs_features = [{"name": str(f["name"]), "dim": int(f["dim"])} for f in self.obs_features]
+            names = [f["name"] for f in self.obs_features]
+            if len(set(names)) != len(names) or sum(f["dim"] for f in self.obs_features) != self.obs_dim:
+                raise ValueError(f"obs_features {self.obs_features} must have distinct names and dims summing to obs_dim={self.obs_dim}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -133,10 +147,13 @@ class DiffusionPolicy(nn.Module):
     def __init__(
         self,
         config: PolicyConfig,
-        obs_normalizer: MinMaxNormalizer | None = None,
-        action_normalizer: MinMaxNormalizer | None = None,
+        obs_normalizer: Normalizer | None = None,
+        action_normalizer: Normalizer | None = None,
+        origin: dict | None = None,
     ):
         super().__init__()
+        # where the weights come from when not an asd-policy checkpoint (e.g. {"format": "lerobot", ...})
+        self.origin = dict(origin) if origin else None
         self.config = config
         self.model = ConditionalUnet1D(UNetConfig.from_dict(config.unet))
         self.schedule = NoiseSchedule.from_config(config.schedule)
@@ -177,7 +194,7 @@ class DiffusionPolicy(nn.Module):
     def n_action_steps(self) -> int:
         return self.config.n_action_steps
 
-    def set_normalizers(self, obs_normalizer: MinMaxNormalizer, action_normalizer: MinMaxNormalizer) -> None:
+    def set_normalizers(self, obs_normalizer: Normalizer, action_normalizer: Normalizer) -> None:
         device = self.device
         self.obs_normalizer = obs_normalizer.to(device)
         self.action_normalizer = action_normalizer.to(device)
@@ -190,6 +207,28 @@ class DiffusionPolicy(nn.Module):
         return method, dict(resolved.options)
 
     # ---- conditioning ----------------------------------------------------------------------
+    def concat_features(self, features: Mapping[str, Any]) -> Tensor:
+        """A dict of the config's ``obs_features`` (each ``[B, T, dim]``) -> the flat ``[B, T, obs_dim]``."""
+        named = self.config.obs_features
+        if not named:
+            raise ValueError(
+                "this policy names no obs_features; pass the observation as one [B, n_obs_steps, obs_dim] "
+                f"array (obs_dim={self.obs_dim})"
+            )
+        names = [f["name"] for f in named]
+        missing, extra = [n for n in names if n not in features], [k for k in features if k not in names]
+        if missing or extra:
+            raise ValueError(f"observation features must be exactly {names}; missing {missing}, unexpected {extra}")
+        parts = []
+        for f in named:
+            part = torch.as_tensor(features[f["name"]], dtype=torch.float32, device=self.device)
+            if part.dim() != 3 or part.shape[-1] != f["dim"]:
+                raise ValueError(f"observation feature {f['name']!r} must be [B, n_obs_steps, {f['dim']}], got {list(part.shape)}")
+            parts.append(part)
+        if len({tuple(p.shape[:2]) for p in parts}) != 1:
+            raise ValueError(f"observation features differ in [B, n_obs_steps]: {[list(p.shape[:2]) for p in parts]}")
+        return torch.cat(parts, dim=-1)
+
     def _cond(self, obs_history: Tensor) -> Tensor:
         """Normalised, flattened ``[B, n_obs_steps * obs_dim]`` conditioning (takes the newest steps)."""
         obs = obs_history[:, -self.n_obs_steps :]
@@ -214,7 +253,8 @@ class DiffusionPolicy(nn.Module):
 
         Args:
             obs_history: ``[B, n_obs_steps, obs_dim]`` (a longer history is cut to its newest
-                ``n_obs_steps``), environment units; numpy or torch, any device.
+                ``n_obs_steps``), environment units; numpy or torch, any device. Or, when the
+                config names ``obs_features``, a dict of them, each ``[B, n_obs_steps, dim]``.
             method: ``"ddpm"``, ``"ddim"`` or ``"asd"``; default from ``config.sampler``.
             generator: a ``torch.Generator`` for reproducible samples, or a list of B (one per
                 batch element: element b then depends on ``generator[b]`` alone, not on its batch).
@@ -231,6 +271,8 @@ class DiffusionPolicy(nn.Module):
             both float32 in environment units on the policy's device.
         """
         device = self.device
+        if isinstance(obs_history, Mapping):
+            obs_history = self.concat_features(obs_history)
         obs = torch.as_tensor(obs_history, dtype=torch.float32, device=device)
         if obs.dim() == 2:
             raise ValueError(
@@ -307,11 +349,12 @@ class DiffusionPolicy(nn.Module):
 
     # ---- serialisation helpers (used by asd_policy.checkpoint) ------------------------------
     def metadata(self) -> dict:
-        return {
+        meta = {
             "config": self.config.to_dict(),
             "obs_normalizer": self.obs_normalizer.to_dict(),
             "action_normalizer": self.action_normalizer.to_dict(),
         }
+        return {**meta, "origin": self.origin} if self.origin else meta
 
     def copy(self) -> "DiffusionPolicy":
         return copy.deepcopy(self)
@@ -328,8 +371,8 @@ def build_policy(
     sampler: dict | None = None,
     task_name: str | None = None,
     obs_keys: list[str] | None = None,
-    obs_normalizer: MinMaxNormalizer | None = None,
-    action_normalizer: MinMaxNormalizer | None = None,
+    obs_normalizer: Normalizer | None = None,
+    action_normalizer: Normalizer | None = None,
     **unet_overrides: Any,
 ) -> DiffusionPolicy:
     """A fresh (untrained) policy; ``size`` is a U-Net size name (tiny/small/chi) or down_dims."""

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from websockets.sync.client import connect
 
-from asd_policy.normalizer import MinMaxNormalizer
+from asd_policy.normalizer import normalizer_from_dict
 from asd_policy.policy import PolicyOutput
 from asd_policy.serving.config import API_KEY_ENV
 from asd_policy.serving.wire import packb, unpackb
@@ -66,7 +66,7 @@ class RemotePolicy:
         self.task_name: str | None = self.metadata.get("task")
         self.stored_sampler: dict = dict(self.metadata["samplers"]["policy"])  # the checkpoint's own sampler
         # the server's action scaling: real-time jumps are reported in normalised units, as in-process
-        self.action_normalizer = MinMaxNormalizer.from_dict(self.metadata["action_normalizer"])
+        self.action_normalizer = normalizer_from_dict(self.metadata["action_normalizer"])
         self.device = torch.device("cpu")
         self.server_timing: list[dict[str, float]] = []  # one entry per chunk received
 

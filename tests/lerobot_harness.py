@@ -1,0 +1,83 @@
+"""The conformance harness: import the real lerobot (0.4.4) for tests, or skip with the reason.
+
+lerobot is a test-only reference here (installed ``--no-deps`` from constraints/no-deps.txt, its
+light dependencies from the ``test`` extra); the package never imports it. lerobot imports
+torchvision even for ``DiffusionConfig``, and the only torchvision on the index for torch 2.13 is
+a CUDA build whose import fails on a CPU torch ("operator torchvision::nms does not exist") until
+its two C++ op schemas exist. Defining them is a workaround for the tests alone: nothing here calls
+those ops, and it lives in this file, never in the package.
+
+    from lerobot_harness import require_lerobot
+    lerobot = require_lerobot()          # skips the calling test (or module) when unavailable
+    DiffusionPolicy = lerobot.DiffusionPolicy
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from functools import lru_cache
+
+import pytest
+import torch
+
+#: The lerobot version the conformance tests were written against.
+LEROBOT_VERSION = "0.4.4"
+
+_TORCHVISION_OPS = {
+    "torchvision::nms": "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+    "torchvision::qnms": "(Tensor qdets, Tensor qscores, float iou_threshold) -> Tensor",
+}
+
+
+def _import_torchvision() -> None:
+    try:
+        import torchvision  # noqa: F401
+    except RuntimeError as e:
+        if "torchvision::nms" not in str(e):
+            raise
+        # a CUDA torchvision on a CPU torch: drop the half-imported modules, define the schemas, retry
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
+        for op, schema in _TORCHVISION_OPS.items():
+            torch.library.define(op, schema)
+        import torchvision  # noqa: F401
+
+
+@lru_cache(maxsize=1)
+def _load() -> tuple[types.SimpleNamespace | None, str]:
+    try:
+        _import_torchvision()
+        import lerobot
+        from lerobot.configs.types import FeatureType, NormalizationMode, PolicyFeature
+        from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
+        from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy
+        from lerobot.policies.factory import make_pre_post_processors
+    except Exception as e:  # ImportError, or the torchvision RuntimeError on an unexpected build
+        return None, f"{type(e).__name__}: {e}"
+    version = getattr(lerobot, "__version__", None)
+    if version is None:
+        from importlib.metadata import version as dist_version
+
+        version = dist_version("lerobot")
+    ns = types.SimpleNamespace(
+        version=version,
+        DiffusionConfig=DiffusionConfig,
+        DiffusionPolicy=DiffusionPolicy,
+        FeatureType=FeatureType,
+        NormalizationMode=NormalizationMode,
+        PolicyFeature=PolicyFeature,
+        make_pre_post_processors=make_pre_post_processors,
+    )
+    return ns, ""
+
+
+def require_lerobot() -> types.SimpleNamespace:
+    """The real lerobot's classes, or ``pytest.skip`` naming why it is not importable."""
+    ns, why = _load()
+    if ns is None:
+        pytest.skip(
+            f"lerobot {LEROBOT_VERSION} is not importable ({why}); install it as CI does: "
+            f"pip install --no-deps -r constraints/no-deps.txt"
+        )
+    return ns

@@ -1,0 +1,314 @@
+"""Conformance of the LeRobot checkpoint loader with the real lerobot 0.4.4 (skipped without it).
+
+Randomly initialised LeRobot diffusion policies of several configs are saved as LeRobot saves them
+(``save_pretrained`` of the policy and its two processors) and loaded with
+:func:`asd_policy.checkpoint.load_policy`. Then, against LeRobot's own code on the same weights:
+
+* the U-Net's output equals ``diffusion.unet(...)`` on random inputs;
+* with the same generator (so the same initial and per-step noise) our DDPM (or DDIM) chunk equals
+  ``conditional_sample``'s diffusers scheduler loop, through the processors on both sides;
+* our normalise / unnormalise equal the pre- and post-processors;
+* ASD's chunks match LeRobot's own DDPM chunks in distribution (energy two-sample test).
+
+Each comparison is also run on a loader with a planted bug and must then fail.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from asd_policy.checkpoint import CheckpointError, load_policy, read_metadata
+from asd_policy.model import FiLMResidualBlock
+from asd_policy.normalizer import AffineNormalizer
+from asd_policy.sampling import sample
+from lerobot_harness import require_lerobot
+from stat_tests import energy_test
+
+ALPHA = 0.01
+
+#: Configs covering what a state-only LeRobot diffusion config can express (small U-Nets: fast).
+CONFIGS = {
+    "state_minmax_ddpm": dict(
+        state=5, env=3, action=2, down_dims=(16, 32), n_groups=4, diffusion_step_embed_dim=8,
+        horizon=8, n_action_steps=4,
+    ),
+    "env_meanstd_sample_nofilmscale": dict(
+        state=3, env=4, action=3, down_dims=(16, 32, 64), kernel_size=3, n_groups=8, diffusion_step_embed_dim=16,
+        use_film_scale_modulation=False, prediction_type="sample", beta_schedule="linear", beta_start=0.0002,
+        beta_end=0.03, clip_sample=False, n_obs_steps=1, horizon=16, n_action_steps=8,
+        normalization_mapping={"STATE": "MEAN_STD", "ENV": "MEAN_STD", "ACTION": "MEAN_STD"},
+    ),
+    "ddim_identity_action": dict(
+        state=4, env=2, action=2, down_dims=(8, 16), n_groups=2, diffusion_step_embed_dim=8, kernel_size=5,
+        noise_scheduler_type="DDIM", num_inference_steps=10, beta_schedule="scaled_linear", clip_sample_range=1.5,
+        n_obs_steps=3, horizon=8, n_action_steps=4, num_train_timesteps=50,
+        normalization_mapping={"STATE": "MIN_MAX", "ENV": "MIN_MAX", "ACTION": "IDENTITY"},
+    ),
+}
+
+
+def make_lerobot_checkpoint(directory, seed: int = 0, state: int = 5, env: int = 0, action: int = 2, **settings):
+    """A random LeRobot diffusion policy saved as LeRobot saves it; returns (policy, pre, post, config)."""
+    lr = require_lerobot()
+    FT, PF, NM = lr.FeatureType, lr.PolicyFeature, lr.NormalizationMode
+    inputs = {"observation.state": PF(FT.STATE, (state,))}
+    if env:
+        inputs["observation.environment_state"] = PF(FT.ENV, (env,))
+    mapping = settings.pop("normalization_mapping", None)
+    if mapping is not None:
+        settings["normalization_mapping"] = {k: NM[v] for k, v in mapping.items()}
+    cfg = lr.DiffusionConfig(input_features=inputs, output_features={"action": PF(FT.ACTION, (action,))},
+                             device="cpu", push_to_hub=False, **settings)
+    torch.manual_seed(seed)
+    policy = lr.DiffusionPolicy(cfg).eval()
+    with torch.no_grad():  # move GroupNorm's 1/0 and every other weight off its default
+        for p in policy.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    g = torch.Generator().manual_seed(seed + 1)
+    stats = {}
+    for name, dim in [("observation.state", state), ("observation.environment_state", env), ("action", action)]:
+        if dim:
+            lo = torch.randn(dim, generator=g) - 2.0
+            stats[name] = {"min": lo, "max": lo + 1 + 3 * torch.rand(dim, generator=g),
+                           "mean": torch.randn(dim, generator=g), "std": 0.2 + torch.rand(dim, generator=g)}
+    pre, post = lr.make_pre_post_processors(cfg, dataset_stats=stats)
+    for obj in (policy, pre, post):
+        obj.save_pretrained(str(directory))
+    # reload LeRobot's processors from the files, as a user of the checkpoint would
+    pre, post = lr.make_pre_post_processors(cfg, pretrained_path=str(directory))
+    return policy, pre, post, cfg
+
+
+@pytest.fixture(scope="module", params=sorted(CONFIGS))
+def pair(request, tmp_path_factory):
+    """(name, LeRobot's policy, pre, post, ours) for each config."""
+    directory = tmp_path_factory.mktemp(request.param)
+    theirs, pre, post, _ = make_lerobot_checkpoint(directory, seed=len(request.param), **CONFIGS[request.param])
+    return request.param, theirs, pre, post, load_policy(directory)
+
+
+def random_obs(ours, batch: int, seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {f["name"]: 3 * torch.randn(batch, ours.n_obs_steps, f["dim"], generator=g) for f in ours.config.obs_features}
+
+
+# ---- planted bugs: each must make its comparison fail --------------------------------------
+
+
+def swap_film(policy):
+    """FiLM's scale and bias rows exchanged (a loader that reads LeRobot's halves the wrong way round)."""
+    bad = copy.deepcopy(policy)
+    blocks = [m for m in bad.model.modules() if isinstance(m, FiLMResidualBlock) and m.film_scale]
+    if not blocks:
+        for m in bad.model.modules():  # bias-only FiLM: drop the conditioning's bias instead
+            if isinstance(m, FiLMResidualBlock):
+                m.film[1].bias.data.zero_()
+    with torch.no_grad():
+        for m in blocks:
+            lin, c = m.film[1], m.c_out
+            lin.weight.copy_(torch.cat([lin.weight[c:], lin.weight[:c]]))
+            lin.bias.copy_(torch.cat([lin.bias[c:], lin.bias[:c]]))
+    return bad
+
+
+def skip_obs_normalizer(policy):
+    bad = copy.deepcopy(policy)
+    bad.obs_normalizer = AffineNormalizer.identity(policy.obs_dim)
+    return bad
+
+
+def transpose_stats(policy):
+    """Each feature's normaliser applied to the dimensions in reverse order."""
+    bad = copy.deepcopy(policy)
+    n = bad.obs_normalizer
+    bad.obs_normalizer = AffineNormalizer(*(getattr(n, k).flip(0).numpy() for k in ("scale", "offset", "unscale", "unoffset")))
+    a = bad.action_normalizer
+    bad.action_normalizer = AffineNormalizer(*(getattr(a, k).flip(0).numpy() for k in ("scale", "offset", "unscale", "unoffset")))
+    return bad
+
+
+# ---- the network --------------------------------------------------------------------------
+
+
+def unet_gap(theirs, ours, seed: int = 0) -> float:
+    g = torch.Generator().manual_seed(seed)
+    b, cfg = 6, ours.config
+    x = torch.randn(b, cfg.horizon, cfg.action_dim, generator=g)
+    t = torch.randint(0, ours.schedule.num_train_timesteps, (b,), generator=g)
+    cond = torch.randn(b, cfg.n_obs_steps * cfg.obs_dim, generator=g)
+    with torch.no_grad():
+        return float((ours.model(x, t, cond) - theirs.diffusion.unet(x, t, global_cond=cond)).abs().max())
+
+
+def test_unet_output_equals_lerobots(pair):
+    name, theirs, _, _, ours = pair
+    assert unet_gap(theirs, ours) < 1e-5, name
+    assert unet_gap(theirs, swap_film(ours)) > 1e-2, f"{name}: the planted FiLM swap went unnoticed"
+
+
+# ---- normalisation ------------------------------------------------------------------------
+
+
+def normalise_gaps(pre, post, ours, seed: int = 0) -> tuple[float, float]:
+    obs = random_obs(ours, 4, seed)
+    theirs = pre({**{k: v.clone() for k, v in obs.items()}, "action": torch.zeros(4, ours.horizon, ours.action_dim)})
+    flat = ours.concat_features(obs)
+    want = torch.cat([theirs[f["name"]] for f in ours.config.obs_features], dim=-1)
+    obs_gap = float((ours.obs_normalizer.normalize(flat) - want).abs().max())
+    y = torch.randn(4, ours.horizon, ours.action_dim, generator=torch.Generator().manual_seed(seed + 1))
+    act_gap = float((ours.action_normalizer.unnormalize(y) - post(y.clone())).abs().max())
+    return obs_gap, act_gap
+
+
+def test_normalise_and_unnormalise_equal_lerobots_processors(pair):
+    name, _, pre, post, ours = pair
+    obs_gap, act_gap = normalise_gaps(pre, post, ours)
+    assert obs_gap < 1e-5 and act_gap < 1e-5, (name, obs_gap, act_gap)
+    bad_obs, bad_act = normalise_gaps(pre, post, transpose_stats(ours))
+    assert max(bad_obs, bad_act) > 1e-2, f"{name}: the planted transposed statistics went unnoticed"
+
+
+# ---- whole chunks with the same noise -------------------------------------------------------
+
+
+def lerobot_chunks(theirs, pre, post, obs: dict[str, torch.Tensor], seed: int) -> torch.Tensor:
+    """LeRobot's own sampling: processors, global conditioning, conditional_sample, unnormaliser."""
+    batch = pre({k: v.clone() for k, v in obs.items()})
+    with torch.no_grad():
+        cond = theirs.diffusion._prepare_global_conditioning(batch)
+        x = theirs.diffusion.conditional_sample(cond.shape[0], global_cond=cond,
+                                                generator=torch.Generator().manual_seed(seed))
+    return post(x)
+
+
+def chunk_gap(theirs, pre, post, ours, seed: int = 0) -> float:
+    obs = random_obs(ours, 3, seed)
+    want = lerobot_chunks(theirs, pre, post, obs, seed)
+    # the stored sampler is LeRobot's (DDIM when its config asks for it), so compare DDPM where it is DDPM
+    method = "ddim" if ours.config.sampler["method"] == "ddim" else "ddpm"
+    got = ours.predict_action(obs, method=method, generator=torch.Generator().manual_seed(seed)).action_pred
+    return float((got - want).abs().max() / want.abs().max().clamp_min(1.0))
+
+
+def test_chunk_with_the_same_noise_equals_lerobots_conditional_sample(pair):
+    name, theirs, pre, post, ours = pair
+    assert chunk_gap(theirs, pre, post, ours) < 1e-4, name
+    assert chunk_gap(theirs, pre, post, skip_obs_normalizer(ours)) > 1e-3, f"{name}: the skipped normaliser went unnoticed"
+
+
+def test_stored_sampler_follows_the_lerobot_scheduler(pair):
+    name, theirs, _, _, ours = pair
+    if theirs.config.noise_scheduler_type == "DDIM":
+        assert ours.config.sampler == {"method": "ddim", "num_inference_steps": theirs.config.num_inference_steps,
+                                       "eta": 0.0}
+    else:
+        assert ours.config.sampler["method"] == "asd"
+    assert ours.config.n_action_steps == theirs.config.n_action_steps
+    assert [f["name"] for f in ours.config.obs_features] == list(theirs.config.input_features)
+
+
+# ---- ASD against LeRobot's DDPM, in distribution --------------------------------------------
+
+
+def asd_against_lerobot_ddpm(theirs, pre, post, ours, n: int = 300, seed: int = 0) -> float:
+    """p-value of the energy test between ASD's chunks (ours) and LeRobot's DDPM chunks, one observation."""
+    obs = {k: v.expand(n, -1, -1).contiguous() for k, v in random_obs(ours, 1, seed).items()}
+    want = lerobot_chunks(theirs, pre, post, obs, seed + 1)
+    got = ours.predict_action(obs, method="asd", generator=torch.Generator().manual_seed(seed + 2)).action_pred
+    scale = want.std(dim=0).clamp_min(1e-3)  # compare in units of LeRobot's per-coordinate spread
+    return energy_test(got / scale, want / scale, permutations=300, seed=seed)[1]
+
+
+def test_asd_matches_lerobots_ddpm_in_distribution(tmp_path):
+    theirs, pre, post, _ = make_lerobot_checkpoint(tmp_path, seed=3, **CONFIGS["state_minmax_ddpm"])
+    ours = load_policy(tmp_path)
+    assert ours.config.sampler["method"] == "asd"
+    p = asd_against_lerobot_ddpm(theirs, pre, post, ours)
+    assert p >= ALPHA, f"ASD on the loaded policy departs from LeRobot's DDPM (energy test p = {p:.4f})"
+    for bug in (swap_film, skip_obs_normalizer):
+        p_bad = asd_against_lerobot_ddpm(theirs, pre, post, bug(ours))
+        assert p_bad < ALPHA, f"the planted {bug.__name__} was not detected (p = {p_bad:.4f})"
+
+
+# ---- what the loader refuses -----------------------------------------------------------------
+
+
+def test_no_lerobot_import_and_metadata_without_weights_loading(tmp_path):
+    import subprocess
+    import sys
+
+    make_lerobot_checkpoint(tmp_path, **CONFIGS["state_minmax_ddpm"])
+    code = ("import sys; from asd_policy.checkpoint import load_policy; p = load_policy(sys.argv[1]); "
+            "p.predict_action({'observation.state': [[[0.0] * 5] * 2], 'observation.environment_state': [[[0.0] * 3] * 2]}); "
+            "assert not any(m == 'lerobot' or m.startswith('lerobot.') for m in sys.modules), 'lerobot imported'")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True)
+    meta = read_metadata(tmp_path)
+    assert meta["format"] == "lerobot" and meta["config"]["obs_features"][0]["name"] == "observation.state"
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c.update(type="act"), "policy type 'act' is not supported"),
+    (lambda c: c.update(noise_scheduler_type="DPM"), "noise_scheduler_type='DPM' is not supported"),
+    (lambda c: c.update(num_inference_steps=10), "strided DDPM"),
+    (lambda c: c["input_features"].update({"observation.images.top": {"type": "VISUAL", "shape": [3, 84, 84]}}),
+     "image features ['observation.images.top'] are not supported yet"),
+    (lambda c: c.update(normalization_mapping={"STATE": "LOG", "ACTION": "MIN_MAX"}), "normalisation mode 'LOG'"),
+    (lambda c: c.update(down_dims=[16, 64]), "does not fit the network"),
+    (lambda c: c.update(some_new_knob=3), "config keys ['some_new_knob'] are not known"),
+])
+def test_unsupported_configs_get_one_clear_error(tmp_path, change, message):
+    import json
+
+    make_lerobot_checkpoint(tmp_path, **CONFIGS["state_minmax_ddpm"])
+    cfg_path = tmp_path / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    change(cfg)
+    if "normalization_mapping" in cfg and cfg["normalization_mapping"].get("STATE") == "LOG":
+        for name in ("policy_preprocessor.json",):  # the processors carry the mapping that is applied
+            proc = json.loads((tmp_path / name).read_text())
+            for step in proc["steps"]:
+                if step["registry_name"] == "normalizer_processor":
+                    step["config"]["norm_map"]["STATE"] = "LOG"
+            (tmp_path / name).write_text(json.dumps(proc))
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")):
+        load_policy(tmp_path)
+
+
+def test_missing_files_are_named(tmp_path):
+    make_lerobot_checkpoint(tmp_path, **CONFIGS["state_minmax_ddpm"])
+    (tmp_path / "policy_postprocessor.json").unlink()
+    with pytest.raises(CheckpointError, match="policy_postprocessor.json is missing"):
+        load_policy(tmp_path)
+    for f in tmp_path.glob("policy_*"):
+        f.unlink()
+    with pytest.raises(CheckpointError, match="migrate_policy_normalization"):
+        load_policy(tmp_path)
+
+
+def test_missing_statistics_are_refused(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    make_lerobot_checkpoint(tmp_path, **CONFIGS["state_minmax_ddpm"])
+    stats_file = next(tmp_path.glob("policy_preprocessor_step_*_normalizer_processor.safetensors"))
+    stats = {k: v for k, v in load_file(str(stats_file)).items() if k != "observation.state.max"}
+    save_file(stats, str(stats_file))
+    with pytest.raises(CheckpointError, match=r"needs \['observation.state.max'\]"):
+        load_policy(tmp_path)
+
+
+def test_dict_observation_errors_name_the_feature(tmp_path):
+    make_lerobot_checkpoint(tmp_path, **CONFIGS["env_meanstd_sample_nofilmscale"])
+    ours = load_policy(tmp_path)
+    with pytest.raises(ValueError, match=r"missing \['observation.environment_state'\]"):
+        ours.predict_action({"observation.state": np.zeros((1, 1, 3))})
+    with pytest.raises(ValueError, match=r"'observation.state' must be \[B, n_obs_steps, 3\]"):
+        ours.predict_action({"observation.state": np.zeros((1, 1, 4)), "observation.environment_state": np.zeros((1, 1, 4))})
+    flat = ours.predict_action(np.zeros((1, 1, 7)), method="ddim", generator=torch.Generator().manual_seed(0)).actions
+    named = ours.predict_action({"observation.state": np.zeros((1, 1, 3)), "observation.environment_state": np.zeros((1, 1, 4))},
+                                method="ddim", generator=torch.Generator().manual_seed(0)).actions
+    assert torch.equal(flat, named)

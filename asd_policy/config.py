@@ -136,9 +136,15 @@ class TaskConfig:
 
     name: str | None = None
     env_kwargs: dict[str, Any] = field(default_factory=dict)
+    # A LeRobot policy's feature -> the task's observation keys feeding it, in order (asd_policy.obs_map);
+    # empty: the task's flat vector is the policy's as it is.
+    obs_map: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.env_kwargs = dict(self.env_kwargs or {})
+        if not isinstance(self.obs_map or {}, Mapping):
+            raise ConfigError(f"task.obs_map must map feature names to lists of observation keys, got {self.obs_map!r}")
+        self.obs_map = {str(k): [v] if isinstance(v, str) else [str(x) for x in v] for k, v in (self.obs_map or {}).items()}
 
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")

@@ -29,7 +29,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from asd_policy.config import HELD_OUT_SEED, ConfigError
+from asd_policy.config import HELD_OUT_SEED, ConfigError, TaskConfig
+from asd_policy.obs_map import mapped_env_fn, obs_map_index
 from asd_policy.rollout import ObsHistory, infer_chunk, policy_device
 from asd_policy.sampler_config import SamplerConfig, resolve_samplers
 from asd_policy.schedule import VARIANCE_TYPES, NoiseSchedule
@@ -323,7 +324,9 @@ def format_table(report: Mapping[str, Any], latency: Mapping[str, float] | None 
 class ExactnessConfig:
     """``scripts/check_exactness.py``'s settings (registered with hydra as ``check_exactness_schema``)."""
 
-    checkpoint: str = "checkpoints/reach_around"  # a checkpoint directory (policy.json + policy.safetensors)
+    checkpoint: str = "checkpoints/reach_around"  # a checkpoint directory (policy.json + policy.safetensors) or a LeRobot pretrained_model/
+    # task=<name>: the task whose env gives the observations, for a checkpoint that records none (a LeRobot one)
+    task: TaskConfig = field(default_factory=TaskConfig)
     samplers: list[str] = field(default_factory=lambda: list(DEFAULT_SAMPLERS))  # tested against ddpm; names of CHECK_PRESETS or presets
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)  # more named samplers, e.g. {asd8: {method: asd, speculation_length: 8}}
     chunks: int = 200  # N: chunks per sampler and observation, drawn in one batched call
@@ -354,8 +357,12 @@ class ExactnessConfig:
         resolve_check_samplers(self.samplers, self.presets)
 
 
-def load_checked(checkpoint: str, device: str = "cpu") -> Any:
-    """The policy, after its schedule passed :func:`check_schedule`; one-line ConfigErrors."""
+def load_checked(checkpoint: str, device: str = "cpu", task: str | None = None) -> Any:
+    """The policy, after its schedule passed :func:`check_schedule`; one-line ConfigErrors.
+
+    ``task`` names the task of a checkpoint that records none (a LeRobot one); it must agree with
+    one that does.
+    """
     from asd_policy.checkpoint import load_policy, read_metadata
 
     try:
@@ -364,8 +371,13 @@ def load_checked(checkpoint: str, device: str = "cpu") -> Any:
         policy = load_policy(checkpoint, device=device)
     except (ValueError, OSError, KeyError) as exc:
         raise ConfigError(" ".join(str(exc).split())) from None
-    if not policy.config.task_name:
-        raise ConfigError(f"checkpoint {checkpoint} records no config.task_name in policy.json; add the task's name")
+    recorded = policy.config.task_name
+    if recorded and task and recorded != task:
+        raise ConfigError(f"checkpoint {checkpoint} was trained for task {recorded!r}, not task={task!r}; drop task=")
+    if not recorded and not task:
+        raise ConfigError(f"checkpoint {checkpoint} records no task (config.task_name); pass task=<its task>, "
+                          f"e.g. task=reach_around")
+    policy.config.task_name = recorded or task
     return policy
 
 
@@ -376,14 +388,18 @@ def check(cfg: ExactnessConfig, log: Callable[[str], None] | None = None) -> dic
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     samplers = resolve_check_samplers(cfg.samplers, cfg.presets)
-    policy = load_checked(cfg.checkpoint, cfg.device)
+    policy = load_checked(cfg.checkpoint, cfg.device, cfg.task.name)
     task = policy.config.task_name
     m = cfg.resets + cfg.rollout_states
     family = m * len(statistic_names(task)) * max(1, sum(s.method == "asd" for s in samplers))
     permutations = cfg.permutations or math.ceil(4 * family / cfg.alpha)
     check_sizes(cfg.chunks, m, permutations, family, cfg.alpha)
     start = time.perf_counter()
-    obs = observations_for(policy, lambda: asd_envs.make_env(task, render_mode=None), cfg.resets, cfg.rollout_states, cfg.seed)
+    env_fn = lambda: asd_envs.make_env(task, render_mode=None)  # noqa: E731
+    if cfg.task.obs_map:  # the task's keys in the policy's feature order
+        index = obs_map_index(cfg.task.obs_map, asd_envs.get_task(task), policy.config.obs_features)
+        env_fn = mapped_env_fn(env_fn, index)
+    obs = observations_for(policy, env_fn, cfg.resets, cfg.rollout_states, cfg.seed)
     report = fidelity(policy, obs, samplers, cfg.chunks, permutations, cfg.alpha, cfg.seed, log if cfg.progress else None)
     timed = [s for s in samplers if s.name != NULL]
     report["latency_ms"] = latency_ms(policy, obs[0][1], timed, cfg.latency_repeats, cfg.seed) if cfg.latency_repeats else {}

@@ -359,8 +359,7 @@ def load_lerobot_policy(path: str | Path, device: str = "cpu"):
     features, _ = _features(cfg, where)
     mapping = {str(k): str(v) for k, v in (cfg.get("normalization_mapping") or {}).items()}
     obs_norm, act_norm = _normalizers(directory, features, config.action_dim, mapping)
-    policy = DiffusionPolicy(config, obs_norm, act_norm, origin={"format": "lerobot", "type": "diffusion",
-                                                                "path": str(directory)})
+    policy = DiffusionPolicy(config, obs_norm, act_norm, origin={"format": "lerobot", "type": "diffusion"})
     weights = directory / WEIGHTS_NAME
     state = {k: torch.from_numpy(v.copy()).float() for k, v in _read_tensors(weights).items()}
     try:

@@ -112,6 +112,34 @@ class NoiseSchedule:
         known = {f for f in cls.__dataclass_fields__ if cls.__dataclass_fields__[f].init}
         return cls(**{k: v for k, v in config.items() if k in known})
 
+    @classmethod
+    def from_diffusers(cls, scheduler_or_config) -> "NoiseSchedule":
+        """The schedule of a diffusers ``DDPMScheduler`` (or ``DDIMScheduler``), its ``.config``, or a dict.
+
+        Every setting the reverse chain depends on must be one this class implements; anything else
+        (trained betas, thresholding, a timestep offset, another variance type) is refused by name
+        rather than silently dropped. diffusers is not imported.
+        """
+        config = getattr(scheduler_or_config, "config", scheduler_or_config)
+        config = dict(config.items()) if hasattr(config, "items") else None
+        if config is None:
+            raise TypeError(f"from_diffusers takes a diffusers scheduler, its .config or a dict, not {type(scheduler_or_config).__name__}")
+        refused = {
+            "trained_betas": lambda v: v is None,
+            "thresholding": lambda v: not v,
+            "steps_offset": lambda v: not v,
+            "rescale_betas_zero_snr": lambda v: not v,
+            "timestep_spacing": lambda v: v in (None, "leading"),
+            "set_alpha_to_one": lambda v: v in (None, True),
+            "variance_type": lambda v: v in VARIANCE_TYPES,
+        }
+        bad = {k: config[k] for k, ok in refused.items() if k in config and not ok(config[k])}
+        if bad:
+            raise ValueError(f"scheduler settings {bad} are not supported; NoiseSchedule implements DDPM with "
+                             f"trained_betas=None, no thresholding, steps_offset=0, leading timestep spacing and "
+                             f"variance_type in {VARIANCE_TYPES}")
+        return cls.from_config(config)
+
     # ---- model output -> clean-sample estimate ------------------------------------------------
     def predict_x0_eps(
         self, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor

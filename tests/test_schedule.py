@@ -98,3 +98,43 @@ def test_add_noise_and_training_target_invert_the_prediction():
         x0hat, eps = schedule.predict_x0_eps(schedule.training_target(x0, noise, t), x_t, t)
         torch.testing.assert_close(x0hat, x0, atol=2e-3, rtol=1e-3)
         torch.testing.assert_close(eps, noise, atol=2e-3, rtol=1e-3)
+
+
+def _toy_denoiser(x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
+    """A smooth stand-in for a trained network (any deterministic function of (x, t) will do)."""
+    return torch.tanh(0.7 * x + 0.01 * t.float().reshape(-1, 1, 1)) - 0.2 * x
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_from_diffusers_samples_what_the_diffusers_loop_samples(config):
+    """A real DDPMScheduler -> NoiseSchedule.from_diffusers -> sample(method="ddpm"): the same chain
+    as diffusers' own set_timesteps / step loop, given the same generator (same noise)."""
+    from asd_policy.sampling import sample
+
+    ref = diffusers.DDPMScheduler(num_train_timesteps=50, **config)
+    schedule = NoiseSchedule.from_diffusers(ref)
+    assert schedule.config() == NoiseSchedule.from_diffusers(ref.config).config()
+    shape = (3, 8, 2)
+    ours, _ = sample(_toy_denoiser, schedule, shape, method="ddpm", generator=torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(shape, generator=g)
+    ref.set_timesteps(50)
+    for t in ref.timesteps:
+        x = ref.step(_toy_denoiser(x, torch.full((3,), int(t))), t, x, generator=g).prev_sample
+    torch.testing.assert_close(ours, x, atol=1e-4, rtol=1e-4)
+    # ... and a schedule that differs (a planted wrong beta_end) does not
+    wrong = NoiseSchedule.from_config({**schedule.config(), "beta_end": schedule.beta_end * 1.5})
+    if schedule.beta_schedule != "squaredcos_cap_v2":
+        off, _ = sample(_toy_denoiser, wrong, shape, method="ddpm", generator=torch.Generator().manual_seed(5))
+        assert (off - x).abs().max() > 1e-3
+
+
+def test_from_diffusers_refuses_settings_it_would_drop():
+    with pytest.raises(ValueError, match="thresholding"):
+        NoiseSchedule.from_diffusers(diffusers.DDPMScheduler(thresholding=True))
+    with pytest.raises(ValueError, match="timestep_spacing"):
+        NoiseSchedule.from_diffusers(diffusers.DDPMScheduler(timestep_spacing="trailing"))
+    with pytest.raises(ValueError, match="variance_type"):
+        NoiseSchedule.from_diffusers(diffusers.DDPMScheduler(variance_type="learned_range"))
+    with pytest.raises(TypeError, match="from_diffusers takes"):
+        NoiseSchedule.from_diffusers(42)

@@ -28,7 +28,7 @@ def load_checked_policy(checkpoint: str | os.PathLike, task: str | None, device:
     """Load a checkpoint and check that it belongs to ``task``; one-line :class:`EvalError`s."""
     path = Path(checkpoint).expanduser()
     if not path.exists():
-        raise EvalError(f"checkpoint not found: {path} (pass checkpoint=<dir with policy.json>)")
+        raise EvalError(f"checkpoint not found: {path} (pass checkpoint=<dir with policy.json>, or a LeRobot pretrained_model/ dir)")
     try:
         policy = load_policy(path, device=device, obs_dim=obs_dim, action_dim=action_dim, task_name=task)
     except (ValueError, OSError, KeyError) as exc:
@@ -39,6 +39,8 @@ def load_checked_policy(checkpoint: str | os.PathLike, task: str | None, device:
             f"checkpoint {path} was trained for task {trained!r}, not {task!r}; "
             f"use checkpoints/{task} or pass task={trained}"
         )
+    if trained is None and task is not None and getattr(policy, "origin", None):
+        policy.config.task_name = task  # a LeRobot checkpoint records no task: it is the one it runs on
     return policy
 
 

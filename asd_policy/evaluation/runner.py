@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator, Mapping
 import numpy as np
 import torch
 
-from asd_policy.config import to_dict
+from asd_policy.config import ConfigError, to_dict
 from asd_policy.evaluation.config import EvalConfig, EvalError, make_config
 from asd_policy.evaluation import fidelity
 from asd_policy.evaluation.inputs import EnvPool, check_dims, connect_policy_server, load_checked_policy, task_env_fn
@@ -26,6 +26,7 @@ from asd_policy.evaluation.summary import assemble, episode_row
 from asd_policy.evaluation.tables import format_table
 from asd_policy.evaluation.wandb_log import log_to_wandb
 from asd_policy.io import write_json
+from asd_policy.obs_map import mapped_env_fn, obs_map_index
 from asd_policy.realtime import run_realtime, run_realtime_batch
 from asd_policy.rollout import EpisodeResult, infer_chunk, latency_summary, policy_device, rollout_episodes
 from asd_policy.sampler_config import SamplerConfig, resolve_samplers
@@ -111,9 +112,12 @@ def _prepare(cfg: EvalConfig, policy: Any, env_fn: Callable[..., Any] | None, ou
         checkpoint = checkpoint or (f"checkpoints/{task}" if task else None)
         if checkpoint is None:
             raise EvalError("give checkpoint=<path> (or a policy object)")
+        mapped = bool(cfg.task.obs_map)  # the task's vector is then not the policy's: checked once mapped
         policy = load_checked_policy(checkpoint, task, cfg.device,
-                                     obs_dim=spec_task.obs_dim if spec_task else None,
+                                     obs_dim=spec_task.obs_dim if spec_task and not mapped else None,
                                      action_dim=spec_task.action_dim if spec_task else None)
+    if cfg.task.obs_map:
+        env_fn = _mapped(cfg, policy, spec_task, env_fn)
     stored = getattr(getattr(policy, "config", None), "sampler", None) or getattr(policy, "stored_sampler", None)
     specs = resolve_samplers(cfg.samplers, cfg.presets, stored=stored if isinstance(stored, Mapping) else None)
     pool = EnvPool(env_fn, 1 if cfg.realtime == "wall" else cfg.num_envs, cfg.vector_env, cfg.videos > 0, task)
@@ -132,6 +136,17 @@ def _prepare(cfg: EvalConfig, policy: Any, env_fn: Callable[..., Any] | None, ou
         pool.close()
         raise
     return _Run(cfg, policy, specs, pool, control_hz, checkpoint, out, latency, recorder=recorder)
+
+
+def _mapped(cfg: EvalConfig, policy: Any, spec_task: Any, env_fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``env_fn`` with its observations in the policy's feature order (``task.obs_map``)."""
+    if spec_task is None:
+        raise EvalError("task.obs_map needs a registered task (task=<name>), whose observation keys it names")
+    features = getattr(getattr(policy, "config", None), "obs_features", None)
+    try:
+        return mapped_env_fn(env_fn, obs_map_index(cfg.task.obs_map, spec_task, features))
+    except ConfigError as exc:
+        raise EvalError(str(exc)) from None
 
 
 def _fidelity_recorder(cfg: EvalConfig, policy: Any, specs: list[SamplerConfig]) -> fidelity.ObsRecorder | None:

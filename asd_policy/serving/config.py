@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from asd_policy.config import ConfigError
+from asd_policy.config import ConfigError, TaskConfig
 
 __all__ = ["ServeConfig", "API_KEY_ENV", "LOOPBACK"]
 
@@ -20,7 +20,9 @@ LOOPBACK = "127.0.0.1"
 class ServeConfig:
     """``python scripts/serve.py checkpoint=<dir>``: serve one checkpoint over a websocket."""
 
-    checkpoint: str | None = None  # a checkpoint directory, e.g. checkpoints/lift (required)
+    checkpoint: str | None = None  # a checkpoint directory, e.g. checkpoints/lift, or a LeRobot pretrained_model/ (required)
+    # task=<name>: the task served, for a checkpoint that records none (a LeRobot one): its control rate in the metadata
+    task: TaskConfig = field(default_factory=TaskConfig)
     host: str = LOOPBACK  # bind address; anything but loopback must be asked for (e.g. host=0.0.0.0)
     port: int = 8000  # 0: any free port (printed at startup)
     device: str = "cpu"  # cpu | cuda | cuda:1 | mps

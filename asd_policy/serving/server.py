@@ -61,14 +61,18 @@ class PolicyServer:
             raise ConfigError(f"sampler={config.sampler!r} is not offered{did_you_mean(config.sampler, self.samplers)}; "
                               f"use one of {', '.join(self.samplers)} (or add it with +presets.{config.sampler}={{...}})")
         pc = policy.config
-        self.shape = PolicyShape(
-            pc.obs_dim, pc.n_obs_steps, pc.horizon, pc.action_dim, tuple(pc.obs_keys or ()),
-            tuple(task.obs_key_dims) if task is not None and tuple(task.obs_keys) == tuple(pc.obs_keys or ()) else (),
-        )
+        if pc.obs_features:  # a LeRobot policy: a map observation is keyed by its feature names
+            keys, dims = tuple(f["name"] for f in pc.obs_features), tuple(f["dim"] for f in pc.obs_features)
+        else:
+            keys = tuple(pc.obs_keys or ())
+            dims = tuple(task.obs_key_dims) if task is not None and tuple(task.obs_keys) == keys else ()
+        self.shape = PolicyShape(pc.obs_dim, pc.n_obs_steps, pc.horizon, pc.action_dim, keys, dims)
         self.metadata = {
             "protocol": PROTOCOL,
-            "task": pc.task_name,
-            "obs_keys": list(pc.obs_keys or []),
+            "task": pc.task_name or (task.name if task is not None else None),
+            "obs_keys": list(keys),
+            "obs_features": pc.obs_features,  # the named features of a LeRobot policy, in concatenation order
+            "origin": getattr(policy, "origin", None),
             "obs_dim": pc.obs_dim,
             "action_dim": pc.action_dim,
             "n_obs_steps": pc.n_obs_steps,
@@ -251,12 +255,18 @@ def load_server(config: ServeConfig) -> PolicyServer:
 
     meta = read_metadata(config.checkpoint)
     policy = load_policy(config.checkpoint, device=config.device)
+    recorded, asked = policy.config.task_name, config.task.name
+    if recorded and asked and recorded != asked:
+        raise ConfigError(f"checkpoint {config.checkpoint} was trained for task {recorded!r}, not task={asked!r}; "
+                          f"drop task= or pass task={recorded}")
     task = None
-    if policy.config.task_name:
+    if recorded or asked:
         try:
             from asd_envs import get_task
 
-            task = get_task(policy.config.task_name)
-        except (ImportError, KeyError, ValueError):
+            task = get_task(recorded or asked)
+        except (ImportError, KeyError, ValueError) as exc:
+            if asked and not recorded:
+                raise ConfigError(" ".join(str(exc).split())) from None
             task = None  # a task this install does not register: serve without its rate and key widths
     return PolicyServer(policy, config, task, meta.get("weights_sha256"))

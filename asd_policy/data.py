@@ -1,7 +1,8 @@
-"""Demonstration reader for robomimic-format hdf5 files.
+"""Demonstration reader for robomimic-format hdf5 files and LeRobot v3.0 dataset directories.
 
 Reads the files written by ``scripts/collect.py`` and the real robomimic low-dim datasets
-(``lift/ph/low_dim_v15.hdf5`` etc.) alike::
+(``lift/ph/low_dim_v15.hdf5`` etc.) alike; a directory is read as a LeRobot v3.0 dataset root
+(``meta/info.json``, parquet data: see :mod:`asd_policy.lerobot_dataset`)::
 
     from asd_policy.data import load_demonstrations
     demos = load_demonstrations("data/reach_around.hdf5")
@@ -120,17 +121,20 @@ def _default_obs_keys(data_attrs, env_args: dict, task_name: str | None, availab
 
 
 def load_demonstrations(path: str | os.PathLike, obs_keys: Sequence[str] | None = None) -> Demonstrations:
-    """Load every demo of a robomimic-format hdf5 file (see module docstring)."""
-    import h5py
-
+    """Load every demo of a robomimic-format hdf5 file or a LeRobot v3.0 dataset directory (see module docstring)."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(
             f"demonstration file not found: {path!r}; create it with "
-            f"`python scripts/collect.py task=<task> output={path}` or pass the path of a robomimic dataset"
+            f"`python scripts/collect.py task=<task> output={path}` or pass the path of a robomimic dataset "
+            f"(or of a LeRobot v3.0 dataset directory)"
         )
-    if os.path.isdir(path):
-        raise ValueError(f"{path!r} is a directory, expected a robomimic-format .hdf5 file")
+    if os.path.isdir(path):  # a LeRobot v3.0 dataset root (parquet; asd_policy/lerobot_dataset.py)
+        from asd_policy.lerobot_dataset import load_lerobot_dataset
+
+        return load_lerobot_dataset(path, obs_keys)
+    import h5py
+
     try:
         f = h5py.File(path, "r")
     except OSError as e:

@@ -1,9 +1,11 @@
-"""Roll out a task's scripted expert and write the successful episodes in robomimic's layout.
+"""Roll out a task's scripted expert and write the successful episodes in robomimic's layout
+(``format="hdf5"``, the default) or as a LeRobot v3.0 dataset (``format="lerobot"``).
 
-Used by ``scripts/collect.py`` (hydra front end); callable directly for tests::
+Used by ``scripts/collect.py`` (hydra front end over :class:`CollectConfig`); callable directly for tests::
 
     from asd_envs.collect import collect
     summary = collect("reach_around", num_demos=10, seed=0, output="data/ra.hdf5")
+    summary = collect("reach_around", num_demos=10, seed=0, output="data/ra", format="lerobot")
 
 Episode ``i`` (attempt number) resets the env with ``seed + i`` and draws the expert's random
 choices from ``numpy.random.default_rng([seed, i])``, so a collection is a pure function of
@@ -11,15 +13,63 @@ choices from ``numpy.random.default_rng([seed, i])``, so a collection is a pure 
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
+from asd_policy.config import ConfigError, TaskConfig, check_choice, coerce_nested
+
 from .dataset import RobomimicWriter
 from .registry import get_task, make_env, make_expert
+
+#: Output formats: robomimic-layout hdf5 (a file) or a LeRobot v3.0 dataset (a directory).
+FORMATS = ("hdf5", "lerobot")
+
+
+@dataclass
+class CollectConfig:
+    """Every setting of ``scripts/collect.py`` and its default (configs/collect.yaml picks the task)."""
+
+    task: TaskConfig = field(default_factory=TaskConfig)
+    num_demos: int = 100
+    seed: int = 0
+    output: str | None = None  # None -> data/<task>.hdf5 (hdf5) or data/<task> (lerobot, a directory)
+    format: str = "hdf5"  # hdf5 (robomimic layout) | lerobot (LeRobot v3.0 dataset, needs pyarrow)
+    max_attempts: int | None = None  # episodes to try at most; None -> 2 * num_demos + 10
+    valid_fraction: float = 0.1  # share of demos in the validation split (hdf5: mask/valid)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        coerce_nested(self)
+        check_choice("format", self.format, FORMATS)
+        if isinstance(self.num_demos, bool) or not isinstance(self.num_demos, int) or self.num_demos < 1:
+            raise ConfigError(f"num_demos={self.num_demos!r} is not valid; use an integer >= 1")
+        if not 0 <= self.valid_fraction < 1:
+            raise ConfigError(f"valid_fraction={self.valid_fraction!r} is not valid; use a share in [0, 1)")
+        if not self.task.name:
+            raise ConfigError("give a task: task=<name> (a configs/task/<name>.yaml)")
+        _check_output(self.output_path(), self.format)
+
+    def output_path(self) -> str:
+        """``output`` (``~`` expanded), else ``data/<task>.hdf5`` or, for LeRobot, ``data/<task>``."""
+        if self.output:
+            return os.path.expanduser(self.output)
+        return os.path.join("data", f"{self.task.name}.hdf5" if self.format == "hdf5" else str(self.task.name))
+
+
+def _check_output(output: str, format: str) -> None:
+    """The output names a file for hdf5 and a directory for LeRobot (catches a format= left out)."""
+    is_hdf5_name = output.endswith((".hdf5", ".h5"))
+    if format == "lerobot" and is_hdf5_name:
+        raise ConfigError(f"output={output!r} names an hdf5 file, but format=lerobot writes a dataset directory; "
+                          f"give a directory (e.g. output={output.rsplit('.', 1)[0]}) or format=hdf5")
+    if format == "hdf5" and os.path.isdir(output):
+        raise ConfigError(f"output={output!r} is a directory, but format=hdf5 writes a file; give a path ending "
+                          f"in .hdf5, or format=lerobot to write a LeRobot dataset there")
 
 
 @dataclass
@@ -100,12 +150,15 @@ def collect(
     max_attempts: int | None = None,
     valid_fraction: float = 0.1,
     progress: bool = True,
+    format: str = "hdf5",
 ) -> CollectSummary:
     """Collect ``num_demos`` successful expert episodes (trying at most ``max_attempts``
-    episodes, default ``2 * num_demos + 10``). ``num_demos=100 max_attempts=100`` measures the
-    expert's success rate over exactly 100 seeded episodes."""
+    episodes, default ``2 * num_demos + 10``) into ``output`` in ``format`` (see :data:`FORMATS`).
+    ``num_demos=100 max_attempts=100`` measures the expert's success rate over exactly 100 seeded episodes."""
     if num_demos < 1:
         raise ValueError(f"num_demos must be >= 1, got {num_demos}")
+    check_choice("format", format, FORMATS)
+    _check_output(output, format)
     spec = get_task(task)
     overrides = dict(env_overrides or {})
     overrides.setdefault("render_mode", None)
@@ -126,7 +179,7 @@ def collect(
     t_start = time.perf_counter()
     kept = episodes = successes = steps = 0
     step_time, step_count = 0.0, 0
-    with RobomimicWriter(output, env_args, task, spec.obs_keys, valid_fraction, split_seed=seed) as w:
+    with _open_writer(format, output, spec, env_args, valid_fraction, seed) as w:
         while kept < num_demos and episodes < max_attempts:
             ep = run_expert_episode(env, expert, seed + episodes, np.random.default_rng([seed, episodes]))
             episodes += 1
@@ -134,8 +187,7 @@ def collect(
             step_count += len(ep["actions"])
             if ep["success"]:
                 successes += 1
-                w.add_episode(ep["obs"], ep["actions"], ep["rewards"], ep["dones"], ep["states"],
-                              model_file=ep["model_file"])
+                _add_episode(w, ep)
                 kept += 1
                 steps += len(ep["actions"])
                 bar.update(1)
@@ -151,3 +203,21 @@ def collect(
         steps_kept=steps, wall_s=time.perf_counter() - t_start,
         env_step_ms=1e3 * step_time / max(step_count, 1),
     )
+
+
+def _open_writer(format: str, output: str, spec, env_args: dict, valid_fraction: float, seed: int):
+    if format == "hdf5":
+        return RobomimicWriter(output, env_args, spec.name, spec.obs_keys, valid_fraction, split_seed=seed)
+    from asd_policy.lerobot_export import LeRobotWriter  # pyarrow only when asked for
+
+    return LeRobotWriter(output, spec.obs_keys, spec.state_keys, fps=spec.control_hz, task_name=spec.name,
+                         env_args=env_args, task_description=spec.description or spec.name, robot_type=spec.name,
+                         valid_fraction=valid_fraction, split_seed=seed)
+
+
+def _add_episode(writer, ep: dict[str, Any]) -> None:
+    if isinstance(writer, RobomimicWriter):
+        writer.add_episode(ep["obs"], ep["actions"], ep["rewards"], ep["dones"], ep["states"],
+                           model_file=ep["model_file"])
+    else:  # LeRobot frames are (observation, action) pairs: no final observation, simulator state or MJCF
+        writer.add_episode(ep["obs"][:-1], ep["actions"])

@@ -18,7 +18,9 @@ class TaskSpec:
     """Static description of a task.
 
     ``obs_keys`` is the order in which the per-key arrays are concatenated into the flat
-    observation; ``obs_key_dims`` gives each key's width (same order).
+    observation; ``obs_key_dims`` gives each key's width (same order). ``state_keys``, the leading
+    keys that describe the agent itself, are a LeRobot export's ``observation.state`` and the rest its
+    ``observation.environment_state`` (empty: every key is the state).
     """
 
     name: str
@@ -31,6 +33,7 @@ class TaskSpec:
     description: str = ""
     entry_point: str = ""  # "module:function" building the unwrapped env from (spec, **overrides)
     expert_entry_point: str = ""  # "module:Class" of the scripted expert
+    state_keys: tuple[str, ...] = ()  # a prefix of obs_keys: the agent's own state
     env_kwargs: dict = field(default_factory=dict, hash=False, compare=False)
 
     @property

@@ -16,6 +16,7 @@ register_task(
         description="own planar task: reach a goal behind a wall, passing it on the left or right",
         entry_point="asd_envs.reach_around:make",
         expert_entry_point="asd_envs.reach_around:ReachAroundExpert",
+        state_keys=("agent_pos", "agent_vel"),
     )
 )
 
@@ -40,6 +41,7 @@ for _name, _expert, _desc in [
             description=_desc,
             entry_point="asd_envs.robomimic_tasks:make",
             expert_entry_point=f"asd_envs.robomimic_experts:{_expert}",
+            state_keys=_rm.LOW_DIM_KEYS,
         )
     )
 
@@ -62,5 +64,6 @@ for _name, _expert, _desc in [
             description=_desc,
             entry_point="asd_envs.fetch_tasks:make",
             expert_entry_point=f"asd_envs.fetch_tasks:{_expert}",
+            state_keys=("observation",),  # gripper and block; the goals are the environment state
         )
     )

@@ -1,38 +1,54 @@
 #!/usr/bin/env python
-"""Collect scripted-expert demonstrations in robomimic's hdf5 layout.
+"""Collect scripted-expert demonstrations in robomimic's hdf5 layout or as a LeRobot v3.0 dataset.
 
     python scripts/collect.py task=reach_around num_demos=200 seed=0 output=data/reach_around.hdf5
     python scripts/collect.py task=lift num_demos=100 max_attempts=100   # expert success over 100 episodes
+    python scripts/collect.py task=reach_around format=lerobot output=data/reach_around   # LeRobot v3.0
 
-Writes data/demo_<i>/{obs,next_obs,actions,rewards,dones,states}, env_args, mask/{train,valid};
-prints one summary line (demos kept, expert success rate, steps). Deterministic for a seed.
+hdf5 (the default) writes data/demo_<i>/{obs,next_obs,actions,rewards,dones,states}, env_args,
+mask/{train,valid}; format=lerobot a LeRobot v3.0 dataset directory (docs/lerobot-datasets.md).
+Prints one summary line (demos kept, expert success rate, steps). Deterministic for a seed.
+The settings and their defaults are the fields of asd_envs.collect.CollectConfig (registered as
+`collect_schema`); configs/collect.yaml picks the default task and the run directory.
 """
 import logging
+import sys
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig
+
+from asd_envs.collect import CollectConfig, collect
+from asd_policy.config import from_hydra, unknown_override
+
+ConfigStore.instance().store(name="collect_schema", node=CollectConfig)
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="collect")
 def main(cfg: DictConfig) -> None:
     logging.getLogger("OpenGL").setLevel(logging.WARNING)  # silence PyOpenGL's info line
-    from asd_envs.collect import collect
-
-    env_kwargs = cfg.task.get("env_kwargs", None)
-    env_kwargs = OmegaConf.to_container(env_kwargs, resolve=True) if env_kwargs is not None else {}
-    output = hydra.utils.to_absolute_path(cfg.output)
-    summary = collect(
-        task=cfg.task.name,
-        num_demos=int(cfg.num_demos),
-        seed=int(cfg.seed),
-        output=output,
-        env_overrides=env_kwargs,
-        max_attempts=cfg.max_attempts,
-        valid_fraction=float(cfg.valid_fraction),
-        progress=bool(cfg.progress),
-    )
+    try:
+        c = from_hydra(cfg)
+        summary = collect(
+            task=c.task.name,
+            num_demos=c.num_demos,
+            seed=c.seed,
+            output=hydra.utils.to_absolute_path(c.output_path()),
+            env_overrides=c.task.env_kwargs,
+            max_attempts=c.max_attempts,
+            valid_fraction=c.valid_fraction,
+            progress=c.progress,
+            format=c.format,
+        )
+    except ValueError as e:  # a bad setting or output: one clear line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
     print(summary.line(), flush=True)
 
 
 if __name__ == "__main__":
+    for arg in sys.argv[1:]:
+        if (error := unknown_override(CollectConfig, arg)) is not None:
+            print(f"error: {error}", file=sys.stderr)
+            raise SystemExit(1)
     main()

@@ -21,7 +21,8 @@ __all__ = ["parser", "parse_config", "main"]
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m asd_policy.training",
-        description="Train a diffusion policy from a robomimic-format hdf5 file (no hydra needed). Re-running "
+        description="Train a diffusion policy from a robomimic-format hdf5 file or a LeRobot v3.0 dataset directory "
+        "(no hydra needed). Re-running "
         "with the same --out resumes (--no-resume starts over).",
     )
     add_arguments(p, TrainConfig, aliases={"task": "task.name"})

@@ -101,7 +101,7 @@ class RolloutConfig:
 class TrainConfig:
     """All training settings (defaults follow diffusion_policy's low-dim U-Net recipe)."""
 
-    dataset: str | None = None  # robomimic-format hdf5; None -> data/<task.name>.hdf5
+    dataset: str | None = None  # robomimic hdf5 or LeRobot v3.0 dataset dir; None -> data/<task.name>.hdf5
     out: str | None = None  # run directory; None -> runs/train/<task.name>_<policy.size>
     obs_keys: list[str] | None = None  # None -> the file's keys
     task: TaskConfig = field(default_factory=TaskConfig)  # names the task in the checkpoint; rollouts run in it
@@ -147,7 +147,8 @@ class TrainConfig:
             raise ConfigError(f"lr={self.lr!r} is not valid; use a learning rate > 0, e.g. lr=1e-4")
 
     def dataset_path(self) -> str:
-        """The demonstration file: ``dataset`` (``~`` expanded), else ``data/<task.name>.hdf5``."""
+        """The demonstrations: ``dataset`` (``~`` expanded; an hdf5 file or a LeRobot dataset directory), else
+        ``data/<task.name>.hdf5``."""
         if self.dataset:
             return os.path.expanduser(self.dataset)
         if self.task.name:

@@ -34,6 +34,7 @@ from asd_policy.sampling import (
     SamplerStats,
     _check_asd_arguments,
     asd_round,
+    check_full_chain,
     ddim_step,
     ddim_timesteps,
     ddpm_step,
@@ -94,9 +95,10 @@ class GraphedSampler:
         self.anchor = opts.get("anchor")
         self.eta = opts.get("eta")
         num_inference_steps = opts.get("num_inference_steps")
-        T = schedule.num_train_timesteps
+        T = schedule.num_steps  # the chain's steps (N of a strided DDPM schedule)
         B = self.shape[0]
         if method == "ddim":
+            check_full_chain(schedule, "ddim")
             self.ddim_steps = torch.tensor(ddim_timesteps(T, num_inference_steps), device=self.device)
             self.ratio = T // num_inference_steps
         self.num_units = {"ddpm": T, "ddim": num_inference_steps, "asd": T}[method]  # upper bound for ASD
@@ -132,7 +134,7 @@ class GraphedSampler:
             else contextlib.nullcontext()
         )
         with autocast:
-            out = self.model(x, t, cond)
+            out = self.model(x, self.schedule.model_timestep(t), cond)
         self.finite.logical_and_(torch.isfinite(out).all())
         return self.schedule.predict_x0_eps(out.float(), x, t)
 
@@ -140,7 +142,7 @@ class GraphedSampler:
         return buffer.index_select(0, self.unit.clamp_max(buffer.shape[0] - 1).reshape(1)).squeeze(0)
 
     def _ddpm_step(self) -> None:
-        T = self.schedule.num_train_timesteps
+        T = self.schedule.num_steps
         t = (T - 1 - self.unit).clamp_min(0).expand(self.shape[0])
         x0hat, _ = self._denoise(self.x, t, self.cond)
         self.x.copy_(ddpm_step(self.schedule, self.x, x0hat, t, self._unit_noise(self.noise)))
@@ -190,7 +192,7 @@ class GraphedSampler:
         self.unit.zero_()
         self.finite.fill_(True)
         if self.method == "asd":
-            self.t.fill_(self.schedule.num_train_timesteps - 1)
+            self.t.fill_(self.schedule.num_steps - 1)
             self.m_anchor.zero_()
             self.out.zero_()
             for counter in (self.rounds, self.accepted, self.checked):
@@ -218,7 +220,7 @@ class GraphedSampler:
         self.noise.normal_(generator=self.rng)
         self._reset()
         stats = SamplerStats(self.method, self.shape[0])
-        T, B = self.schedule.num_train_timesteps, self.shape[0]
+        T, B = self.schedule.num_steps, self.shape[0]
         if self.method == "asd":
             self.u.uniform_(generator=self.rng)
             rounds = 0

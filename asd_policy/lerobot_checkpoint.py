@@ -16,7 +16,9 @@ head's GroupNorm at LeRobot's fixed 8 groups and FiLM's scale switched by
 ``use_film_scale_modulation``. The conditioning is LeRobot's: per observation step
 ``observation.state`` then ``observation.environment_state``, flattened over the steps, which is
 our flat vector normalised and reshaped. Its scheduler is diffusers' DDPMScheduler (or
-DDIMScheduler) with the config's settings, our :class:`~asd_policy.schedule.NoiseSchedule`.
+DDIMScheduler) with the config's settings, our :class:`~asd_policy.schedule.NoiseSchedule`; a DDPM
+config with ``num_inference_steps`` below ``num_train_timesteps`` samples diffusers' strided DDPM,
+which is the schedule's strided sub-chain (``NoiseSchedule(num_inference_steps=...)``).
 
 Anything outside that (another policy type, image features, a scheduler setting or normalisation
 mode we do not implement, a missing file, weights that do not fit the config) is a
@@ -163,10 +165,10 @@ def _schedule_and_sampler(cfg: dict, where: str) -> tuple[dict, dict]:
         # what LeRobot samples: diffusers' DDIMScheduler defaults (eta 0, leading spacing), our DDIM
         return schedule, {"method": "ddim", "num_inference_steps": steps}
     if steps != T:
-        raise _error(f"{where}: noise_scheduler_type='DDPM' with num_inference_steps={steps} < num_train_timesteps={T} "
-                     f"(diffusers' strided DDPM) is not supported; set num_inference_steps to null (DDPM over all "
-                     f"{T} steps, which ASD samples exactly) or use noise_scheduler_type='DDIM'")
-    # DDPM over all T steps: ASD draws exactly its chunks with fewer sequential calls
+        # diffusers' strided DDPM (set_timesteps(steps)): a Gaussian chain of `steps` steps, the network
+        # called at timesteps k * (T // steps); NoiseSchedule holds that sub-chain and ASD samples it exactly
+        schedule["num_inference_steps"] = steps
+    # DDPM over the chain's steps: ASD draws exactly its chunks with fewer sequential calls
     return schedule, {"method": "asd"}
 
 

@@ -333,6 +333,12 @@ class DiffusionPolicy(nn.Module):
             actions: ``[B, horizon, action_dim]``.
             model: the network to train (e.g. its DDP wrapper); default ``self.model``.
         """
+        if self.schedule.strided:
+            raise ValueError(
+                f"this policy's schedule is a strided DDPM sampling chain (num_inference_steps="
+                f"{self.schedule.num_inference_steps} of num_train_timesteps={self.schedule.num_train_timesteps}), "
+                f"not a training schedule; train with the full schedule (set schedule num_inference_steps to None)"
+            )
         model = self.model if model is None else model
         b = actions.shape[0]
         if actions.shape[1:] != (self.horizon, self.action_dim):

@@ -6,7 +6,10 @@ interface:
 
     model(x_t: Tensor[N, H, D], t: LongTensor[N], cond: rows aligned with x_t, or None) -> prediction
 
-where the prediction is of the schedule's ``prediction_type``. ``sample`` is the entry point.
+where the prediction is of the schedule's ``prediction_type`` and t is a training timestep. The
+samplers walk the schedule's chain indices (``schedule.num_steps - 1`` down to 0); ``_denoise``
+alone turns them into the network's timesteps (``schedule.model_timestep``: the same numbers on
+the full chain, t_k = k * (T // N) on a strided one). ``sample`` is the entry point.
 """
 
 from __future__ import annotations
@@ -94,8 +97,8 @@ def _take_rows(cond: Any, index: torch.Tensor) -> Any:
 def _denoise(
     model: Model, schedule: NoiseSchedule, x: torch.Tensor, t: torch.Tensor, cond: Any, stats: SamplerStats
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One model invocation on the rows of x: returns (x0hat, epsilon-hat) and books its cost."""
-    out = model(x, t, cond)
+    """One model invocation on the rows of x at chain indices t: returns (x0hat, epsilon-hat) and books its cost."""
+    out = model(x, schedule.model_timestep(t), cond)
     if not isinstance(out, torch.Tensor) or out.shape != x.shape:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(f"model returned {got} for an input of shape {tuple(x.shape)}; it must return the input's shape")
@@ -150,17 +153,17 @@ def sample_ddpm(
     stats: SamplerStats | None = None,
     known: KnownInputs | None = None,
 ) -> torch.Tensor:
-    """Ancestral DDPM from x = x_{T-1}: T sequential model calls (known coordinates, if any,
-    replaced by their step-t inputs before each call)."""
+    """Ancestral DDPM from x = x_{T-1}: T sequential model calls, one per step of the schedule's
+    chain (known coordinates, if any, replaced by their step-t inputs before each call)."""
     stats = stats or SamplerStats("ddpm", x.shape[0])
-    for step in reversed(range(schedule.num_train_timesteps)):
+    for step in reversed(range(schedule.num_steps)):
         t = torch.full((x.shape[0],), step, dtype=torch.long, device=x.device)
         x = known.fill(x, t) if known is not None else x
         x0hat, _ = _denoise(model, schedule, x, t, cond, stats)
         z = _randn(x.shape, generator, x) if step > 0 else torch.zeros_like(x)
         x = ddpm_step(schedule, x, x0hat, t, z)
-    stats.rounds += schedule.num_train_timesteps
-    stats.steps_total += schedule.num_train_timesteps * x.shape[0]
+    stats.rounds += schedule.num_steps
+    stats.steps_total += schedule.num_steps * x.shape[0]
     return x
 
 
@@ -201,6 +204,7 @@ def sample_ddim(
     """
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
+    check_full_chain(schedule, "ddim")
     stats = stats or SamplerStats("ddim", x.shape[0])
     steps = ddim_timesteps(schedule.num_train_timesteps, num_inference_steps)
     ratio = schedule.num_train_timesteps // num_inference_steps
@@ -213,6 +217,16 @@ def sample_ddim(
     stats.rounds += len(steps)
     stats.steps_total += schedule.num_train_timesteps * x.shape[0]  # it spans all T steps, N at a time
     return x
+
+
+def check_full_chain(schedule: NoiseSchedule, method: str) -> None:
+    """ValueError unless `schedule` is the full training chain (DDIM strides over it itself)."""
+    if schedule.strided:
+        raise ValueError(
+            f"{method} strides over the full training schedule, but this one is already a strided DDPM sub-chain "
+            f"(num_inference_steps={schedule.num_inference_steps} of num_train_timesteps={schedule.num_train_timesteps}); "
+            f"sample it with ddpm or asd, or use DDIM on the full schedule (num_inference_steps=None)"
+        )
 
 
 def ddim_step(
@@ -275,7 +289,7 @@ def sample_asd(
     anchor="fresh": m_a = x0hat(x, t) from a sequential call at the round's start (as published).
     anchor="reuse": m_a = the previous round's model output at its last accepted input (one call
     per round). The first reuse round drafts with m_a = 0: any anchor fixed before the round's noise
-    keeps the output exact, and at t = T-1 the step barely depends on x0hat (B_t ~ 0).
+    keeps the output exact, and at t = T-1 the full chain's step barely depends on x0hat (B_t ~ 0).
     Chains finish independently and finished chains cost nothing: each round evaluates only the
     drafted rows of unfinished chains. One host synchronisation per round.
     Known coordinates (section 6): every drafted input carries its step's known values and the
@@ -283,7 +297,7 @@ def sample_asd(
     """
     L = _check_asd_arguments(speculation_length, anchor)
     stats = stats or SamplerStats("asd", x.shape[0])
-    device, T = x.device, schedule.num_train_timesteps
+    device, T = x.device, schedule.num_steps
     t = torch.full((x.shape[0],), T - 1, dtype=torch.long, device=device)  # -1 once finished
     m_anchor = torch.zeros_like(x)
     out = torch.empty_like(x)
@@ -450,7 +464,7 @@ def sample_paradigms(
     if known is not None:
         raise ValueError("paradigms does not take known coordinates (inpainting); use ddpm, ddim or asd")
     stats = stats or SamplerStats("paradigms", x.shape[0])
-    T, n, device = schedule.num_train_timesteps, x.shape[0], x.device
+    T, n, device = schedule.num_steps, x.shape[0], x.device
     event = (1,) * (x.dim() - 1)
     steps = torch.arange(T - 1, -1, -1, device=device)  # position k applies the step from t = T-1-k
     z = torch.stack([_randn(x.shape, generator, x) if k < T - 1 else torch.zeros_like(x) for k in range(T)], dim=1)
@@ -551,6 +565,10 @@ def sample(
     kin = None
     if known is not None:
         known.check(shape)
+        if schedule.strided:  # inpaint.known_inputs draws num_train_timesteps steps of known inputs
+            raise ValueError(f"known coordinates (inpainting) are not supported yet on a strided DDPM schedule "
+                             f"(num_inference_steps={schedule.num_inference_steps}); sample without known_actions, "
+                             f"or with the full schedule (num_inference_steps=None)")
         known = Known(known.mask.to(device), known.values.to(device, dtype), known.noised)
         kin = known_inputs(known, schedule, lambda s: _randn(s, generator, x))
 

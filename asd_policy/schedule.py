@@ -7,6 +7,14 @@ step is an isotropic Gaussian whose mean is affine in the model's clean-sample e
 
 Keyword names are those of diffusers' ``DDPMScheduler`` config, so a diffusion_policy or lerobot
 noise-scheduler config carries over unchanged.
+
+Strided DDPM. With ``num_inference_steps=N < num_train_timesteps=T`` the schedule is the chain
+diffusers' ``DDPMScheduler.set_timesteps(N)`` samples: N steps at the training timesteps
+t_k = k * (T // N) ("leading" spacing), each an ancestral step from t_k to t_{k-1} (abar = 1
+below 0) with step beta ``1 - abar[t_k] / abar[t_{k-1}]``. It has the same affine-mean form, so
+every table (A, B, S, betas, alphas_cumprod) is indexed by the chain index k = 0..N-1, and
+``model_timesteps[k] = t_k`` is the timestep the network is called at. The full chain is the
+case N = T, where k = t.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+_TABLES = ("betas", "alphas_cumprod", "A", "B", "S")  # float tables indexed by the chain index
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large")
@@ -44,12 +53,14 @@ class NoiseSchedule:
     clip_sample: bool = True
     clip_sample_range: float = 1.0
     variance_type: str = "fixed_small"
+    num_inference_steps: int | None = None  # N < T: the strided sub-chain of diffusers' set_timesteps(N)
 
     betas: torch.Tensor = field(init=False, repr=False)
     alphas_cumprod: torch.Tensor = field(init=False, repr=False)
     A: torch.Tensor = field(init=False, repr=False)
     B: torch.Tensor = field(init=False, repr=False)
     S: torch.Tensor = field(init=False, repr=False)
+    model_timesteps: torch.Tensor = field(init=False, repr=False)  # chain index k -> training timestep t_k
 
     def __post_init__(self) -> None:
         T = self.num_train_timesteps
@@ -65,6 +76,10 @@ class NoiseSchedule:
             raise ValueError(f"clip_sample_range must be > 0, got {self.clip_sample_range}")
         if self.beta_schedule != "squaredcos_cap_v2" and not 0 < self.beta_start < self.beta_end < 1:
             raise ValueError(f"need 0 < beta_start < beta_end < 1, got {self.beta_start}, {self.beta_end}")
+        N = self.num_inference_steps
+        if N is not None and (not isinstance(N, int) or isinstance(N, bool) or not 1 <= N <= T):
+            raise ValueError(f"num_inference_steps must be None (the full chain) or an int in [1, "
+                             f"num_train_timesteps={T}], got {N!r}")
 
         # diffusers builds betas in float32; do the same so the chains agree bit for bit in their inputs,
         # then carry on in float64 so the derived coefficients lose nothing more.
@@ -77,6 +92,11 @@ class NoiseSchedule:
         betas = betas.double()
         alphas = 1.0 - betas
         abar = torch.cumprod(alphas, dim=0)
+        self.model_timesteps = torch.arange(self.num_steps) * (T // self.num_steps)
+        if self.strided:  # the sub-chain t_k -> t_{k-1}: diffusers' current_alpha_t and current_beta_t
+            abar = abar[self.model_timesteps]
+            alphas = abar / torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
+            betas = 1.0 - alphas
         abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
 
         self.betas = betas
@@ -90,6 +110,20 @@ class NoiseSchedule:
         var[0] = 0.0  # the last step (t = 0) is a noiseless readout of x0hat
         self.S = var.sqrt()
 
+    @property
+    def num_steps(self) -> int:
+        """The chain's length: the samplers' steps run from num_steps - 1 down to 0."""
+        return self.num_train_timesteps if self.num_inference_steps is None else self.num_inference_steps
+
+    @property
+    def strided(self) -> bool:
+        """True for a strided sub-chain (fewer steps than the training schedule)."""
+        return self.num_steps < self.num_train_timesteps
+
+    def model_timestep(self, t: torch.Tensor) -> torch.Tensor:
+        """The training timestep the network is called at for chain indices `t` (t itself on the full chain)."""
+        return self.model_timesteps[t] if self.strided else t
+
     def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> "NoiseSchedule":
         """A copy whose coefficient tables live on `device` in `dtype`.
 
@@ -97,14 +131,15 @@ class NoiseSchedule:
         (on a GPU each such copy is a stall).
         """
         moved = copy.copy(self)
-        for name in ("betas", "alphas_cumprod", "A", "B", "S"):
+        for name in _TABLES:
             setattr(moved, name, getattr(self, name).to(device=device, dtype=dtype))
+        moved.model_timesteps = self.model_timesteps.to(device)
         return moved
 
     # ---- config round-trip -------------------------------------------------------------------
     def config(self) -> dict:
         """The constructor keywords (JSON-serialisable), e.g. for a checkpoint."""
-        return {k: v for k, v in asdict(self).items() if k not in ("betas", "alphas_cumprod", "A", "B", "S")}
+        return {k: v for k, v in asdict(self).items() if k not in (*_TABLES, "model_timesteps")}
 
     @classmethod
     def from_config(cls, config: dict) -> "NoiseSchedule":

@@ -8,7 +8,8 @@ Randomly initialised LeRobot diffusion policies of several configs are saved as 
 * with the same generator (so the same initial and per-step noise) our DDPM (or DDIM) chunk equals
   ``conditional_sample``'s diffusers scheduler loop, through the processors on both sides;
 * our normalise / unnormalise equal the pre- and post-processors;
-* ASD's chunks match LeRobot's own DDPM chunks in distribution (energy two-sample test).
+* ASD's chunks match LeRobot's own DDPM chunks in distribution (energy two-sample test), over all
+  T steps and over diffusers' strided DDPM (``num_inference_steps`` < ``num_train_timesteps``).
 
 Each comparison is also run on a loader with a planted bug and must then fail.
 """
@@ -25,6 +26,7 @@ from asd_policy.checkpoint import CheckpointError, load_policy, read_metadata
 from asd_policy.model import FiLMResidualBlock
 from asd_policy.normalizer import AffineNormalizer
 from asd_policy.sampling import sample
+from asd_policy.schedule import NoiseSchedule
 from lerobot_harness import require_lerobot
 from stat_tests import energy_test
 
@@ -47,6 +49,11 @@ CONFIGS = {
         noise_scheduler_type="DDIM", num_inference_steps=10, beta_schedule="scaled_linear", clip_sample_range=1.5,
         n_obs_steps=3, horizon=8, n_action_steps=4, num_train_timesteps=50,
         normalization_mapping={"STATE": "MIN_MAX", "ENV": "MIN_MAX", "ACTION": "IDENTITY"},
+    ),
+    # diffusers' strided DDPM: set_timesteps(30) of 100, timesteps 87, 84, ..., 0 (30 does not divide 100)
+    "strided_ddpm": dict(
+        state=4, env=2, action=2, down_dims=(16, 32), n_groups=4, diffusion_step_embed_dim=8,
+        num_train_timesteps=100, num_inference_steps=30, horizon=8, n_action_steps=4,
     ),
 }
 
@@ -119,6 +126,11 @@ def skip_obs_normalizer(policy):
     bad = copy.deepcopy(policy)
     bad.obs_normalizer = AffineNormalizer.identity(policy.obs_dim)
     return bad
+
+
+def network_at_chain_index(monkeypatch) -> None:
+    """The network called at the strided chain's index k instead of its timestep t_k."""
+    monkeypatch.setattr(NoiseSchedule, "model_timestep", lambda self, t: t)
 
 
 def transpose_stats(policy):
@@ -194,10 +206,13 @@ def chunk_gap(theirs, pre, post, ours, seed: int = 0) -> float:
     return float((got - want).abs().max() / want.abs().max().clamp_min(1.0))
 
 
-def test_chunk_with_the_same_noise_equals_lerobots_conditional_sample(pair):
+def test_chunk_with_the_same_noise_equals_lerobots_conditional_sample(pair, monkeypatch):
     name, theirs, pre, post, ours = pair
     assert chunk_gap(theirs, pre, post, ours) < 1e-4, name
     assert chunk_gap(theirs, pre, post, skip_obs_normalizer(ours)) > 1e-3, f"{name}: the skipped normaliser went unnoticed"
+    if ours.schedule.strided:
+        network_at_chain_index(monkeypatch)
+        assert chunk_gap(theirs, pre, post, ours) > 1e-3, f"{name}: the network at the chain index went unnoticed"
 
 
 def test_stored_sampler_follows_the_lerobot_scheduler(pair):
@@ -207,6 +222,8 @@ def test_stored_sampler_follows_the_lerobot_scheduler(pair):
                                        "eta": 0.0}
     else:
         assert ours.config.sampler["method"] == "asd"
+        steps = theirs.config.num_inference_steps or theirs.config.num_train_timesteps
+        assert ours.schedule.num_steps == steps and ours.schedule.num_train_timesteps == theirs.config.num_train_timesteps
     assert ours.config.n_action_steps == theirs.config.n_action_steps
     assert [f["name"] for f in ours.config.obs_features] == list(theirs.config.input_features)
 
@@ -223,15 +240,30 @@ def asd_against_lerobot_ddpm(theirs, pre, post, ours, n: int = 300, seed: int = 
     return energy_test(got / scale, want / scale, permutations=300, seed=seed)[1]
 
 
-def test_asd_matches_lerobots_ddpm_in_distribution(tmp_path):
-    theirs, pre, post, _ = make_lerobot_checkpoint(tmp_path, seed=3, **CONFIGS["state_minmax_ddpm"])
+@pytest.mark.parametrize("config", ["state_minmax_ddpm", "strided_ddpm"])
+def test_asd_matches_lerobots_ddpm_in_distribution(tmp_path, config):
+    theirs, pre, post, _ = make_lerobot_checkpoint(tmp_path, seed=3, **CONFIGS[config])
     ours = load_policy(tmp_path)
     assert ours.config.sampler["method"] == "asd"
     p = asd_against_lerobot_ddpm(theirs, pre, post, ours)
-    assert p >= ALPHA, f"ASD on the loaded policy departs from LeRobot's DDPM (energy test p = {p:.4f})"
+    assert p >= ALPHA, f"{config}: ASD on the loaded policy departs from LeRobot's DDPM (energy test p = {p:.4f})"
     for bug in (swap_film, skip_obs_normalizer):
         p_bad = asd_against_lerobot_ddpm(theirs, pre, post, bug(ours))
-        assert p_bad < ALPHA, f"the planted {bug.__name__} was not detected (p = {p_bad:.4f})"
+        assert p_bad < ALPHA, f"{config}: the planted {bug.__name__} was not detected (p = {p_bad:.4f})"
+    # (the network at the chain index changes a random U-Net's chunks too little to show in distribution:
+    # the same-noise chunk test above catches it, and tests/test_sampling.py on an exact denoiser)
+
+
+def test_a_strided_lerobot_policy_samples_but_does_not_train(tmp_path):
+    make_lerobot_checkpoint(tmp_path, **CONFIGS["strided_ddpm"])
+    ours = load_policy(tmp_path)
+    assert ours.config.schedule["num_inference_steps"] == 30 and ours.config.sampler == {
+        "method": "asd", "speculation_length": 16, "anchor": "reuse"}
+    obs = torch.zeros(2, ours.n_obs_steps, ours.obs_dim)
+    out = ours.predict_action(obs, generator=torch.Generator().manual_seed(0))
+    assert out.stats.sequential_calls < 30 and out.stats.steps_total == 2 * 30
+    with pytest.raises(ValueError, match="strided DDPM sampling chain"):
+        ours.compute_loss(obs, torch.zeros(2, ours.horizon, ours.action_dim))
 
 
 # ---- what the loader refuses -----------------------------------------------------------------
@@ -253,7 +285,7 @@ def test_no_lerobot_import_and_metadata_without_weights_loading(tmp_path):
 @pytest.mark.parametrize("change, message", [
     (lambda c: c.update(type="act"), "policy type 'act' is not supported"),
     (lambda c: c.update(noise_scheduler_type="DPM"), "noise_scheduler_type='DPM' is not supported"),
-    (lambda c: c.update(num_inference_steps=10), "strided DDPM"),
+    (lambda c: c.update(num_inference_steps=200), "num_inference_steps=200 must be in [1, num_train_timesteps=100]"),
     (lambda c: c["input_features"].update({"observation.images.top": {"type": "VISUAL", "shape": [3, 84, 84]}}),
      "image features ['observation.images.top'] are not supported yet"),
     (lambda c: c.update(normalization_mapping={"STATE": "LOG", "ACTION": "MIN_MAX"}), "normalisation mode 'LOG'"),

@@ -6,6 +6,7 @@ weights and within-mode spread. Each check is also run on planted bugs and must 
 tests are known to have power. All randomness is seeded: the outcomes are deterministic.
 """
 
+import copy
 import math
 
 import pytest
@@ -17,6 +18,7 @@ from asd_policy.sampling import NoiseSchedule, accept_or_reflect, sample
 from asd_policy.exactness_planted import always_accept
 from asd_policy.exactness_planted import reflect_wrong_mean as reflect_about_proposal_mean
 from stat_tests import energy_test
+from asd_policy.fast import GraphedSampler
 
 ALPHA = 0.01
 SCHEDULE = NoiseSchedule(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", prediction_type="epsilon", clip_sample=True)
@@ -373,3 +375,85 @@ def test_chain_stream_check_catches_a_shared_round_stream(monkeypatch):
     monkeypatch.setattr(sampling, "_chains", lambda g, index: g[index[0]] if isinstance(g, list) else g)
     with pytest.raises(AssertionError):
         test_a_chain_with_its_own_generator_ignores_its_batch("asd", {"speculation_length": 8}, False)
+
+
+# ---- strided DDPM: diffusers' set_timesteps(N) chain -------------------------------------------
+
+#: DDPM over N = 20 of SCHEDULE's 100 timesteps, t_k = 5 k (k = 19..0); its tables are indexed by k.
+STRIDED = NoiseSchedule(**{**SCHEDULE.config(), "num_inference_steps": 20})
+# MIXTURE is the exact denoiser of the full SCHEDULE: the network must be called at the training
+# timestep t_k, which is what the samplers do (schedule.model_timestep), never at the chain index k.
+
+
+def full_chain_coefficients(schedule: NoiseSchedule) -> NoiseSchedule:
+    """PLANTED BUG: A, B, S of the full chain's one-step transition at t_k instead of the sub-chain's
+    jump from t_k to t_{k-1}."""
+    full = NoiseSchedule(**{**schedule.config(), "num_inference_steps": None})
+    bad = copy.copy(schedule)
+    for name in ("A", "B", "S"):
+        setattr(bad, name, getattr(full, name)[schedule.model_timesteps])
+    return bad
+
+
+def plant_strided_bug(bug: str, monkeypatch) -> NoiseSchedule:
+    """The strided schedule to sample with, with `bug` active from now on."""
+    if bug == "network_at_chain_index":  # the model sees k, not t_k
+        monkeypatch.setattr(NoiseSchedule, "model_timestep", lambda self, t: t)
+        return STRIDED
+    return full_chain_coefficients(STRIDED)
+
+
+@pytest.fixture(scope="module")
+def strided_ddpm_reference() -> torch.Tensor:
+    x, stats = sample(MIXTURE, STRIDED, (N, 4, 2), method="ddpm", generator=seeded(4000))
+    assert stats.sequential_calls == 20 and stats.nfe == 20 * N
+    return x
+
+
+def test_strided_ddpm_keeps_the_mixtures_mode_weights(strided_ddpm_reference):
+    # 20 steps keep the weights 0.7 / 0.3 (binomial, 4 sigma); they shrink the within-mode spread, so
+    # the strided chain, not the data, is the reference ASD must match
+    assert abs(mode_one_fraction(strided_ddpm_reference) - 0.7) < 4 * math.sqrt(0.21 / N)
+    assert STRIDED.model_timesteps.tolist() == list(range(0, 100, 5))
+
+
+@pytest.mark.parametrize("L,anchor", [(4, "reuse"), (16, "reuse"), (8, "fresh")])
+def test_asd_on_a_strided_schedule_matches_strided_ddpm(strided_ddpm_reference, L, anchor):
+    x, stats = sample(MIXTURE, STRIDED, (N, 4, 2), method="asd", generator=seeded(40 + L), speculation_length=L, anchor=anchor)
+    assert sampler_failures(x, strided_ddpm_reference, seed=L) == []
+    assert stats.rounds.max() < 20 and stats.steps_total == 20 * N  # it speculated over the 20-step chain
+
+
+@pytest.mark.parametrize("bug", ["network_at_chain_index", "full_chain_coefficients"])
+def test_strided_check_catches_planted_bugs(strided_ddpm_reference, monkeypatch, bug):
+    schedule = plant_strided_bug(bug, monkeypatch)
+    x, _ = sample(MIXTURE, schedule, (N, 4, 2), method="asd", generator=seeded(48), speculation_length=8)
+    assert sampler_failures(x, strided_ddpm_reference, seed=8) != []
+
+
+def test_strided_chain_costs_and_refusals():
+    _, stats = sample(MIXTURE, STRIDED, (3, 4, 2), method="asd", generator=seeded(0), speculation_length=1, anchor="fresh")
+    assert stats.sequential_calls == 20 and stats.acceptance_rate == 1.0
+    with pytest.raises(ValueError, match="already a strided DDPM sub-chain"):
+        sample(MIXTURE, STRIDED, (2, 4, 2), method="ddim")
+    with pytest.raises(ValueError, match="already a strided DDPM sub-chain"):
+        GraphedSampler(MIXTURE, STRIDED, (2, 4, 2), method="ddim")
+    with pytest.raises(ValueError, match="not supported yet on a strided DDPM schedule"):
+        sample(MIXTURE, STRIDED, (2, 4, 2), method="asd", known=known_prefix(2))
+    x_T = torch.randn(16, 4, 2, generator=seeded(5))  # ParaDiGMS iterates the same 20-step chain
+    ddpm, _ = sample(MIXTURE, STRIDED, (16, 4, 2), method="ddpm", generator=seeded(1), noise=x_T)
+    picard, _ = sample(MIXTURE, STRIDED, (16, 4, 2), method="paradigms", generator=seeded(1), noise=x_T, window=8, tolerance=0.0)
+    torch.testing.assert_close(picard, ddpm, atol=1e-5, rtol=0)
+
+
+def test_fixed_shape_asd_on_a_strided_schedule_matches_strided_ddpm(strided_ddpm_reference, monkeypatch):
+    """The fast path's own model call maps the chain index to t_k too (eager on a CPU)."""
+    fast = GraphedSampler(MIXTURE, STRIDED, (N, 4, 2), method="asd", speculation_length=8)
+    x, stats = fast(generator=seeded(50))
+    assert sampler_failures(x, strided_ddpm_reference, seed=50) == []
+    assert int(stats.rounds.max()) < 20
+    _, stats = GraphedSampler(MIXTURE, STRIDED, (4, 4, 2), method="ddpm")(generator=seeded(51))
+    assert stats.sequential_calls == 20
+    schedule = plant_strided_bug("network_at_chain_index", monkeypatch)
+    x, _ = GraphedSampler(MIXTURE, schedule, (N, 4, 2), method="asd", speculation_length=8)(generator=seeded(50))
+    assert sampler_failures(x, strided_ddpm_reference, seed=50) != []

@@ -138,3 +138,88 @@ def test_from_diffusers_refuses_settings_it_would_drop():
         NoiseSchedule.from_diffusers(diffusers.DDPMScheduler(variance_type="learned_range"))
     with pytest.raises(TypeError, match="from_diffusers takes"):
         NoiseSchedule.from_diffusers(42)
+
+
+# ---- strided DDPM: diffusers' DDPMScheduler.set_timesteps(N) < num_train_timesteps -----------------
+
+STRIDED_CASES = [  # (T, N, config): N dividing T or not, every beta schedule, prediction type and clipping
+    (100, 20, CONFIGS[0]),
+    (100, 30, CONFIGS[1]),
+    (50, 7, CONFIGS[2]),
+    (37, 5, CONFIGS[3]),
+    (100, 99, CONFIGS[4]),
+    (20, 1, CONFIGS[0]),
+]
+
+
+def diffusers_strided_chain(T: int, N: int, config: dict, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """diffusers' own loop: initial noise, then step() over set_timesteps(N), one generator for both."""
+    ref = diffusers.DDPMScheduler(num_train_timesteps=T, **config)
+    ref.set_timesteps(N)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g)
+    for t in ref.timesteps:
+        x = ref.step(_toy_denoiser(x, torch.full(shape[:1], int(t))), t, x, generator=g).prev_sample
+    return x
+
+
+@pytest.mark.parametrize("T,N,config", STRIDED_CASES)
+def test_strided_ddpm_samples_what_diffusers_set_timesteps_samples(T, N, config, monkeypatch):
+    from asd_policy.sampling import sample
+
+    schedule = NoiseSchedule(num_train_timesteps=T, num_inference_steps=N, **config)
+    ref = diffusers.DDPMScheduler(num_train_timesteps=T, **config)
+    ref.set_timesteps(N)
+    assert schedule.model_timesteps.flip(0).tolist() == ref.timesteps.tolist()
+    assert schedule.num_steps == N and schedule.strided == (N < T) and schedule.num_train_timesteps == T
+    shape = (3, 8, 2)
+    want = diffusers_strided_chain(T, N, config, shape, seed=5)
+    ours, stats = sample(_toy_denoiser, schedule, shape, method="ddpm", generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(ours, want, atol=2e-4, rtol=2e-4)
+    assert stats.sequential_calls == N
+    if not torch.equal(schedule.model_timesteps, torch.arange(N)):  # k != t_k somewhere: the toy depends on t,
+        # so the network called at the chain index k instead of t_k is caught
+        monkeypatch.setattr(NoiseSchedule, "model_timestep", lambda self, t: t)
+        wrong, _ = sample(_toy_denoiser, schedule, shape, method="ddpm", generator=torch.Generator().manual_seed(5))
+        assert (wrong - want).abs().max() > 1e-3
+
+
+def test_strided_step_coefficients_match_diffusers_step():
+    """Every step of the sub-chain: mean and variance of DDPMScheduler.step from t_k to t_{k-1}."""
+    for T, N, config in STRIDED_CASES:
+        ours = NoiseSchedule(num_train_timesteps=T, num_inference_steps=N, **config)
+        ref = diffusers.DDPMScheduler(num_train_timesteps=T, **config)
+        ref.set_timesteps(N)
+        g = torch.Generator().manual_seed(0)
+        for k in range(N):
+            t = int(ours.model_timesteps[k])
+            x, out = 1.5 * torch.randn(4, 5, generator=g), torch.randn(4, 5, generator=g)
+            got = ref.step(out, t, x, generator=torch.Generator().manual_seed(k))
+            noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(k)) if t > 0 else torch.zeros_like(x)
+            kk = torch.full((4,), k)
+            A, B, S = ours.coefficients(kk, x.double())
+            x0hat = ours.predict_x0(out.double(), x.double(), kk)
+            torch.testing.assert_close(x0hat.float(), got.pred_original_sample, rtol=2e-4, atol=1e-4)
+            torch.testing.assert_close((A * x + B * x0hat + S * noise).float(), got.prev_sample, rtol=2e-4, atol=1e-4)
+            if t > 0:
+                assert S[0].item() ** 2 == pytest.approx(float(ref._get_variance(t)), rel=1e-3)
+
+
+def test_strided_schedule_round_trips_and_validates():
+    full = NoiseSchedule(num_train_timesteps=100)
+    # old configs (no num_inference_steps) and N = T are the full chain, table for table
+    for same in (NoiseSchedule.from_config({k: v for k, v in full.config().items() if k != "num_inference_steps"}),
+                 NoiseSchedule(num_train_timesteps=100, num_inference_steps=100)):
+        assert not same.strided and torch.equal(same.model_timesteps, torch.arange(100))
+        for name in ("betas", "alphas_cumprod", "A", "B", "S"):
+            assert torch.equal(getattr(same, name), getattr(full, name)), name
+    strided = NoiseSchedule(num_train_timesteps=100, num_inference_steps=30)
+    again = NoiseSchedule.from_config(strided.config())
+    assert again.config() == strided.config() and again.config()["num_inference_steps"] == 30
+    torch.testing.assert_close(again.A, strided.A)
+    assert torch.equal(strided.alphas_cumprod, full.alphas_cumprod[strided.model_timesteps])
+    moved = strided.to("cpu", torch.float32)
+    assert moved.model_timesteps.dtype == torch.long and moved.A.dtype == torch.float32
+    for bad in (0, 101, 2.5, True):
+        with pytest.raises(ValueError, match="num_inference_steps must be None"):
+            NoiseSchedule(num_train_timesteps=100, num_inference_steps=bad)

@@ -1,6 +1,9 @@
 """Write a checkpoint's model card (README.md) from its policy.json and an evaluation's results.json.
 
-    python scripts/model_card.py checkpoints/lift outputs/eval/lift/<run>/results.json [--targets 0.95]
+    python scripts/model_card.py checkpoints/lift outputs/eval/lift/<run>/results.json [--target 0.95]
+
+A LeRobot checkpoint's card is written from its config.json and train_config.json instead
+(``--note`` adds what LeRobot does not record, e.g. the training time and machine).
 """
 
 from __future__ import annotations
@@ -12,7 +15,44 @@ from pathlib import Path
 from asd_policy.evaluation.tables import CARD_COLUMNS, markdown_table
 
 
-def card(checkpoint: Path, results: dict | None, target: float | None) -> str:
+def lerobot_header(checkpoint: Path, results: dict | None, note: str | None) -> list[str]:
+    """The card's first lines for a LeRobot diffusion checkpoint (config.json, train_config.json)."""
+    from asd_policy.checkpoint import load_policy
+
+    cfg = json.loads((checkpoint / "config.json").read_text())
+    train_path = checkpoint / "train_config.json"
+    train = json.loads(train_path.read_text()) if train_path.is_file() else {}
+    policy = load_policy(checkpoint)
+    task = (results or {}).get("task") or "?"
+    size_mb = (checkpoint / "model.safetensors").stat().st_size / 1e6
+    features = ", ".join(f"`{f['name']}` ({f['dim']})" for f in policy.config.obs_features)
+    dataset = train.get("dataset") or {}
+    lines = [
+        f"# {task}: a LeRobot diffusion policy, trained by LeRobot's own trainer",
+        "",
+        "This directory is LeRobot's `pretrained_model/` exactly as `lerobot_train` saved it; asd-policy loads it "
+        "(`load_policy`, `checkpoint=` of every script) without importing lerobot. See docs/lerobot.md.",
+        "",
+        f"- **Task**: `{task}`; features {features}, action dim {policy.action_dim}.",
+        f"- **Policy**: LeRobot `DiffusionPolicy`, down_dims {cfg['down_dims']}, {size_mb:.1f} MB of float32 "
+        f"safetensors weights; n_obs_steps {cfg['n_obs_steps']}, horizon {cfg['horizon']}, n_action_steps "
+        f"{cfg['n_action_steps']}; {cfg['noise_scheduler_type']} over {cfg['num_train_timesteps']} steps "
+        f"({cfg['beta_schedule']}, {cfg['prediction_type']}); normalisation {cfg['normalization_mapping']}.",
+        f"- **Data**: `{dataset.get('root', '?')}` (repo_id `{dataset.get('repo_id', '?')}`).",
+        f"- **Training**: {train.get('steps', '?')} steps, batch {train.get('batch_size', '?')}, lr "
+        f"{cfg.get('optimizer_lr', '?')}, seed {train.get('seed', '?')} (no EMA: LeRobot's diffusion policy keeps none).",
+    ]
+    if note:
+        lines.append(f"- **Note**: {note}")
+    return lines
+
+
+def card(checkpoint: Path, results: dict | None, target: float | None, note: str | None = None) -> str:
+    from asd_policy.lerobot_checkpoint import is_lerobot_checkpoint
+
+    if is_lerobot_checkpoint(checkpoint):
+        lines = lerobot_header(checkpoint, results, note)
+        return _results(lines, checkpoint, results, target, (results or {}).get("task"))
     meta = json.loads((checkpoint / "policy.json").read_text())
     config, training = meta["config"], meta.get("training", {})
     task = config.get("task_name") or results.get("task")
@@ -38,6 +78,13 @@ def card(checkpoint: Path, results: dict | None, target: float | None) -> str:
     if training.get("note"):
         lines.append(f"- **Note**: {training['note']}.")
     lines.append(f"- **Command**: `{training.get('command', '?')}`")
+    if note:
+        lines.append(f"- **Note**: {note}")
+    return _results(lines, checkpoint, results, target, task)
+
+
+def _results(lines: list[str], checkpoint: Path, results: dict | None, target: float | None, task: str | None) -> str:
+    """The card's success table (or how to measure it) after its header lines."""
     if results is None:
         lines += ["", "## Success rate", "", f"Not measured yet. Measure it with `python scripts/eval.py task={task} "
                   f"checkpoint={checkpoint} episodes=50` and rewrite this card with `python scripts/model_card.py "
@@ -62,9 +109,10 @@ def main() -> None:
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("results", type=Path, nargs="?", help="an evaluation's results.json (omit: card says not measured)")
     parser.add_argument("--target", type=float, default=None, help="the success-rate target for DDPM-100")
+    parser.add_argument("--note", default=None, help="a line the card adds (e.g. how long training took, where)")
     args = parser.parse_args()
     results = json.loads(args.results.read_text()) if args.results else None
-    text = card(args.checkpoint, results, args.target)
+    text = card(args.checkpoint, results, args.target, args.note)
     (args.checkpoint / "README.md").write_text(text)
     print(text)
 

@@ -81,3 +81,20 @@ def require_lerobot() -> types.SimpleNamespace:
             f"pip install --no-deps -r constraints/no-deps.txt"
         )
     return ns
+
+
+def main(argv: list[str]) -> None:
+    """``python tests/lerobot_harness.py lerobot-train --dataset.root=... ...``: LeRobot's own trainer
+    (``lerobot.scripts.lerobot_train``), run after the torchvision workaround above. Where torchvision
+    imports by itself, call ``lerobot-train`` directly instead; the arguments are the same."""
+    if not argv or argv[0] != "lerobot-train":
+        raise SystemExit("usage: python tests/lerobot_harness.py lerobot-train [lerobot-train arguments]")
+    _import_torchvision()
+    from lerobot.scripts.lerobot_train import main as lerobot_train
+
+    sys.argv = ["lerobot-train", *argv[1:]]
+    lerobot_train()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

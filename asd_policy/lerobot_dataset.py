@@ -24,7 +24,7 @@ from __future__ import annotations
 import glob
 import json
 import os
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 

@@ -15,130 +15,22 @@ the full chain, t_k = k * (T // N) on a strided one). ``sample`` is the entry po
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
 from asd_policy.inpaint import Known, KnownInputs, known_inputs, pin_known
+from asd_policy.paradigms import sample_paradigms
+from asd_policy.sampler_core import (  # noqa: F401 - SamplerStats and Model are part of this module's interface
+    Generators, Model, SamplerStats, _chains, _check_cond, _denoise, _index_tensor, _infer_device, _per_chain,
+    _rand, _randn, _take_rows,
+)
 from asd_policy.schedule import NoiseSchedule
 
 __all__ = ["NoiseSchedule", "Known", "SamplerStats", "sample", "sample_ddpm", "sample_ddim", "sample_asd", "sample_paradigms", "accept_or_reflect"]
 
-Model = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
 ANCHORS = ("reuse", "fresh")
-
-
-@dataclass
-class SamplerStats:
-    """Cost accounting for one call of a sampler (one action chunk per batch element).
-
-    Per-element tensors (on the CPU, one entry per batch element) say how each chain progressed;
-    for ASD a round is one draft-verify-accept cycle.
-    """
-
-    method: str
-    batch_size: int
-    sequential_calls: int = 0  # model invocations made one after another
-    nfe: int = 0  # rows evaluated by the model in total (single-sample network evaluations)
-    wall_time_s: float = 0.0
-    steps_total: int = 0  # diffusion steps taken, summed over chains
-    rounds: torch.Tensor = field(default=None)  # [B] sequential rounds each chain took
-    accepted_drafts: torch.Tensor = field(default=None)  # [B] drafted steps accepted as drawn
-    checked_drafts: torch.Tensor = field(default=None)  # [B] drafted steps that reached the accept test
-    _finite: torch.Tensor | None = field(default=None, repr=False)  # device flag: every model output finite
-
-    def __post_init__(self) -> None:
-        for name in ("rounds", "accepted_drafts", "checked_drafts"):
-            if getattr(self, name) is None:
-                setattr(self, name, torch.zeros(self.batch_size, dtype=torch.long))
-
-    @property
-    def acceptance_rate(self) -> float:
-        """Fraction of checked drafts accepted (nan for samplers that do not draft)."""
-        checked = int(self.checked_drafts.sum())
-        return int(self.accepted_drafts.sum()) / checked if checked else float("nan")
-
-    @property
-    def steps_per_round(self) -> float:
-        """Mean number of diffusion steps a chain advanced per sequential round."""
-        rounds = int(self.rounds.sum())
-        return self.steps_total / rounds if rounds else float("nan")
-
-    def as_dict(self) -> dict:
-        """Plain numbers, for loggers and results files."""
-        return {
-            "method": self.method,
-            "batch_size": self.batch_size,
-            "sequential_calls": self.sequential_calls,
-            "nfe": self.nfe,
-            "wall_time_s": self.wall_time_s,
-            "rounds_mean": float(self.rounds.float().mean()),
-            "steps_per_round": self.steps_per_round,
-            "acceptance_rate": self.acceptance_rate,
-        }
-
-
-# ---- shared pieces --------------------------------------------------------------------------
-
-
-def _take_rows(cond: Any, index: torch.Tensor) -> Any:
-    """The conditioning rows for `index` (a Tensor, a mapping of Tensors, or None)."""
-    if cond is None:
-        return None
-    if isinstance(cond, torch.Tensor):
-        return cond[index]
-    if isinstance(cond, Mapping):
-        return {k: _take_rows(v, index) for k, v in cond.items()}
-    raise TypeError(f"cond must be a Tensor, a mapping of Tensors, or None; got {type(cond).__name__}")
-
-
-def _denoise(
-    model: Model, schedule: NoiseSchedule, x: torch.Tensor, t: torch.Tensor, cond: Any, stats: SamplerStats
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One model invocation on the rows of x at chain indices t: returns (x0hat, epsilon-hat) and books its cost."""
-    out = model(x, schedule.model_timestep(t), cond)
-    if not isinstance(out, torch.Tensor) or out.shape != x.shape:
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(f"model returned {got} for an input of shape {tuple(x.shape)}; it must return the input's shape")
-    stats.sequential_calls += 1
-    stats.nfe += x.shape[0]
-    # Checked once at the end: a per-call check would cost a host synchronisation per call.
-    finite = torch.isfinite(out).all()
-    stats._finite = finite if stats._finite is None else stats._finite & finite
-    return schedule.predict_x0_eps(out.to(x.dtype), x, t)
-
-
-#: One generator for the whole batch, one per chain (design note section 7), or None (torch's global one).
-Generators = torch.Generator | Sequence[torch.Generator] | None
-
-
-def _randn(shape: tuple[int, ...], generator: Generators, like: torch.Tensor) -> torch.Tensor:
-    """Standard normal noise from `generator` (on whatever device it lives), delivered on like's device.
-    With one generator per chain, row b of the batch (shape[0]) is drawn from generator[b]."""
-    if isinstance(generator, Sequence):
-        return torch.stack([_randn(shape[1:], g, like) for g in _per_chain(generator, shape[0])])
-    device = generator.device if generator is not None else like.device
-    return torch.randn(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
-
-
-def _rand(shape: tuple[int, ...], generator: Generators, like: torch.Tensor) -> torch.Tensor:
-    if isinstance(generator, Sequence):
-        return torch.stack([_rand(shape[1:], g, like) for g in _per_chain(generator, shape[0])])
-    device = generator.device if generator is not None else like.device
-    return torch.rand(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
-
-
-def _per_chain(generators: Sequence[torch.Generator], batch: int) -> Sequence[torch.Generator]:
-    if len(generators) != batch:
-        raise ValueError(f"got {len(generators)} generators for a batch of {batch}; pass one per chain, or one for all")
-    return generators
-
-
-def _chains(generator: Generators, index: list[int]) -> Generators:
-    """The generators of the chains in `index` (a shared generator serves every chain)."""
-    return [generator[i] for i in index] if isinstance(generator, Sequence) else generator
 
 
 # ---- sequential DDPM ------------------------------------------------------------------------
@@ -426,94 +318,6 @@ def _check_asd_arguments(speculation_length: int, anchor: str) -> int:
     return speculation_length
 
 
-def _index_tensor(values: list[int], device: torch.device) -> torch.Tensor:
-    """A LongTensor of host-side indices on `device`, copied without blocking the host on a GPU."""
-    index = torch.tensor(values, dtype=torch.long)
-    if device.type == "cuda":
-        return index.pin_memory().to(device, non_blocking=True)
-    return index.to(device)
-
-
-# ---- ParaDiGMS (parallel Picard iteration) ---------------------------------------------------
-
-
-def sample_paradigms(
-    model: Model,
-    schedule: NoiseSchedule,
-    x: torch.Tensor,
-    cond: Any = None,
-    generator: Generators = None,
-    window: int = 16,
-    tolerance: float = 0.1,
-    stats: SamplerStats | None = None,
-    known: KnownInputs | None = None,
-) -> torch.Tensor:
-    """ParaDiGMS (Shih et al. 2023): Picard iteration of the DDPM chain over a sliding window.
-
-    The noise of every step is drawn up front (in DDPM's order). Writing step k as
-    x_{k+1} = x_k + delta_k(x_k), each iteration evaluates the model at the `window` positions
-    after a chain's converged prefix in one batched call, replaces them by the Picard update
-    x_{b+i+1} = x_b + sum_{j<=i} delta_{b+j}, and slides past every position whose change was
-    within tolerance (mean squared change <= tolerance^2 * S_k^2). Approximate: tolerance = 0 would
-    reproduce DDPM; report the tolerance with every number.
-    """
-    if not isinstance(window, int) or window < 1:
-        raise ValueError(f"window must be an int >= 1, got {window!r}")
-    if tolerance < 0:
-        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
-    if known is not None:
-        raise ValueError("paradigms does not take known coordinates (inpainting); use ddpm, ddim or asd")
-    stats = stats or SamplerStats("paradigms", x.shape[0])
-    T, n, device = schedule.num_steps, x.shape[0], x.device
-    event = (1,) * (x.dim() - 1)
-    steps = torch.arange(T - 1, -1, -1, device=device)  # position k applies the step from t = T-1-k
-    z = torch.stack([_randn(x.shape, generator, x) if k < T - 1 else torch.zeros_like(x) for k in range(T)], dim=1)
-    traj = x[:, None].repeat(1, T + 1, *event)  # traj[:, k] = current estimate of the state before position k
-    A, B, S = (tab[steps] for tab in (schedule.A, schedule.B, schedule.S))
-    threshold = tolerance**2 * torch.maximum(S, S[T - 2] if T > 1 else S.new_ones(())) ** 2  # S_0 = 0: borrow S_1
-    begin = torch.zeros(n, dtype=torch.long, device=device)
-    begin_host = [0] * n
-    rounds = torch.zeros(n, dtype=torch.long, device=device)
-    offsets = torch.arange(window, device=device)
-
-    while active_list := [i for i, b in enumerate(begin_host) if b < T]:
-        active = _index_tensor(active_list, device)
-        pos = begin[active, None] + offsets  # [m, window]
-        valid = pos < T
-        pos_c = pos.clamp_max(T - 1)
-        chain = active[:, None].expand_as(pos_c)
-        x_k = traj[chain, pos_c]  # [m, window, ...]
-        # Evaluate only positions that exist (windows shrink at the end); known on the host.
-        rows = [(i, j) for i, b in enumerate(active_list) for j in range(min(window, T - begin_host[b]))]
-        row_i, row_j = (_index_tensor(list(r), device) for r in zip(*rows))
-        x0hat = torch.zeros_like(x_k)
-        x0hat[row_i, row_j], _ = _denoise(
-            model, schedule, x_k[row_i, row_j], steps[pos_c[row_i, row_j]], _take_rows(cond, active[row_i]), stats
-        )
-        shape = (*pos_c.shape, *event)
-        delta = (A[pos_c].reshape(shape) - 1) * x_k + B[pos_c].reshape(shape) * x0hat + S[pos_c].reshape(shape) * z[chain, pos_c]
-        delta = delta * valid.reshape(shape)
-        updated = traj[active, begin[active]][:, None] + delta.cumsum(dim=1)  # estimates of positions pos + 1
-        change = (updated - traj[chain, pos_c + 1]).square().flatten(2).mean(2)  # [m, window]
-        traj[chain[valid], pos_c[valid] + 1] = updated[valid]
-        # Slide past the converged prefix (the first window position is always exact).
-        bad = valid & (change > threshold[pos_c])
-        bad[:, 0] = False
-        converged = torch.where(bad.any(1), bad.long().argmax(1), valid.sum(1))
-        new_begin = (begin[active] + converged.clamp_min(1)).clamp_max(T)
-        # Positions beyond the window start from the newest estimate.
-        last = (pos_c[:, -1] + 1).clamp_max(T)
-        later = torch.arange(T + 1, device=device)[None] > last[:, None]
-        traj[active] = torch.where(later.reshape(len(active_list), T + 1, *event), traj[active, last][:, None], traj[active])
-        begin[active] = new_begin
-        rounds[active] += 1
-        begin_host = begin.tolist()  # the iteration's one host synchronisation
-
-    stats.rounds += rounds.cpu()
-    stats.steps_total += T * n
-    return traj[:, T]
-
-
 # ---- entry point ----------------------------------------------------------------------------
 
 
@@ -586,27 +390,3 @@ def sample(
 
 SAMPLERS = {"ddpm": sample_ddpm, "ddim": sample_ddim, "asd": sample_asd, "paradigms": sample_paradigms}
 METHODS = tuple(SAMPLERS)
-
-
-def _infer_device(model: Model, cond: Any) -> torch.device:
-    if isinstance(model, torch.nn.Module):
-        for p in model.parameters():
-            return p.device
-    if isinstance(cond, torch.Tensor):
-        return cond.device
-    return torch.device("cpu")
-
-
-def _check_cond(cond: Any, batch: int) -> None:
-    if cond is None:
-        return
-    if isinstance(cond, torch.Tensor):
-        if cond.dim() == 0 or cond.shape[0] != batch:
-            raise ValueError(f"cond has shape {tuple(cond.shape)}; its first dimension must be the batch size {batch}")
-        return
-    if isinstance(cond, Mapping):
-        for key, value in cond.items():
-            if not isinstance(value, torch.Tensor) or value.dim() == 0 or value.shape[0] != batch:
-                raise ValueError(f"cond[{key!r}] must be a Tensor with first dimension {batch} (the batch size)")
-        return
-    raise TypeError(f"cond must be a Tensor, a mapping of Tensors, or None; got {type(cond).__name__}")

@@ -25,7 +25,6 @@ import torch
 from asd_policy.checkpoint import CheckpointError, load_policy, read_metadata
 from asd_policy.model import FiLMResidualBlock
 from asd_policy.normalizer import AffineNormalizer
-from asd_policy.sampling import sample
 from asd_policy.schedule import NoiseSchedule
 from lerobot_harness import require_lerobot
 from stat_tests import energy_test

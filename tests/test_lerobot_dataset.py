@@ -15,7 +15,6 @@ import pyarrow.parquet as pq  # noqa: E402
 
 import asd_envs  # noqa: E402
 from asd_envs.collect import CollectConfig, collect  # noqa: E402
-from asd_policy import lerobot_dataset as lrd  # noqa: E402
 from asd_policy.config import ConfigError  # noqa: E402
 from asd_policy.data import load_demonstrations  # noqa: E402
 from asd_policy.lerobot_export import LeRobotWriter  # noqa: E402

@@ -77,11 +77,19 @@ def _error(message: str) -> Exception:
     return CheckpointError(message)
 
 
+def _directory(path: str | Path) -> Path:
+    """The pretrained_model/ directory: ``path`` itself, the one holding the file ``path``, or
+    ``path/pretrained_model`` (``lerobot_train``'s ``checkpoints/<step>/``)."""
+    p = Path(path).expanduser()
+    if p.is_dir() and not (p / CONFIG_NAME).exists() and (p / "pretrained_model" / CONFIG_NAME).is_file():
+        return p / "pretrained_model"
+    return p if p.is_dir() else p.parent
+
+
 def is_lerobot_checkpoint(path: str | Path) -> bool:
     """True for a directory (or a file in one) holding a LeRobot ``config.json`` with a ``type`` and
-    no asd-policy ``policy.json``."""
-    p = Path(path).expanduser()
-    directory = p if p.is_dir() else p.parent
+    no asd-policy ``policy.json``; also for a LeRobot checkpoint step directory holding ``pretrained_model/``."""
+    directory = _directory(path)
     cfg = directory / CONFIG_NAME
     if not cfg.is_file() or (directory / "policy.json").exists():
         return False
@@ -324,11 +332,6 @@ def lerobot_state_to_ours(state: dict[str, Any], where: str) -> dict[str, Any]:
             name = re.sub(pattern, repl, name)
         ours[name] = value
     return ours
-
-
-def _directory(path: str | Path) -> Path:
-    p = Path(path).expanduser()
-    return p if p.is_dir() else p.parent
 
 
 def read_lerobot_metadata(path: str | Path) -> dict:

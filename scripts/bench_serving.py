@@ -13,6 +13,7 @@ and measures, all in one run so that the ratios share the machine's conditions:
    for each sampler.
 
     python scripts/bench_serving.py --checkpoint checkpoints/lift --json docs/bench/serving-cpu.json
+    python scripts/bench_serving.py --checkpoint checkpoints/reach_around_lerobot --task reach_around
 """
 from __future__ import annotations
 
@@ -39,9 +40,11 @@ ROOT = Path(__file__).resolve().parents[1]
 class ServerProcess:
     """scripts/serve.py on a free loopback port, in its own process."""
 
-    def __init__(self, checkpoint: str, threads: int, max_batch: int, max_wait_ms: float):
+    def __init__(self, checkpoint: str, threads: int, max_batch: int, max_wait_ms: float, task: str | None = None):
         cmd = [sys.executable, str(ROOT / "scripts" / "serve.py"), f"checkpoint={checkpoint}", "port=0",
                f"torch_threads={threads}", f"max_batch={max_batch}", f"max_wait_ms={max_wait_ms}"]
+        if task:  # a LeRobot checkpoint records no task
+            cmd.append(f"task={task}")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      env={**os.environ, "ASD_POLICY_API_KEY": ""})
         for line in self.proc.stdout:
@@ -67,7 +70,7 @@ def overhead(args, policy, histories: np.ndarray) -> dict:
     """Paired in-process vs remote latency of the same seeded batch-1 chunks."""
     method, options = policy.sampler_kwargs(args.overhead_sampler)
     local, remote_ms, server_ms = [], [], []
-    with ServerProcess(args.checkpoint, args.threads, 1, 0.0) as url, RemotePolicy(url) as remote:
+    with ServerProcess(args.checkpoint, args.threads, 1, 0.0, args.task) as url, RemotePolicy(url) as remote:
         remote.predict_action(histories[:1], seed=[0], sampler=args.overhead_sampler)  # warm-up
         policy.predict_action(torch.as_tensor(histories[:1]), method=method, **options)
         for i in range(args.overhead_chunks):
@@ -119,6 +122,7 @@ def throughput(url: str, sampler: str, clients: int, histories: np.ndarray, warm
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default="checkpoints/lift")
+    parser.add_argument("--task", help="the task a LeRobot checkpoint runs on (ours record it)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, in-process and in the server")
     parser.add_argument("--overhead-sampler", default="asd")
     parser.add_argument("--overhead-chunks", type=int, default=40)
@@ -149,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
 
     rows = []
     for batching, max_batch in (("on", args.max_batch), ("off", 1)):
-        with ServerProcess(args.checkpoint, args.threads, max_batch, args.max_wait_ms) as url:
+        with ServerProcess(args.checkpoint, args.threads, max_batch, args.max_wait_ms, args.task) as url:
             for sampler in args.samplers:
                 for clients in args.clients:
                     row = {"batching": batching, **throughput(url, sampler, clients, histories, args.warmup, args.window)}

@@ -70,7 +70,7 @@ def save_policy(policy: DiffusionPolicy, directory: str | os.PathLike, training_
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu", weights_dtype).contiguous() for k, v in policy.model.state_dict().items()}
+    state = {k: v.detach().to("cpu", weights_dtype).contiguous() for k, v in policy_state(policy).items()}
     blob = st_save(state, metadata={"format": FORMAT, "version": str(VERSION)})
     weights = directory / WEIGHTS_NAME
     atomic_write(weights, blob)
@@ -84,6 +84,28 @@ def save_policy(policy: DiffusionPolicy, directory: str | os.PathLike, training_
     }
     atomic_write(directory / META_NAME, (json.dumps(meta, indent=2) + "\n").encode())
     return directory
+
+
+#: The camera encoder's weights sit beside the U-Net's (whose keys stay unprefixed) under this prefix.
+RGB_PREFIX = "rgb_encoder."
+
+
+def policy_state(policy: DiffusionPolicy) -> dict[str, torch.Tensor]:
+    """Every trained weight: the U-Net's, then a camera policy's image encoder under ``rgb_encoder.``."""
+    state = dict(policy.model.state_dict())
+    if policy.cameras is not None:
+        state.update({RGB_PREFIX + k: v for k, v in policy.cameras.rgb_encoder.state_dict().items()})
+    return state
+
+
+def load_policy_state(policy: DiffusionPolicy, state: dict[str, torch.Tensor]) -> None:
+    """The inverse of :func:`policy_state` (strict: a missing or unexpected key is an error)."""
+    rgb = {k[len(RGB_PREFIX):]: v for k, v in state.items() if k.startswith(RGB_PREFIX)}
+    policy.model.load_state_dict({k: v for k, v in state.items() if not k.startswith(RGB_PREFIX)}, strict=True)
+    if policy.cameras is not None or rgb:
+        if policy.cameras is None:
+            raise RuntimeError(f"image encoder weights ({RGB_PREFIX}...) for a policy without cameras")
+        policy.cameras.rgb_encoder.load_state_dict(rgb, strict=True)
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path, Path]:
@@ -195,7 +217,8 @@ def load_policy(
         config = PolicyConfig.from_dict(meta["config"])
         obs_norm = normalizer_from_dict(meta["obs_normalizer"])
         act_norm = normalizer_from_dict(meta["action_normalizer"])
-        policy = DiffusionPolicy(config, obs_norm, act_norm)
+        img_norm = normalizer_from_dict(meta["image_normalizer"]) if "image_normalizer" in meta else None
+        policy = DiffusionPolicy(config, obs_norm, act_norm, image_normalizer=img_norm)
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(
             f"checkpoint file {str(meta_path)!r} is corrupt or from an incompatible version ({type(e).__name__}: {e}); "
@@ -217,7 +240,7 @@ def load_policy(
             f"re-download or re-train the checkpoint"
         ) from None
     try:
-        policy.model.load_state_dict(state, strict=True)
+        load_policy_state(policy, state)
     except RuntimeError as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CheckpointError(

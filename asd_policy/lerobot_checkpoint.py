@@ -15,12 +15,14 @@ LeRobot's ``DiffusionConditionalUnet1d`` is the U-Net of Chi et al., which is ou
 head's GroupNorm at LeRobot's fixed 8 groups and FiLM's scale switched by
 ``use_film_scale_modulation``. The conditioning is LeRobot's: per observation step
 ``observation.state`` then ``observation.environment_state``, flattened over the steps, which is
-our flat vector normalised and reshaped. Its scheduler is diffusers' DDPMScheduler (or
+our flat vector normalised and reshaped; with cameras (``observation.images.<camera>``) each step's
+camera features sit between the two (:mod:`asd_policy.vision`'s encoder, whose parameter names are
+LeRobot's, so ``diffusion.rgb_encoder.*`` loads as it is). Its scheduler is diffusers' DDPMScheduler (or
 DDIMScheduler) with the config's settings, our :class:`~asd_policy.schedule.NoiseSchedule`; a DDPM
 config with ``num_inference_steps`` below ``num_train_timesteps`` samples diffusers' strided DDPM,
 which is the schedule's strided sub-chain (``NoiseSchedule(num_inference_steps=...)``).
 
-Anything outside that (another policy type, image features, a scheduler setting or normalisation
+Anything outside that (another policy type, a deeper ResNet, a scheduler setting or normalisation
 mode we do not implement, a missing file, weights that do not fit the config) is a
 :class:`~asd_policy.checkpoint.CheckpointError` naming the field and what is supported.
 """
@@ -41,8 +43,10 @@ WEIGHTS_NAME = "model.safetensors"
 PREPROCESSOR = "policy_preprocessor.json"
 POSTPROCESSOR = "policy_postprocessor.json"
 
-#: The observation features a state-only LeRobot diffusion policy concatenates, in its order.
+#: The low-dimensional observation features a LeRobot diffusion policy concatenates, in its order
+#: (per step: the state, then each camera's image features, then the environment state).
 STATE_FEATURES = (("observation.state", "STATE"), ("observation.environment_state", "ENV"))
+IMAGE_PREFIX = "observation.images."
 ACTION_FEATURE = "action"
 #: LeRobot NormalizationMode -> the statistics it reads (min-like, max-like), or None.
 NORM_MODES = {"IDENTITY": None, "MEAN_STD": ("mean", "std"), "MIN_MAX": ("min", "max"),
@@ -57,15 +61,17 @@ IGNORED_KEYS = {
     "pretrained_path", "drop_n_last_frames", "compile_model", "compile_mode", "do_mask_loss_for_padding",
     "optimizer_lr", "optimizer_betas", "optimizer_eps", "optimizer_weight_decay", "scheduler_name",
     "scheduler_warmup_steps",
-    # the vision encoder's settings: read only when there are image features (refused for now)
-    "vision_backbone", "resize_shape", "crop_ratio", "crop_shape", "crop_is_random", "pretrained_backbone_weights",
-    "use_group_norm", "spatial_softmax_num_keypoints", "use_separate_rgb_encoder_per_camera",
+    # the backbone's ImageNet weights only matter when LeRobot builds a new policy; ours are in model.safetensors
+    "pretrained_backbone_weights",
 }
 READ_KEYS = {
     "n_obs_steps", "horizon", "n_action_steps", "input_features", "output_features", "normalization_mapping",
     "down_dims", "kernel_size", "n_groups", "diffusion_step_embed_dim", "use_film_scale_modulation",
     "noise_scheduler_type", "num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type",
     "clip_sample", "clip_sample_range", "num_inference_steps",
+    # the vision encoder (with image features)
+    "vision_backbone", "resize_shape", "crop_ratio", "crop_shape", "crop_is_random", "use_group_norm",
+    "spatial_softmax_num_keypoints", "use_separate_rgb_encoder_per_camera",
 }
 #: LeRobot builds the head's conv block with GroupNorm's default 8 groups, whatever n_groups is.
 HEAD_N_GROUPS = 8
@@ -126,19 +132,28 @@ def _read_tensors(path: Path) -> dict[str, np.ndarray]:
 # ---- config.json -> PolicyConfig ------------------------------------------------------------
 
 
+def _image_features(inputs: dict, where: str) -> list[dict]:
+    """The cameras ([{"name", "shape": [C, H, W]}]) in the order LeRobot stacks them (config order)."""
+    images = []
+    for name, f in inputs.items():
+        if f.get("type") != "VISUAL":
+            continue
+        shape = [int(s) for s in f.get("shape") or ()]
+        if not name.startswith(IMAGE_PREFIX) or len(shape) != 3:
+            raise _error(f"{where}: image feature {name!r} must be named {IMAGE_PREFIX}<camera> with a [C, H, W] "
+                         f"shape, got {f}")
+        images.append({"name": name, "shape": shape})
+    return images
+
+
 def _features(cfg: dict, where: str) -> tuple[list[dict], int]:
     """The state features in LeRobot's concatenation order ([{"name", "dim", "type"}]) and action_dim."""
     inputs, outputs = cfg.get("input_features") or {}, cfg.get("output_features") or {}
-    images = [k for k, f in inputs.items() if f.get("type") == "VISUAL"]
-    if images:
-        raise _error(f"{where}: image features {images} are not supported yet: this loader reads state-only LeRobot "
-                     f"diffusion policies (observation.state, observation.environment_state); camera policies "
-                     f"come with the camera-image work")
     known = {name for name, _ in STATE_FEATURES}
-    unknown = [k for k in inputs if k not in known]
+    unknown = [k for k, f in inputs.items() if k not in known and f.get("type") != "VISUAL"]
     if unknown:
         raise _error(f"{where}: input_features {unknown} are not supported; a LeRobot diffusion policy reads "
-                     f"{sorted(known)} (and images)")
+                     f"{sorted(known)} and {IMAGE_PREFIX}<camera> images")
     if "observation.state" not in inputs:
         raise _error(f"{where}: input_features has no 'observation.state', which LeRobot's diffusion policy requires")
     features = []
@@ -180,6 +195,31 @@ def _schedule_and_sampler(cfg: dict, where: str) -> tuple[dict, dict]:
     return schedule, {"method": "asd"}
 
 
+def _vision(cfg: dict, where: str) -> dict:
+    """Our VisionConfig for LeRobot's encoder settings (its DiffusionConfig defaults where absent)."""
+    from asd_policy.vision import RESNET_BLOCKS
+
+    backbone = cfg.get("vision_backbone", "resnet18")
+    if backbone not in RESNET_BLOCKS:
+        raise _error(f"{where}: vision_backbone={backbone!r} is not supported; the loader builds {sorted(RESNET_BLOCKS)} "
+                     f"(torchvision's basic-block ResNets)")
+    resize = cfg.get("resize_shape")
+    crop = cfg.get("crop_shape", (84, 84))
+    if resize is not None:
+        # LeRobot re-derives the crop from crop_ratio whenever it resizes (DiffusionConfig.__post_init__)
+        ratio = float(cfg.get("crop_ratio", 1.0))
+        crop = (int(resize[0] * ratio), int(resize[1] * ratio)) if ratio < 1.0 else None
+    return {
+        "backbone": backbone,
+        "use_group_norm": bool(cfg.get("use_group_norm", True)),
+        "keypoints": int(cfg.get("spatial_softmax_num_keypoints", 32)),
+        "crop_shape": None if crop is None else list(crop),
+        "crop_is_random": bool(cfg.get("crop_is_random", True)),
+        "resize_shape": None if resize is None else list(resize),
+        "separate_per_camera": bool(cfg.get("use_separate_rgb_encoder_per_camera", False)),
+    }
+
+
 def _check_keys(cfg: dict, where: str) -> None:
     unknown = sorted(set(cfg) - READ_KEYS - IGNORED_KEYS)
     if unknown:
@@ -196,6 +236,7 @@ def policy_config(cfg: dict, where: str):
                      f"'diffusion' policies (ASD samples DDPM chains)")
     _check_keys(cfg, where)
     features, action_dim = _features(cfg, where)
+    images = _image_features(cfg.get("input_features") or {}, where)
     schedule, sampler = _schedule_and_sampler(cfg, where)
     unet = {
         "down_dims": list(cfg.get("down_dims", (512, 1024, 2048))),
@@ -217,6 +258,9 @@ def policy_config(cfg: dict, where: str):
             schedule=schedule,
             sampler=sampler,
             obs_features=[{"name": f["name"], "dim": f["dim"]} for f in features],
+            image_features=images or None,
+            vision=_vision(cfg, where) if images else None,
+            images_after=features[0]["dim"] if images else None,
         )
     except ValueError as e:
         raise _error(f"{where}: {e}") from None
@@ -278,7 +322,8 @@ def _normalizer_step(directory: Path, file: str, registry_name: str) -> tuple[di
     return found.get("config") or {}, _read_tensors(directory / found["state_file"])
 
 
-def _normalizers(directory: Path, features: list[dict], action_dim: int, mapping: dict):
+def _normalizers(directory: Path, features: list[dict], action_dim: int, mapping: dict, images: list[dict] = ()):
+    """(observation, action, image) normalisers; the image one is per channel of each camera, in order (or None)."""
     from asd_policy.normalizer import AffineNormalizer
 
     if not (directory / PREPROCESSOR).is_file() and not (directory / POSTPROCESSOR).is_file():
@@ -299,7 +344,12 @@ def _normalizers(directory: Path, features: list[dict], action_dim: int, mapping
     ])
     act = feature_normalizer(ACTION_FEATURE, action_dim, mode_of(post_cfg, "ACTION"), post_stats,
                              float(post_cfg.get("eps", 1e-8)), str(directory / POSTPROCESSOR))
-    return obs, act
+    img = AffineNormalizer.concat([
+        feature_normalizer(f["name"], f["shape"][0], mode_of(pre_cfg, "VISUAL"), pre_stats,
+                           float(pre_cfg.get("eps", 1e-8)), str(directory / PREPROCESSOR))
+        for f in images
+    ]) if images else None
+    return obs, act, img
 
 
 # ---- model.safetensors -> our U-Net's state dict ---------------------------------------------
@@ -317,16 +367,22 @@ _RENAMES = (
     (r"\.residual_conv\.", ".skip."),
 )
 UNET_PREFIX = "diffusion.unet."
+#: LeRobot's DiffusionRgbEncoder (or a ModuleList of them) keeps torchvision's names, as ours does.
+RGB_PREFIX = "diffusion.rgb_encoder."
 
 
 def lerobot_state_to_ours(state: dict[str, Any], where: str) -> dict[str, Any]:
-    """LeRobot's ``DiffusionPolicy`` state dict -> our :class:`ConditionalUnet1D` keys (values untouched)."""
-    other = sorted(k for k in state if not k.startswith(UNET_PREFIX))
+    """LeRobot's ``DiffusionPolicy`` state dict -> ours (:func:`asd_policy.checkpoint.policy_state`'s
+    keys: the U-Net's renamed, the camera encoder's under ``rgb_encoder.``); values untouched."""
+    other = sorted(k for k in state if not k.startswith((UNET_PREFIX, RGB_PREFIX)))
     if other:
-        raise _error(f"{where}: weights {other[:4]}{' ...' if len(other) > 4 else ''} are outside diffusion.unet; a "
-                     f"state-only diffusion policy has no others (image encoders are not supported yet)")
+        raise _error(f"{where}: weights {other[:4]}{' ...' if len(other) > 4 else ''} are outside diffusion.unet and "
+                     f"diffusion.rgb_encoder; a LeRobot diffusion policy has no others")
     ours = {}
     for key, value in state.items():
+        if key.startswith(RGB_PREFIX):
+            ours["rgb_encoder." + key[len(RGB_PREFIX):]] = value
+            continue
         name = key[len(UNET_PREFIX):]
         for pattern, repl in _RENAMES:
             name = re.sub(pattern, repl, name)
@@ -353,6 +409,7 @@ def load_lerobot_policy(path: str | Path, device: str = "cpu"):
     """A :class:`~asd_policy.policy.DiffusionPolicy` (eval mode) from a LeRobot diffusion ``pretrained_model/``."""
     import torch
 
+    from asd_policy.checkpoint import load_policy_state
     from asd_policy.policy import DiffusionPolicy
 
     directory = _directory(path)
@@ -363,12 +420,14 @@ def load_lerobot_policy(path: str | Path, device: str = "cpu"):
     config = policy_config(cfg, where)
     features, _ = _features(cfg, where)
     mapping = {str(k): str(v) for k, v in (cfg.get("normalization_mapping") or {}).items()}
-    obs_norm, act_norm = _normalizers(directory, features, config.action_dim, mapping)
-    policy = DiffusionPolicy(config, obs_norm, act_norm, origin={"format": "lerobot", "type": "diffusion"})
+    obs_norm, act_norm, img_norm = _normalizers(directory, features, config.action_dim, mapping,
+                                                config.image_features or [])
+    policy = DiffusionPolicy(config, obs_norm, act_norm, origin={"format": "lerobot", "type": "diffusion"},
+                             image_normalizer=img_norm)
     weights = directory / WEIGHTS_NAME
     state = {k: torch.from_numpy(v.copy()).float() for k, v in _read_tensors(weights).items()}
     try:
-        policy.model.load_state_dict(lerobot_state_to_ours(state, str(weights)), strict=True)
+        load_policy_state(policy, lerobot_state_to_ours(state, str(weights)))
     except RuntimeError as e:
         msg = " ".join(str(e).split())[:400]
         raise _error(f"{str(weights)!r} does not fit the network {CONFIG_NAME} describes ({msg}); the two files come "

@@ -14,6 +14,11 @@ A policy whose config names ``obs_features`` (a LeRobot checkpoint: ``observatio
 ``observation.environment_state``) also takes the observation as a dict of those features,
 ``{"observation.state": [B, n_obs_steps, 12], ...}``, concatenated in that order.
 
+A camera policy (``config.image_features``) takes a dict holding each camera's images by name
+(uint8 ``[B, n_obs_steps, H, W, 3]`` frames, or LeRobot's float ``[B, n_obs_steps, 3, H, W]`` in
+[0, 1]) next to the state (its named features, or one flat array under ``"state"``); the image
+encoder (:mod:`asd_policy.vision`) runs once per chunk, before the sampler.
+
 Horizons follow diffusion_policy: the chunk covers ``horizon`` steps starting at the oldest
 observation in the history, so the first action to execute is the one at index
 ``n_obs_steps - 1`` (aligned with the newest observation), and ``n_action_steps`` are executed.
@@ -92,6 +97,13 @@ class PolicyConfig:
     # The named observation features the flat vector concatenates, in order: [{"name", "dim"}, ...]
     # (a LeRobot policy's; None for ours, whose vector is the task's obs_keys).
     obs_features: list[dict] | None = None
+    # Cameras: [{"name", "shape": [C, H, W]}, ...] in the order their features are concatenated, and
+    # the image encoder's settings (asd_policy.vision.VisionConfig); None for a state-only policy.
+    image_features: list[dict] | None = None
+    vision: dict | None = None
+    # How many of each step's low-dimensional values precede the image features in the conditioning
+    # (LeRobot: observation.state's width, then images, then the environment state); None: all of them.
+    images_after: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("obs_dim", "action_dim", "n_obs_steps", "horizon", "n_action_steps"):
@@ -106,7 +118,7 @@ class PolicyConfig:
             )
         unet = {**UNET_SIZES["small"], "size": "small", **dict(self.unet)}
         unet["action_dim"] = self.action_dim
-        unet["cond_dim"] = self.n_obs_steps * self.obs_dim
+        unet["cond_dim"] = self.n_obs_steps * (self.obs_dim + self._check_images())
         ucfg = UNetConfig.from_dict(unet)
         if self.horizon % ucfg.horizon_multiple:
             raise ValueError(
@@ -125,6 +137,34 @@ class PolicyConfig:
             names = [f["name"] for f in self.obs_features]
             if len(set(names)) != len(names) or sum(f["dim"] for f in self.obs_features) != self.obs_dim:
                 raise ValueError(f"obs_features {self.obs_features} must have distinct names and dims summing to obs_dim={self.obs_dim}")
+
+    def _check_images(self) -> int:
+        """Validate the camera settings; the width of the image features per observation step."""
+        from asd_policy.vision import VisionConfig
+
+        if not self.image_features:
+            if self.vision is not None or self.images_after is not None:
+                raise ValueError("vision and images_after are camera settings: set image_features too (or drop them)")
+            self.image_features = None
+            return 0
+        features = []
+        for f in self.image_features:
+            shape = [int(s) for s in f.get("shape", ())]
+            if len(shape) != 3 or min(shape) < 1:
+                raise ValueError(f"image feature {f.get('name')!r} must have a [C, H, W] shape, got {f.get('shape')!r}")
+            features.append({"name": str(f["name"]), "shape": shape})
+        names = [f["name"] for f in features] + [f["name"] for f in self.obs_features or []]
+        if len(set(names)) != len(names):
+            raise ValueError(f"observation feature names must be distinct, got {names}")
+        self.image_features = features
+        vision = VisionConfig.from_dict(dict(self.vision or {}))
+        for f in features:
+            vision.input_hw(tuple(f["shape"][1:]))  # a crop larger than the image is refused by name
+        self.vision = vision.to_dict()
+        if self.images_after is not None and not 0 <= int(self.images_after) <= self.obs_dim:
+            raise ValueError(f"images_after must be in [0, obs_dim={self.obs_dim}], got {self.images_after}")
+        self.images_after = None if self.images_after is None else int(self.images_after)
+        return len(features) * vision.feature_dim
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -150,6 +190,7 @@ class DiffusionPolicy(nn.Module):
         obs_normalizer: Normalizer | None = None,
         action_normalizer: Normalizer | None = None,
         origin: dict | None = None,
+        image_normalizer: AffineNormalizer | None = None,
     ):
         super().__init__()
         # where the weights come from when not an asd-policy checkpoint (e.g. {"format": "lerobot", ...})
@@ -162,6 +203,12 @@ class DiffusionPolicy(nn.Module):
         self.action_normalizer = action_normalizer or MinMaxNormalizer(
             -np.ones(config.action_dim), np.ones(config.action_dim)
         )
+        # the camera encoders (None for a state-only policy): run once per chunk, before the sampler
+        self.cameras = None
+        if config.image_features:
+            from asd_policy.vision import CameraFeatures, VisionConfig
+
+            self.cameras = CameraFeatures(config.image_features, VisionConfig.from_dict(config.vision), image_normalizer)
         if self.obs_normalizer.dim != config.obs_dim:
             raise ValueError(f"obs normaliser has dim {self.obs_normalizer.dim}, config.obs_dim={config.obs_dim}")
         if self.action_normalizer.dim != config.action_dim:
@@ -207,13 +254,17 @@ class DiffusionPolicy(nn.Module):
         return method, dict(resolved.options)
 
     # ---- conditioning ----------------------------------------------------------------------
+    @property
+    def image_names(self) -> list[str]:
+        return [f["name"] for f in self.config.image_features or []]
+
     def concat_features(self, features: Mapping[str, Any]) -> Tensor:
         """A dict of the config's ``obs_features`` (each ``[B, T, dim]``) -> the flat ``[B, T, obs_dim]``."""
         named = self.config.obs_features
         if not named:
             raise ValueError(
                 "this policy names no obs_features; pass the observation as one [B, n_obs_steps, obs_dim] "
-                f"array (obs_dim={self.obs_dim})"
+                f"array (obs_dim={self.obs_dim})" + (" under 'state', next to its cameras" if self.cameras else "")
             )
         names = [f["name"] for f in named]
         missing, extra = [n for n in names if n not in features], [k for k in features if k not in names]
@@ -229,15 +280,50 @@ class DiffusionPolicy(nn.Module):
             raise ValueError(f"observation features differ in [B, n_obs_steps]: {[list(p.shape[:2]) for p in parts]}")
         return torch.cat(parts, dim=-1)
 
-    def _cond(self, obs_history: Tensor) -> Tensor:
-        """Normalised, flattened ``[B, n_obs_steps * obs_dim]`` conditioning (takes the newest steps)."""
+    def split_observation(self, observation: Any) -> tuple[Tensor, dict[str, Any]]:
+        """(the flat low-dimensional ``[B, T, obs_dim]``, the cameras' images by name).
+
+        A camera policy takes a dict: its image features by name, and the low-dimensional part
+        either as its named ``obs_features`` or as one flat array under ``"state"``.
+        """
+        images: dict[str, Any] = {}
+        if isinstance(observation, Mapping):
+            rest = {k: v for k, v in observation.items() if k not in self.image_names}
+            images = {k: v for k, v in observation.items() if k in self.image_names}
+            if set(rest) == {"state"} and not self.config.obs_features:
+                observation = rest["state"]
+            else:
+                observation = self.concat_features(rest)
+        obs = torch.as_tensor(observation, dtype=torch.float32, device=self.device)
+        if obs.dim() == 2:
+            raise ValueError(
+                f"obs_history must be [B, n_obs_steps, obs_dim]; got a 2-D array {tuple(obs.shape)} "
+                f"(add the batch axis: obs_history[None])"
+            )
+        return obs, images
+
+    def _cond(self, obs_history: Tensor, images: Mapping[str, Any] | None = None,
+              generator: torch.Generator | None = None) -> Tensor:
+        """Normalised, flattened ``[B, n_obs_steps * cond_width]`` conditioning (takes the newest steps).
+
+        With cameras each step is ``[low-dim[:images_after], image features, low-dim[images_after:]]``;
+        the image encoder runs here, once for the whole chunk.
+        """
         obs = obs_history[:, -self.n_obs_steps :]
         if obs.dim() != 3 or obs.shape[1] != self.n_obs_steps or obs.shape[2] != self.obs_dim:
             raise ValueError(
                 f"obs_history must be [B, n_obs_steps={self.n_obs_steps}, obs_dim={self.obs_dim}] "
                 f"(or a longer history), got {tuple(obs_history.shape)}"
             )
-        return self.obs_normalizer.normalize(obs).reshape(obs.shape[0], -1)
+        low = self.obs_normalizer.normalize(obs)
+        if self.cameras is not None:
+            newest = {k: torch.as_tensor(v)[:, -self.n_obs_steps :] for k, v in (images or {}).items()}
+            feats = self.cameras(newest, generator)
+            if feats.shape[:2] != low.shape[:2]:
+                raise ValueError(f"camera images cover [B, T] = {list(feats.shape[:2])}, the state {list(low.shape[:2])}")
+            k = self.obs_dim if self.config.images_after is None else self.config.images_after
+            low = torch.cat([low[..., :k], feats, low[..., k:]], dim=-1)
+        return low.reshape(obs.shape[0], -1)
 
     # ---- inference -------------------------------------------------------------------------
     @torch.no_grad()
@@ -271,15 +357,13 @@ class DiffusionPolicy(nn.Module):
             both float32 in environment units on the policy's device.
         """
         device = self.device
-        if isinstance(obs_history, Mapping):
-            obs_history = self.concat_features(obs_history)
-        obs = torch.as_tensor(obs_history, dtype=torch.float32, device=device)
-        if obs.dim() == 2:
-            raise ValueError(
-                f"obs_history must be [B, n_obs_steps, obs_dim]; got a 2-D array {tuple(obs.shape)} "
-                f"(add the batch axis: obs_history[None])"
-            )
-        cond = self._cond(obs)
+        obs, images = self.split_observation(obs_history)
+        was_training = self.training
+        self.eval()  # the encoder's centre crop, the networks' inference mode
+        try:
+            cond = self._cond(obs, images)
+        finally:
+            self.train(was_training)
         known = self._known(known_actions, obs.shape[0]) if known_actions is not None else None
         noise = sampler_kwargs.pop("noise", None)
         method, kwargs = self.sampler_kwargs(method, **sampler_kwargs)
@@ -325,6 +409,7 @@ class DiffusionPolicy(nn.Module):
         actions: Tensor,
         model: nn.Module | None = None,
         generator: torch.Generator | None = None,
+        images: Mapping[str, Any] | None = None,
     ) -> Tensor:
         """The DDPM training loss on a batch of windows (environment units).
 
@@ -332,6 +417,8 @@ class DiffusionPolicy(nn.Module):
             obs: ``[B, >= n_obs_steps, obs_dim]``; the first ``n_obs_steps`` are the history.
             actions: ``[B, horizon, action_dim]``.
             model: the network to train (e.g. its DDP wrapper); default ``self.model``.
+            images: a camera policy's images by camera, ``[B, >= n_obs_steps, ...]`` aligned with
+                ``obs`` (the encoder trains with it, random crops when the policy is in training mode).
         """
         if self.schedule.strided:
             raise ValueError(
@@ -343,7 +430,8 @@ class DiffusionPolicy(nn.Module):
         b = actions.shape[0]
         if actions.shape[1:] != (self.horizon, self.action_dim):
             raise ValueError(f"actions must be [B, {self.horizon}, {self.action_dim}], got {tuple(actions.shape)}")
-        cond = self._cond(obs[:, : self.n_obs_steps])
+        n = self.n_obs_steps
+        cond = self._cond(obs[:, :n], {k: torch.as_tensor(v)[:, :n] for k, v in (images or {}).items()}, generator)
         x0 = self.action_normalizer.normalize(actions)
         sched = self.schedule
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
@@ -360,6 +448,8 @@ class DiffusionPolicy(nn.Module):
             "obs_normalizer": self.obs_normalizer.to_dict(),
             "action_normalizer": self.action_normalizer.to_dict(),
         }
+        if self.cameras is not None:
+            meta["image_normalizer"] = self.cameras.normalizer.to_dict()
         return {**meta, "origin": self.origin} if self.origin else meta
 
     def copy(self) -> "DiffusionPolicy":

@@ -57,11 +57,17 @@ CONFIGS = {
 }
 
 
-def make_lerobot_checkpoint(directory, seed: int = 0, state: int = 5, env: int = 0, action: int = 2, **settings):
-    """A random LeRobot diffusion policy saved as LeRobot saves it; returns (policy, pre, post, config)."""
+def make_lerobot_checkpoint(directory, seed: int = 0, state: int = 5, env: int = 0, action: int = 2,
+                            images: tuple = (), **settings):
+    """A random LeRobot diffusion policy saved as LeRobot saves it; returns (policy, pre, post, config).
+
+    ``images``: ``(camera, (C, H, W))`` pairs, each an ``observation.images.<camera>`` feature.
+    """
     lr = require_lerobot()
     FT, PF, NM = lr.FeatureType, lr.PolicyFeature, lr.NormalizationMode
     inputs = {"observation.state": PF(FT.STATE, (state,))}
+    for camera, shape in images:
+        inputs[f"observation.images.{camera}"] = PF(FT.VISUAL, tuple(shape))
     if env:
         inputs["observation.environment_state"] = PF(FT.ENV, (env,))
     mapping = settings.pop("normalization_mapping", None)
@@ -81,6 +87,11 @@ def make_lerobot_checkpoint(directory, seed: int = 0, state: int = 5, env: int =
             lo = torch.randn(dim, generator=g) - 2.0
             stats[name] = {"min": lo, "max": lo + 1 + 3 * torch.rand(dim, generator=g),
                            "mean": torch.randn(dim, generator=g), "std": 0.2 + torch.rand(dim, generator=g)}
+    for camera, shape in images:  # per-channel statistics of [0, 1] pixels, [C, 1, 1] as LeRobot keeps them
+        c = shape[0]
+        stats[f"observation.images.{camera}"] = {
+            "mean": 0.3 + 0.4 * torch.rand(c, 1, 1, generator=g), "std": 0.1 + 0.3 * torch.rand(c, 1, 1, generator=g),
+            "min": torch.zeros(c, 1, 1), "max": torch.ones(c, 1, 1)}
     pre, post = lr.make_pre_post_processors(cfg, dataset_stats=stats)
     for obj in (policy, pre, post):
         obj.save_pretrained(str(directory))
@@ -98,8 +109,12 @@ def pair(request, tmp_path_factory):
 
 
 def random_obs(ours, batch: int, seed: int) -> dict[str, torch.Tensor]:
+    """Random features, and for a camera policy random [0, 1] images in LeRobot's [B, T, C, H, W] layout."""
     g = torch.Generator().manual_seed(seed)
-    return {f["name"]: 3 * torch.randn(batch, ours.n_obs_steps, f["dim"], generator=g) for f in ours.config.obs_features}
+    obs = {f["name"]: 3 * torch.randn(batch, ours.n_obs_steps, f["dim"], generator=g) for f in ours.config.obs_features}
+    for f in ours.config.image_features or []:
+        obs[f["name"]] = torch.rand(batch, ours.n_obs_steps, *f["shape"], generator=g)
+    return obs
 
 
 # ---- planted bugs: each must make its comparison fail --------------------------------------
@@ -186,9 +201,17 @@ def test_normalise_and_unnormalise_equal_lerobots_processors(pair):
 # ---- whole chunks with the same noise -------------------------------------------------------
 
 
+def lerobot_batch(theirs, pre, obs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The preprocessed batch, cameras stacked as LeRobot's policy stacks them (``observation.images``)."""
+    batch = pre({k: v.clone() for k, v in obs.items()})
+    if theirs.config.image_features:
+        batch["observation.images"] = torch.stack([batch[k] for k in theirs.config.image_features], dim=-4)
+    return batch
+
+
 def lerobot_chunks(theirs, pre, post, obs: dict[str, torch.Tensor], seed: int) -> torch.Tensor:
     """LeRobot's own sampling: processors, global conditioning, conditional_sample, unnormaliser."""
-    batch = pre({k: v.clone() for k, v in obs.items()})
+    batch = lerobot_batch(theirs, pre, obs)
     with torch.no_grad():
         cond = theirs.diffusion._prepare_global_conditioning(batch)
         x = theirs.diffusion.conditional_sample(cond.shape[0], global_cond=cond,
@@ -232,23 +255,28 @@ def test_stored_sampler_follows_the_lerobot_scheduler(pair):
 
 def asd_against_lerobot_ddpm(theirs, pre, post, ours, n: int = 300, seed: int = 0) -> float:
     """p-value of the energy test between ASD's chunks (ours) and LeRobot's DDPM chunks, one observation."""
-    obs = {k: v.expand(n, -1, -1).contiguous() for k, v in random_obs(ours, 1, seed).items()}
+    obs = {k: v.expand(n, *v.shape[1:]).contiguous() for k, v in random_obs(ours, 1, seed).items()}
     want = lerobot_chunks(theirs, pre, post, obs, seed + 1)
     got = ours.predict_action(obs, method="asd", generator=torch.Generator().manual_seed(seed + 2)).action_pred
     scale = want.std(dim=0).clamp_min(1e-3)  # compare in units of LeRobot's per-coordinate spread
     return energy_test(got / scale, want / scale, permutations=300, seed=seed)[1]
 
 
-@pytest.mark.parametrize("config", ["state_minmax_ddpm", "strided_ddpm"])
-def test_asd_matches_lerobots_ddpm_in_distribution(tmp_path, config):
-    theirs, pre, post, _ = make_lerobot_checkpoint(tmp_path, seed=3, **CONFIGS[config])
-    ours = load_policy(tmp_path)
+def assert_asd_matches_lerobots_ddpm(directory, settings: dict, bugs, label: str) -> None:
+    """ASD on the loaded policy passes the energy test against LeRobot's DDPM; each planted bug fails it."""
+    theirs, pre, post, _ = make_lerobot_checkpoint(directory, seed=3, **settings)
+    ours = load_policy(directory)
     assert ours.config.sampler["method"] == "asd"
     p = asd_against_lerobot_ddpm(theirs, pre, post, ours)
-    assert p >= ALPHA, f"{config}: ASD on the loaded policy departs from LeRobot's DDPM (energy test p = {p:.4f})"
-    for bug in (swap_film, skip_obs_normalizer):
+    assert p >= ALPHA, f"{label}: ASD on the loaded policy departs from LeRobot's DDPM (energy test p = {p:.4f})"
+    for bug in bugs:
         p_bad = asd_against_lerobot_ddpm(theirs, pre, post, bug(ours))
-        assert p_bad < ALPHA, f"{config}: the planted {bug.__name__} was not detected (p = {p_bad:.4f})"
+        assert p_bad < ALPHA, f"{label}: the planted {bug.__name__} was not detected (p = {p_bad:.4f})"
+
+
+@pytest.mark.parametrize("config", ["state_minmax_ddpm", "strided_ddpm"])
+def test_asd_matches_lerobots_ddpm_in_distribution(tmp_path, config):
+    assert_asd_matches_lerobots_ddpm(tmp_path, CONFIGS[config], (swap_film, skip_obs_normalizer), config)
     # (the network at the chain index changes a random U-Net's chunks too little to show in distribution:
     # the same-noise chunk test above catches it, and tests/test_sampling.py on an exact denoiser)
 
@@ -285,8 +313,10 @@ def test_no_lerobot_import_and_metadata_without_weights_loading(tmp_path):
     (lambda c: c.update(type="act"), "policy type 'act' is not supported"),
     (lambda c: c.update(noise_scheduler_type="DPM"), "noise_scheduler_type='DPM' is not supported"),
     (lambda c: c.update(num_inference_steps=200), "num_inference_steps=200 must be in [1, num_train_timesteps=100]"),
-    (lambda c: c["input_features"].update({"observation.images.top": {"type": "VISUAL", "shape": [3, 84, 84]}}),
-     "image features ['observation.images.top'] are not supported yet"),
+    (lambda c: (c["input_features"].update({"observation.images.top": {"type": "VISUAL", "shape": [3, 84, 84]}}),
+                c.update(vision_backbone="resnet50")), "vision_backbone='resnet50' is not supported"),
+    (lambda c: c["input_features"].update({"observation.top": {"type": "VISUAL", "shape": [3, 84, 84]}}),
+     "image feature 'observation.top' must be named observation.images.<camera>"),
     (lambda c: c.update(normalization_mapping={"STATE": "LOG", "ACTION": "MIN_MAX"}), "normalisation mode 'LOG'"),
     (lambda c: c.update(down_dims=[16, 64]), "does not fit the network"),
     (lambda c: c.update(some_new_knob=3), "config keys ['some_new_knob'] are not known"),

@@ -147,7 +147,7 @@ def test_inpaint_leaves_an_executed_action_free_when_the_delay_is_overestimated(
     # exceed the delay a chunk then has. One slow call (750 ms = 8 ticks at 10 Hz, all 8 executed
     # actions) then 650 ms calls (7 ticks): a prefix of 8 would hold every action the chunk can
     # execute, so each new chunk repeated the held action and the robot froze for good.
-    import asd_policy.realtime as rt
+    import asd_policy.controller as rt  # where RealtimeController looks infer_chunk up
 
     script = iter([0.75] + [0.65] * 50)
     real = rt.infer_chunk

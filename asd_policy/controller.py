@@ -4,13 +4,15 @@ chunks is described in :mod:`asd_policy.realtime`, which runs it around gymnasiu
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from asd_policy.episode import RealtimeReport, latency_summary
+from asd_policy.episode import RealtimeReport
+from asd_policy.records import MAX_RECORDS, ChunkRecords, check_max_records
 from asd_policy.rollout import ChunkInference, ChunkPolicy, ObsHistory, infer_chunk, policy_device
 from asd_policy.sampler_config import SamplerConfig
 from asd_policy.simclock import (
@@ -28,7 +30,6 @@ from asd_policy.transitions import (
     action_normalizer,
     check_transition_policy,
     ensemble_action,
-    jumps,
     known_actions,
 )
 
@@ -41,7 +42,7 @@ ON_MISS = ("hold", "zero", "extend")
 
 @dataclass
 class _Chunk:
-    index: int  # position in the recorded chunks (chunk_latency_ms order)
+    index: int  # its number among the chunks recorded since the reset (ChunkRecords.add_chunk)
     tick: int  # the tick whose observation it was inferred from (its action 0's tick)
     actions: np.ndarray  # the usable actions [n_exec, A]
     span: np.ndarray  # its whole prediction from action 0 on [>= n_exec, A]: what it can contribute to
@@ -76,6 +77,11 @@ class RealtimeController:
         sim_batch: on the simulated clock with a fixed latency model, the
             :class:`~asd_policy.simclock.SimBatch` shared by controllers stepped in lockstep
             (:func:`run_realtime_batch`), so their requests are inferred together.
+        max_records: how many of the most recent chunks and ticks the controller remembers for
+            :meth:`report`, :attr:`chunk_latency_ms` and :attr:`chunk_actions` (default
+            :data:`~asd_policy.records.MAX_RECORDS`), so a controller running for hours keeps
+            flat memory; counts stay exact over the whole run. None keeps everything since the
+            reset (what an episode of :func:`run_realtime` keeps). Never changes the actions.
     """
 
     def __init__(
@@ -94,6 +100,7 @@ class RealtimeController:
         transition: str = "switch",
         ensemble_decay: float = 0.01,
         sim_batch: SimBatch | None = None,
+        max_records: int | None = MAX_RECORDS,
     ):
         if on_miss not in ON_MISS:
             raise ValueError(f"on_miss must be one of {', '.join(ON_MISS)}, got {on_miss!r}")
@@ -121,6 +128,7 @@ class RealtimeController:
         self.transition = transition
         self.ensemble_decay = float(ensemble_decay)
         self._normalize = action_normalizer(policy)
+        self.max_records = check_max_records(max_records)
         if sim_batch is not None and clock != "sim":
             raise ValueError("sim_batch needs clock='sim'")
         if sim_batch is not None:
@@ -134,12 +142,7 @@ class RealtimeController:
         self._request_tick = 0
         self._request_prefix: int | None = None
         self._last_action: np.ndarray | None = None
-        self._latencies: list[float] = []
-        self._seq: list[float] = []
-        self._nfe: list[float] = []
-        self._executed: list[int] = []  # actions executed from each recorded chunk
-        self._actions: list[np.ndarray] = []  # every executed action, and the chunk it came from
-        self._sources: list[int] = []
+        self._clear_records()
         self.report_ = self._new_report()
         self.tick = 0
 
@@ -148,25 +151,29 @@ class RealtimeController:
                               on_miss=self.on_miss,
                               **self.latency.as_dict())
 
+    def _clear_records(self) -> None:
+        """What the controller reports (bounded by max_records) and, apart from it, the little it
+        acts on, so that the reporting window can never change an action."""
+        self.records = ChunkRecords(self.max_records)
+        self._recent_latency: deque[float] = deque(maxlen=8)  # the latency estimate's
+        self._past_actions: deque[np.ndarray] = deque(maxlen=self.policy.n_obs_steps - 1)  # inpaint's past
+        self._source: int | None = None  # the chunk that supplied the last action
+
     # -- inference
     def _infer(self, obs_history: np.ndarray, known: np.ndarray | None = None) -> ChunkInference:
         return infer_chunk(PolicyCall(self.policy, known, self.device), obs_history, self.sampler, self.generator,
                            self.device)
 
     def _record(self, res: ChunkInference) -> None:
-        self._executed.append(0)
-        self._latencies.append(res.latency_s)
-        if res.sequential_calls is not None:
-            self._seq.append(float(res.sequential_calls))
-        if res.nfe is not None:
-            self._nfe.append(float(res.nfe))
+        self.records.add_chunk(res.latency_s, res.sequential_calls, res.nfe)
+        self._recent_latency.append(res.latency_s)
 
     def _as_chunk(self, res: ChunkInference, tick: int) -> _Chunk:
         actions = res.actions[0]
         pred = res.action_pred
         start = self.policy.n_obs_steps - 1
         span = pred[0, start:] if pred is not None and pred.shape[1] - start >= actions.shape[0] else actions
-        return _Chunk(len(self._executed) - 1, tick, actions[: self.n_exec], span)
+        return _Chunk(self.records.chunks - 1, tick, actions[: self.n_exec], span)
 
     def lookahead(self) -> int:
         """Actions left in the current chunk at which the next inference starts."""
@@ -177,7 +184,7 @@ class RealtimeController:
     def _latency_estimate(self) -> float:
         if self.latency.fixed:
             return self.latency.ms / 1e3
-        return max(self._latencies[-8:] or [0.0])
+        return max(self._recent_latency, default=0.0)
 
     def expected_delay(self) -> int:
         """Ticks the next chunk is expected to take (exact for a fixed latency model; from the
@@ -197,8 +204,7 @@ class RealtimeController:
         if self.generator is None:
             self.generator = torch.Generator(device=self.device).manual_seed(0)
         self.report_ = self._new_report()
-        self._latencies, self._seq, self._nfe, self._executed = [], [], [], []
-        self._actions, self._sources = [], []
+        self._clear_records()
         if first is None and self.warmup:
             self._infer(self._history.get())  # first call pays one-off costs; not recorded
         res = first if first is not None else self._infer(self._history.get())
@@ -218,9 +224,9 @@ class RealtimeController:
         self._record(res)
         rep.chunks += 1
         offset = k - self._request_tick
-        rep.delay_ticks.append(offset)
+        self.records.delay_ticks.append(offset)
         if self._request_prefix is not None:
-            rep.inpaint_prefix.append(self._request_prefix)
+            self.records.inpaint_prefix.append(self._request_prefix)
         chunk = self._as_chunk(res, self._request_tick)
         usable = self._reach(chunk)
         if offset >= usable:
@@ -260,7 +266,7 @@ class RealtimeController:
             # positions can elapse in flight; a longer prefix (an overestimated delay) would hold
             # every action it can execute and it could never change what the robot does.
             future = [self._planned(k, j) for j in range(min(self.expected_delay(), self.n_exec - 1))]
-            past = self._actions[-(self.policy.n_obs_steps - 1):] if self.policy.n_obs_steps > 1 else []
+            past = list(self._past_actions)
             known, self._request_prefix = known_actions(horizon, cur.actions.shape[-1],
                                                         self.policy.n_obs_steps - 1, future, past)
         self._request_tick = k
@@ -273,13 +279,13 @@ class RealtimeController:
             self.report_.deadline_misses += 1
         if 0 <= idx < self._reach(cur):
             self.report_.extended_actions += int(idx >= len(cur.actions))
-            self._executed[cur.index] += 1
-            self._sources.append(cur.index)
+            self.records.count_executed(cur.index)
+            self._source = cur.index
             if self.transition != "ensemble":
                 return self._action_at(cur, idx)
             self._chunks = [c for c in self._chunks if k - c.tick < len(c.span)]
             return ensemble_action([c.span[k - c.tick] for c in self._chunks], self.ensemble_decay)
-        self._sources.append(self._sources[-1] if self._sources else cur.index)
+        self._source = cur.index if self._source is None else self._source  # a held action is its chunk's
         if self.on_miss != "zero" and self._last_action is not None:  # hold, or extend past the prediction
             return self._last_action
         return np.zeros_like(cur.actions[0])
@@ -299,29 +305,27 @@ class RealtimeController:
             self._poll(k)  # on the simulated clock, a chunk with no delay acts on this very tick
         action = self._select(k)
         self._last_action = action
-        self._actions.append(np.asarray(action, dtype=np.float32))
+        executed = np.array(action, dtype=np.float32)  # a copy: a view would keep its whole chunk alive
+        self.records.add_tick(executed, self._source)
+        self._past_actions.append(executed)
         self.tick += 1
         self.report_.ticks = self.tick
         return np.array(action, copy=True)
 
     @property
     def chunk_latency_ms(self) -> list[float]:
-        """Inference latency of every chunk so far (ms), in arrival order (the model's latency
-        on the simulated clock with a fixed latency model)."""
-        return [x * 1e3 for x in self._latencies]
+        """Inference latency of the chunks so far (ms; the last ``max_records``), in arrival order
+        (the model's latency on the simulated clock with a fixed latency model)."""
+        return [x * 1e3 for x in self.records.latency_s]
 
     @property
     def chunk_actions(self) -> list[int]:
         """Actions executed from each chunk (same order as :attr:`chunk_latency_ms`)."""
-        return list(self._executed)
+        return list(self.records.executed)
 
     def report(self, rate: Rate | None = None) -> RealtimeReport:
         rep = self.report_
-        rep.chunk_latency_ms = latency_summary([x * 1e3 for x in self._latencies])
-        rep.sequential_calls_mean = float(np.mean(self._seq)) if self._seq else None
-        rep.nfe_mean = float(np.mean(self._nfe)) if self._nfe else None
-        rep.boundary_jumps, rep.within_chunk_jumps = jumps(np.asarray(self._actions), self._sources,
-                                                           self._normalize)
+        self.records.fill(rep, self._normalize)
         if rate is not None:
             rep.achieved_hz = rate.achieved_hz
             rep.idle_s = rate.idle_s

@@ -42,6 +42,9 @@ class RealtimeReport:
     within_chunk_jumps: list = field(default_factory=list)  # the same inside chunks
     load_avg_start: float | None = None  # os.getloadavg()[0] (measured latency only)
     load_avg_end: float | None = None
+    # the per-chunk statistics and lists above cover the last max_records chunks (ticks, for the
+    # jumps) of a long run; None: all of them since the reset (every episode of run_realtime)
+    max_records: int | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)

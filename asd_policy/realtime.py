@@ -113,8 +113,8 @@ class _Episode:
         ep.wall_s = ep.report.wall_s or 0.0
         ep.chunk_latency_ms = ctrl.chunk_latency_ms
         ep.chunk_actions = ctrl.chunk_actions
-        ep.sequential_calls = list(ctrl._seq)
-        ep.nfe = list(ctrl._nfe)
+        ep.sequential_calls = list(ctrl.records.seq)
+        ep.nfe = list(ctrl.records.nfe)
         return ep
 
 
@@ -126,16 +126,19 @@ def run_realtime(
     seed: int = 0,
     max_steps: int | None = None,
     generator: torch.Generator | None = None,
+    max_records: int | None = None,
     **controller_kwargs: Any,
 ) -> EpisodeResult:
     """One episode of ``env`` at ``control_hz`` (default: the task's rate, from
     ``env.unwrapped.control_hz`` / ``env.metadata["control_hz"]``) on the wall clock, or on the
     simulated clock with ``clock="sim"`` (no sleeping; ``wall_s`` is then simulated time). The
-    result's ``report`` says how well the schedule was kept."""
+    result's ``report`` says how well the schedule was kept. An episode keeps its full record
+    (``max_records=None``): evaluations report every chunk and jump of it."""
     hz = _control_hz(env, control_hz)
     if generator is None:
         generator = torch.Generator(device=policy_device(policy)).manual_seed(int(seed))
-    with RealtimeController(policy, hz, sampler=sampler, generator=generator, **controller_kwargs) as ctrl:
+    with RealtimeController(policy, hz, sampler=sampler, generator=generator, max_records=max_records,
+                            **controller_kwargs) as ctrl:
         rate = Rate(hz) if ctrl.clock == "wall" else None
         episode = _Episode(env, ctrl, seed, max_steps)
         if episode.start():
@@ -156,13 +159,15 @@ def run_realtime_batch(
     control_hz: float | None = None,
     sampler: SamplerConfig | None = None,
     max_steps: int | None = None,
+    max_records: int | None = None,
     **controller_kwargs: Any,
 ) -> list[EpisodeResult]:
     """Episodes of several envs on one simulated clock, in lockstep: at each tick every env acts,
     and the chunk requests queued by the time one is due are inferred in one batched call
     (:class:`~asd_policy.simclock.SimBatch`). Needs a fixed latency model. Episode ``i`` (env
     ``envs[i]``, ``seeds[i]``, its own ``generators[i]``) is the one :func:`run_realtime` gives with
-    the same seed and generator, up to the rounding of a batched network call."""
+    the same seed and generator, up to the rounding of a batched network call (and keeps the same
+    full record)."""
     if not (len(envs) == len(seeds) == len(generators)):
         raise ValueError(f"one seed and one generator per env: {len(envs)} envs, {len(seeds)} seeds, "
                          f"{len(generators)} generators")
@@ -176,7 +181,7 @@ def run_realtime_batch(
     episodes = []
     for env, seed, g in zip(envs, seeds, generators):
         ctrl = RealtimeController(policy, hz, sampler=sampler, generator=g, clock="sim", latency=latency,
-                                  sim_batch=batch, **controller_kwargs)
+                                  sim_batch=batch, max_records=max_records, **controller_kwargs)
         episodes.append(_Episode(env, ctrl, seed, max_steps))
     try:
         running = _start_together([e for e in episodes if e.reset_env()], infer)

@@ -130,6 +130,7 @@ def test_inpaint_passes_the_executing_actions_as_known():
                               generator=torch.Generator().manual_seed(0))
     ctrl.reset(np.zeros(1, np.float32))
     actions = [ctrl.act(np.zeros(1, np.float32)) for _ in range(12)]
+    ctrl.report()  # fills report_'s per-chunk lists from the controller's records
     ctrl.close()
     # first request at tick 5 (lookahead 2): known = actions of ticks 5, 6, 7 at positions 1, 2, 3 and
     # the executed action of tick 4 at position 0; the rest free (NaN)

@@ -27,13 +27,13 @@ Integration into your own loop (see docs/realtime.md)::
 """
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
+from asd_policy.controller import CLOCKS, ON_MISS, RealtimeController
+from asd_policy.episode import RealtimeReport
 from asd_policy.rollout import (
     ChunkInference,
     ChunkPolicy,
@@ -42,374 +42,14 @@ from asd_policy.rollout import (
     _error_text,
     _is_success,
     infer_chunk,
-    latency_summary,
     policy_device,
     scalar_info,
 )
 from asd_policy.sampler_config import SamplerConfig
-from asd_policy.simclock import (
-    BatchedSimInference,
-    LatencyModel,
-    Rate,
-    SimBatch,
-    SimInference,
-    ThreadedInference,
-    delay_ticks,
-    load_avg,
-)
-from asd_policy.transitions import (
-    TRANSITIONS,
-    PolicyCall,
-    action_normalizer,
-    check_transition_policy,
-    ensemble_action,
-    jumps,
-    known_actions,
-)
+from asd_policy.simclock import LatencyModel, Rate, SimBatch, load_avg
+from asd_policy.transitions import PolicyCall
 
 __all__ = ["CLOCKS", "ON_MISS", "Rate", "RealtimeController", "RealtimeReport", "run_realtime", "run_realtime_batch"]
-
-CLOCKS = ("wall", "sim")
-#: What a tick gets when the current chunk has no action left for it (a deadline miss).
-ON_MISS = ("hold", "zero", "extend")
-
-
-@dataclass
-class RealtimeReport:
-    """What a real-time run cost and how well it kept its schedule."""
-
-    control_hz: float
-    ticks: int = 0  # actions issued (act() calls)
-    deadline_misses: int = 0  # ticks with no action left in the current chunk (last action held)
-    skipped_actions: int = 0  # chunk actions that elapsed during inference (dropped on alignment)
-    stale_chunks: int = 0  # chunks that arrived after all their actions had elapsed
-    extended_actions: int = 0  # deadline misses served from the chunk's prediction (on_miss="extend")
-    chunks: int = 0  # chunks that arrived during the run (the blocking first one included)
-    achieved_hz: float | None = None  # ticks / wall time (needs a Rate; None on the simulated clock)
-    idle_s: float | None = None  # time the loop slept waiting for its next tick
-    idle_fraction: float | None = None
-    overruns: int | None = None  # ticks whose work ran past their slot
-    wall_s: float | None = None  # the run's time: wall clock, or simulated (ticks * period)
-    chunk_latency_ms: dict = field(default_factory=dict)  # mean/p50/p95/p99 of inference
-    sequential_calls_mean: float | None = None
-    nfe_mean: float | None = None
-    clock: str = "wall"  # wall | sim
-    transition: str = "switch"  # switch | ensemble | inpaint
-    on_miss: str = "hold"  # hold | zero | extend
-    latency_source: str = "measured"  # measured | latency_ms | latency_profile:<path>
-    latency_model_ms: float | None = None  # the fixed latency (None: measured)
-    delay_ticks: list = field(default_factory=list)  # request -> arrival, each chunk after the first
-    inpaint_prefix: list = field(default_factory=list)  # known future actions passed, each inpainted chunk
-    boundary_jumps: list = field(default_factory=list)  # ||a_t - a_{t-1}|| (normalised) at chunk switches
-    within_chunk_jumps: list = field(default_factory=list)  # the same inside chunks
-    load_avg_start: float | None = None  # os.getloadavg()[0] (measured latency only)
-    load_avg_end: float | None = None
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass
-class _Chunk:
-    index: int  # position in the recorded chunks (chunk_latency_ms order)
-    tick: int  # the tick whose observation it was inferred from (its action 0's tick)
-    actions: np.ndarray  # the usable actions [n_exec, A]
-    span: np.ndarray  # its whole prediction from action 0 on [>= n_exec, A]: what it can contribute to
-    # an ensemble, and what on_miss="extend" executes after the usable actions run out
-
-
-class RealtimeController:
-    """Turns a chunked policy into a per-tick ``act(obs) -> action`` that never waits for
-    inference (after ``reset``).
-
-    Args:
-        policy: any :class:`~asd_policy.rollout.ChunkPolicy` (e.g. a loaded ``DiffusionPolicy``).
-        control_hz: the control rate; used to turn inference latency into ticks of lookahead.
-        sampler: the sampler setting passed to ``predict_action`` (None: the policy's default).
-        generator: torch generator for the sampler (on the policy's device).
-        n_action_steps: actions usable per chunk (default: the policy's).
-        lookahead: start the next inference when this many actions (or fewer) are left after the
-            current tick. Default: from the latency, ``ceil(latency/period + safety) - 1``.
-        safety: fraction of a tick added to the latency estimate (default 0.5).
-        on_miss: on a deadline miss, ``"hold"`` (repeat the last action), ``"zero"``, or
-            ``"extend"``: execute the chunk's next predicted action beyond ``n_action_steps`` (the
-            rest of ``action_pred``; the policy plans them open loop, as the executed ones), holding
-            the last only when the prediction runs out too. A chunk is then stale only once all of
-            its prediction has elapsed. The miss is still counted (``deadline_misses``), and also
-            as ``extended_actions``.
-        clock: ``"wall"`` (inference on a thread, the wall clock decides when it arrives) or
-            ``"sim"`` (simulated time: see :mod:`asd_policy.simclock`; the caller does not sleep).
-        latency: the latency model on the simulated clock (a :class:`LatencyModel`, ms, or None:
-            the measured latency of each call).
-        transition: ``"switch"``, ``"ensemble"`` or ``"inpaint"`` (:mod:`asd_policy.transitions`).
-        ensemble_decay: ``m`` of the ensemble weights ``exp(-m * i)``, ``i = 0`` the oldest chunk.
-        sim_batch: on the simulated clock with a fixed latency model, the
-            :class:`~asd_policy.simclock.SimBatch` shared by controllers stepped in lockstep
-            (:func:`run_realtime_batch`), so their requests are inferred together.
-    """
-
-    def __init__(
-        self,
-        policy: ChunkPolicy,
-        control_hz: float,
-        sampler: SamplerConfig | None = None,
-        generator: torch.Generator | None = None,
-        n_action_steps: int | None = None,
-        lookahead: int | None = None,
-        safety: float = 0.5,
-        on_miss: str = "hold",
-        warmup: bool = True,
-        clock: str = "wall",
-        latency: LatencyModel | float | None = None,
-        transition: str = "switch",
-        ensemble_decay: float = 0.01,
-        sim_batch: SimBatch | None = None,
-    ):
-        if on_miss not in ON_MISS:
-            raise ValueError(f"on_miss must be one of {', '.join(ON_MISS)}, got {on_miss!r}")
-        if not control_hz or control_hz <= 0:
-            raise ValueError(f"control_hz must be > 0, got {control_hz!r}")
-        if clock not in CLOCKS:
-            raise ValueError(f"clock must be one of {', '.join(CLOCKS)}, got {clock!r}")
-        if transition not in TRANSITIONS:
-            raise ValueError(f"transition must be one of {', '.join(TRANSITIONS)}, got {transition!r}")
-        check_transition_policy(policy, transition)
-        self.policy = policy
-        self.period = 1.0 / float(control_hz)
-        self.sampler = sampler
-        self.device = policy_device(policy)
-        self.generator = generator
-        self.n_exec = int(n_action_steps or policy.n_action_steps)
-        self.fixed_lookahead = lookahead
-        self.safety = float(safety)
-        self.on_miss = on_miss
-        self.warmup = warmup
-        self.clock = clock
-        self.latency = latency if isinstance(latency, LatencyModel) else LatencyModel(latency)
-        if clock == "wall" and self.latency.fixed:
-            raise ValueError("a fixed latency model needs clock='sim'; the wall clock measures latency")
-        self.transition = transition
-        self.ensemble_decay = float(ensemble_decay)
-        self._normalize = action_normalizer(policy)
-        if sim_batch is not None and clock != "sim":
-            raise ValueError("sim_batch needs clock='sim'")
-        if sim_batch is not None:
-            self._backend = BatchedSimInference(sim_batch, self.period, self.latency, lambda: self.generator)
-        elif clock == "sim":
-            self._backend = SimInference(self._infer, self.period, self.latency)
-        else:
-            self._backend = ThreadedInference(self._infer)
-        self._history: ObsHistory | None = None
-        self._chunks: list[_Chunk] = []  # arrived, oldest first; the last one is current
-        self._request_tick = 0
-        self._request_prefix: int | None = None
-        self._last_action: np.ndarray | None = None
-        self._latencies: list[float] = []
-        self._seq: list[float] = []
-        self._nfe: list[float] = []
-        self._executed: list[int] = []  # actions executed from each recorded chunk
-        self._actions: list[np.ndarray] = []  # every executed action, and the chunk it came from
-        self._sources: list[int] = []
-        self.report_ = self._new_report()
-        self.tick = 0
-
-    def _new_report(self) -> RealtimeReport:
-        return RealtimeReport(control_hz=1.0 / self.period, clock=self.clock, transition=self.transition,
-                              on_miss=self.on_miss,
-                              **self.latency.as_dict())
-
-    # -- inference
-    def _infer(self, obs_history: np.ndarray, known: np.ndarray | None = None) -> ChunkInference:
-        return infer_chunk(PolicyCall(self.policy, known, self.device), obs_history, self.sampler, self.generator,
-                           self.device)
-
-    def _record(self, res: ChunkInference) -> None:
-        self._executed.append(0)
-        self._latencies.append(res.latency_s)
-        if res.sequential_calls is not None:
-            self._seq.append(float(res.sequential_calls))
-        if res.nfe is not None:
-            self._nfe.append(float(res.nfe))
-
-    def _as_chunk(self, res: ChunkInference, tick: int) -> _Chunk:
-        actions = res.actions[0]
-        pred = res.action_pred
-        start = self.policy.n_obs_steps - 1
-        span = pred[0, start:] if pred is not None and pred.shape[1] - start >= actions.shape[0] else actions
-        return _Chunk(len(self._executed) - 1, tick, actions[: self.n_exec], span)
-
-    def lookahead(self) -> int:
-        """Actions left in the current chunk at which the next inference starts."""
-        if self.fixed_lookahead is not None:
-            return int(self.fixed_lookahead)
-        return max(0, math.ceil(self._latency_estimate() / self.period + self.safety) - 1)
-
-    def _latency_estimate(self) -> float:
-        if self.latency.fixed:
-            return self.latency.ms / 1e3
-        return max(self._latencies[-8:] or [0.0])
-
-    def expected_delay(self) -> int:
-        """Ticks the next chunk is expected to take (exact for a fixed latency model; from the
-        largest of the last 8 latencies otherwise). The inpainted prefix is this long, capped at
-        ``n_action_steps - 1`` where the request is built."""
-        return delay_ticks(self._latency_estimate(), self.period)
-
-    # -- public API
-    def reset(self, obs: np.ndarray, first: ChunkInference | None = None) -> None:
-        """Start an episode from ``obs``: clears state and infers the first chunk (blocking).
-        ``first``: that chunk, when the caller inferred it from ``obs`` (and made the warm-up
-        call) with this controller's generator, as :func:`run_realtime_batch` does for all its envs at once."""
-        self._backend.drain()
-        obs = np.asarray(obs, dtype=np.float32).reshape(-1)
-        self._history = ObsHistory(self.policy.n_obs_steps, 1, obs.shape[0])
-        self._history.reset(0, obs)
-        if self.generator is None:
-            self.generator = torch.Generator(device=self.device).manual_seed(0)
-        self.report_ = self._new_report()
-        self._latencies, self._seq, self._nfe, self._executed = [], [], [], []
-        self._actions, self._sources = [], []
-        if first is None and self.warmup:
-            self._infer(self._history.get())  # first call pays one-off costs; not recorded
-        res = first if first is not None else self._infer(self._history.get())
-        res.latency_s = self.latency.latency_s(res.latency_s)
-        self._record(res)
-        self._chunks = [self._as_chunk(res, 0)]
-        self.report_.chunks = 1
-        self._last_action = None
-        self.tick = 0
-
-    def _poll(self, k: int) -> None:
-        """A chunk that has arrived replaces the current one, aligned to its observation's tick."""
-        res = self._backend.poll(k)
-        if res is None:
-            return
-        rep = self.report_
-        self._record(res)
-        rep.chunks += 1
-        offset = k - self._request_tick
-        rep.delay_ticks.append(offset)
-        if self._request_prefix is not None:
-            rep.inpaint_prefix.append(self._request_prefix)
-        chunk = self._as_chunk(res, self._request_tick)
-        usable = self._reach(chunk)
-        if offset >= usable:
-            rep.stale_chunks += 1
-            rep.skipped_actions += usable
-            return
-        rep.skipped_actions += offset
-        self._chunks.append(chunk)
-        if self.transition != "ensemble":
-            self._chunks = self._chunks[-1:]
-
-    def _reach(self, chunk: _Chunk) -> int:
-        """How many of the chunk's actions (from its action 0) can execute: the usable ones, or its
-        whole prediction with ``on_miss="extend"`` (``span`` starts with them: :meth:`_as_chunk`)."""
-        return len(chunk.span) if self.on_miss == "extend" else len(chunk.actions)
-
-    def _action_at(self, chunk: _Chunk, idx: int) -> np.ndarray:
-        return chunk.actions[idx] if idx < len(chunk.actions) else chunk.span[idx]
-
-    def _planned(self, k: int, j: int) -> np.ndarray:
-        """The action tick ``k + j`` will get from the current chunk (held after it runs out),
-        planned at tick ``k``."""
-        cur = self._chunks[-1]
-        idx, reach = k + j - cur.tick, self._reach(cur)
-        if idx < reach:
-            return self._action_at(cur, idx)
-        if self.on_miss == "zero":
-            return np.zeros_like(cur.actions[0])
-        return self._action_at(cur, reach - 1) if k - cur.tick < reach else self._last_action
-
-    def _request(self, k: int) -> None:
-        known, self._request_prefix = None, None
-        if self.transition == "inpaint":
-            cur = self._chunks[-1]
-            horizon = max(len(cur.span) + self.policy.n_obs_steps - 1, len(cur.actions))
-            # A chunk that is not stale arrives at most n_exec - 1 ticks late, so no more of its
-            # positions can elapse in flight; a longer prefix (an overestimated delay) would hold
-            # every action it can execute and it could never change what the robot does.
-            future = [self._planned(k, j) for j in range(min(self.expected_delay(), self.n_exec - 1))]
-            past = self._actions[-(self.policy.n_obs_steps - 1):] if self.policy.n_obs_steps > 1 else []
-            known, self._request_prefix = known_actions(horizon, cur.actions.shape[-1],
-                                                        self.policy.n_obs_steps - 1, future, past)
-        self._request_tick = k
-        self._backend.submit(k, self._history.get(), known)
-
-    def _select(self, k: int) -> np.ndarray:
-        cur = self._chunks[-1]
-        idx = k - cur.tick
-        if not 0 <= idx < len(cur.actions):
-            self.report_.deadline_misses += 1
-        if 0 <= idx < self._reach(cur):
-            self.report_.extended_actions += int(idx >= len(cur.actions))
-            self._executed[cur.index] += 1
-            self._sources.append(cur.index)
-            if self.transition != "ensemble":
-                return self._action_at(cur, idx)
-            self._chunks = [c for c in self._chunks if k - c.tick < len(c.span)]
-            return ensemble_action([c.span[k - c.tick] for c in self._chunks], self.ensemble_decay)
-        self._sources.append(self._sources[-1] if self._sources else cur.index)
-        if self.on_miss != "zero" and self._last_action is not None:  # hold, or extend past the prediction
-            return self._last_action
-        return np.zeros_like(cur.actions[0])
-
-    def act(self, obs: np.ndarray) -> np.ndarray:
-        """The action for this tick, given the newest observation. Call once per control period."""
-        if self._history is None:
-            raise RuntimeError("call reset(obs) before act(obs)")
-        k = self.tick
-        if k > 0:
-            self._history.push(0, obs)
-        self._poll(k)
-        # Start the next inference early enough to arrive before this chunk runs out.
-        remaining = len(self._chunks[-1].actions) - 1 - (k - self._chunks[-1].tick)
-        if not self._backend.pending and remaining <= self.lookahead():
-            self._request(k)
-            self._poll(k)  # on the simulated clock, a chunk with no delay acts on this very tick
-        action = self._select(k)
-        self._last_action = action
-        self._actions.append(np.asarray(action, dtype=np.float32))
-        self.tick += 1
-        self.report_.ticks = self.tick
-        return np.array(action, copy=True)
-
-    @property
-    def chunk_latency_ms(self) -> list[float]:
-        """Inference latency of every chunk so far (ms), in arrival order (the model's latency
-        on the simulated clock with a fixed latency model)."""
-        return [x * 1e3 for x in self._latencies]
-
-    @property
-    def chunk_actions(self) -> list[int]:
-        """Actions executed from each chunk (same order as :attr:`chunk_latency_ms`)."""
-        return list(self._executed)
-
-    def report(self, rate: Rate | None = None) -> RealtimeReport:
-        rep = self.report_
-        rep.chunk_latency_ms = latency_summary([x * 1e3 for x in self._latencies])
-        rep.sequential_calls_mean = float(np.mean(self._seq)) if self._seq else None
-        rep.nfe_mean = float(np.mean(self._nfe)) if self._nfe else None
-        rep.boundary_jumps, rep.within_chunk_jumps = jumps(np.asarray(self._actions), self._sources,
-                                                           self._normalize)
-        if rate is not None:
-            rep.achieved_hz = rate.achieved_hz
-            rep.idle_s = rate.idle_s
-            rep.wall_s = rate.elapsed_s
-            rep.idle_fraction = rate.idle_s / rate.elapsed_s if rate.elapsed_s > 0 else None
-            rep.overruns = rate.overruns
-        elif self.clock == "sim":
-            rep.wall_s = rep.ticks * self.period  # simulated time
-        return rep
-
-    def close(self) -> None:
-        self._backend.close()
-
-    def __enter__(self) -> "RealtimeController":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
 
 def _control_hz(env: Any, control_hz: float | None) -> float:
@@ -473,8 +113,8 @@ class _Episode:
         ep.wall_s = ep.report.wall_s or 0.0
         ep.chunk_latency_ms = ctrl.chunk_latency_ms
         ep.chunk_actions = ctrl.chunk_actions
-        ep.sequential_calls = list(ctrl._seq)
-        ep.nfe = list(ctrl._nfe)
+        ep.sequential_calls = list(ctrl.records.seq)
+        ep.nfe = list(ctrl.records.nfe)
         return ep
 
 
@@ -486,16 +126,19 @@ def run_realtime(
     seed: int = 0,
     max_steps: int | None = None,
     generator: torch.Generator | None = None,
+    max_records: int | None = None,
     **controller_kwargs: Any,
 ) -> EpisodeResult:
     """One episode of ``env`` at ``control_hz`` (default: the task's rate, from
     ``env.unwrapped.control_hz`` / ``env.metadata["control_hz"]``) on the wall clock, or on the
     simulated clock with ``clock="sim"`` (no sleeping; ``wall_s`` is then simulated time). The
-    result's ``report`` says how well the schedule was kept."""
+    result's ``report`` says how well the schedule was kept. An episode keeps its full record
+    (``max_records=None``): evaluations report every chunk and jump of it."""
     hz = _control_hz(env, control_hz)
     if generator is None:
         generator = torch.Generator(device=policy_device(policy)).manual_seed(int(seed))
-    with RealtimeController(policy, hz, sampler=sampler, generator=generator, **controller_kwargs) as ctrl:
+    with RealtimeController(policy, hz, sampler=sampler, generator=generator, max_records=max_records,
+                            **controller_kwargs) as ctrl:
         rate = Rate(hz) if ctrl.clock == "wall" else None
         episode = _Episode(env, ctrl, seed, max_steps)
         if episode.start():
@@ -516,13 +159,15 @@ def run_realtime_batch(
     control_hz: float | None = None,
     sampler: SamplerConfig | None = None,
     max_steps: int | None = None,
+    max_records: int | None = None,
     **controller_kwargs: Any,
 ) -> list[EpisodeResult]:
     """Episodes of several envs on one simulated clock, in lockstep: at each tick every env acts,
     and the chunk requests queued by the time one is due are inferred in one batched call
     (:class:`~asd_policy.simclock.SimBatch`). Needs a fixed latency model. Episode ``i`` (env
     ``envs[i]``, ``seeds[i]``, its own ``generators[i]``) is the one :func:`run_realtime` gives with
-    the same seed and generator, up to the rounding of a batched network call."""
+    the same seed and generator, up to the rounding of a batched network call (and keeps the same
+    full record)."""
     if not (len(envs) == len(seeds) == len(generators)):
         raise ValueError(f"one seed and one generator per env: {len(envs)} envs, {len(seeds)} seeds, "
                          f"{len(generators)} generators")
@@ -536,7 +181,7 @@ def run_realtime_batch(
     episodes = []
     for env, seed, g in zip(envs, seeds, generators):
         ctrl = RealtimeController(policy, hz, sampler=sampler, generator=g, clock="sim", latency=latency,
-                                  sim_batch=batch, **controller_kwargs)
+                                  sim_batch=batch, max_records=max_records, **controller_kwargs)
         episodes.append(_Episode(env, ctrl, seed, max_steps))
     try:
         running = _start_together([e for e in episodes if e.reset_env()], infer)

@@ -19,16 +19,14 @@ from __future__ import annotations
 
 import time
 import traceback
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, runtime_checkable
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
 
+from asd_policy.episode import EpisodeResult, latency_summary
 from asd_policy.sampler_config import SamplerConfig
-
-if TYPE_CHECKING:
-    from asd_policy.realtime import RealtimeReport
 
 __all__ = ["ChunkPolicy", "ChunkInference", "EpisodeResult", "ObsHistory", "infer_chunk", "policy_device",
            "rollout_episodes", "latency_summary", "scalar_info"]
@@ -75,44 +73,6 @@ class ChunkInference:
             self.nfe if nfe is None else float(nfe[b]),
             action_pred=None if self.action_pred is None else self.action_pred[b : b + 1],
         )
-
-
-@dataclass
-class EpisodeResult:
-    """Outcome and cost of one episode, synchronous (:func:`rollout_episodes`) or real-time
-    (:func:`asd_policy.realtime.run_realtime`, which also fills ``report``)."""
-
-    seed: int
-    success: bool = False  # info["is_success"] was true at some step
-    steps: int = 0
-    episode_return: float = 0.0
-    chunk_latency_ms: list[float] = field(default_factory=list)
-    chunk_actions: list[int] = field(default_factory=list)  # actions executed from each chunk
-    sequential_calls: list[float] = field(default_factory=list)
-    nfe: list[float] = field(default_factory=list)
-    error: str | None = None
-    wall_s: float = 0.0
-    frames: list[np.ndarray] | None = None
-    final_info: dict[str, Any] = field(default_factory=dict)  # scalar entries of the last info
-    report: "RealtimeReport | None" = None  # deadline misses, skipped actions, rate: real-time episodes
-
-    def action_latency_ms(self) -> list[float]:
-        """Inference time per executed action: each chunk's latency spread over the actions
-        executed from it (one value per executed action)."""
-        out: list[float] = []
-        for lat, k in zip(self.chunk_latency_ms, self.chunk_actions):
-            if k > 0:
-                out.extend([lat / k] * k)
-        return out
-
-
-def latency_summary(values_ms: Sequence[float]) -> dict[str, float | None]:
-    """mean / p50 / p95 / p99 of a list of latencies (ms); ``None`` values when empty."""
-    arr = np.asarray(list(values_ms), dtype=np.float64)
-    if arr.size == 0:
-        return {"mean": None, "p50": None, "p95": None, "p99": None}
-    p50, p95, p99 = np.percentile(arr, [50, 95, 99])
-    return {"mean": float(arr.mean()), "p50": float(p50), "p95": float(p95), "p99": float(p99)}
 
 
 class ObsHistory:

@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import time
+import tracemalloc
 
 import numpy as np
 import pytest
 import torch
 
 from asd_eval_fakes import FakePolicy, make_toy
+from asd_policy.policy import PolicyOutput
 from asd_policy.realtime import Rate, RealtimeController, run_realtime
+from asd_policy.records import MAX_RECORDS
 from asd_policy.sampling import SamplerStats
 
 
@@ -102,3 +105,93 @@ def test_bad_arguments():
         RealtimeController(FakePolicy(), 10, on_miss="explode")
     with pytest.raises(RuntimeError, match="reset"):
         RealtimeController(FakePolicy(), 10).act(np.zeros(4, np.float32))
+    for bad in (0, -5, 2.5, True, "1000"):
+        with pytest.raises(ValueError, match="max_records must be an int >= 1"):
+            RealtimeController(FakePolicy(), 10, max_records=bad)
+
+
+# ---- hours, not episodes: a controller's memory stays flat ---------------------------------------
+
+FRAME = 5_000  # float32 values: a 20 KB observation, as a small camera frame flattened
+
+
+class CameraPolicy:
+    """A policy on camera-sized observations that costs next to nothing: its chunk continues from
+    the observation's first value. Takes known actions, so it runs every transition."""
+
+    def __init__(self):
+        self.n_obs_steps, self.n_action_steps, self.horizon = 2, 4, 8
+        self.device = torch.device("cpu")
+
+    def predict_action(self, obs_history, known_actions=None, **kw):
+        start = obs_history[:, -1, :2]
+        pred = start[:, None, :] + 0.01 * torch.arange(self.horizon, dtype=torch.float32)[None, :, None]
+        stats = SamplerStats(method="ddim", batch_size=start.shape[0], sequential_calls=2, nfe=2)
+        return PolicyOutput(pred[:, 1 : 1 + self.n_action_steps], pred, stats)
+
+
+def traced_growth(ctrl: RealtimeController, ticks: int) -> int:
+    """Bytes of Python-traced memory the controller gains over the second half of ``ticks`` ticks
+    on the simulated clock, a new 20 KB observation each tick (the report made at both ends, as a
+    monitor calling report() now and then would)."""
+    ctrl.reset(np.zeros(FRAME, np.float32))
+    tracemalloc.start()
+    try:
+        for k in range(ticks):
+            if k == ticks // 2:
+                ctrl.report()
+                mark = tracemalloc.get_traced_memory()[0]
+            ctrl.act(np.full(FRAME, k % 97, np.float32))
+        ctrl.report()
+        return tracemalloc.get_traced_memory()[0] - mark
+    finally:
+        tracemalloc.stop()
+        ctrl.close()
+
+
+@pytest.mark.parametrize("transition", ["switch", "ensemble", "inpaint"])
+def test_a_long_run_keeps_flat_memory(transition):
+    # 24 000 ticks (20 minutes at 20 Hz); 80 ms = 2 ticks late, a chunk every 2-4 ticks: the
+    # windows (MAX_RECORDS chunks and ticks) are full long before the second half starts. Keeping
+    # every action and chunk grows by over a megabyte there, keeping every frame by 240 MB.
+    assert MAX_RECORDS <= 4_000
+    ctrl = RealtimeController(CameraPolicy(), 20.0, clock="sim", latency=80.0, warmup=False, transition=transition)
+    grown = traced_growth(ctrl, 24_000)
+    assert grown < 64 * 1024, f"{transition}: grew {grown / 1024:.0f} KiB over 12 000 ticks"
+    rep = ctrl.report()
+    assert rep.ticks == 24_000 and rep.chunks > 6_000  # the counts cover the whole run
+    assert len(ctrl.chunk_latency_ms) == len(ctrl.chunk_actions) == len(rep.delay_ticks) == MAX_RECORDS
+    assert rep.max_records == MAX_RECORDS and len(rep.within_chunk_jumps) < MAX_RECORDS
+
+
+def test_the_window_never_changes_the_actions(monkeypatch):
+    # what the controller acts on (the latency estimate from the last 8 latencies, inpainting's past
+    # actions) is kept apart from what it reports, so a window of 3 gives the same actions and
+    # counts as the full record. "Measured" latencies are scripted, 1 to 3 ticks at 10 Hz.
+    import asd_policy.controller as controller
+
+    real = controller.infer_chunk
+
+    def run(max_records):
+        script = iter([0.25, 0.05, 0.15, 0.05, 0.05, 0.05, 0.05, 0.05, 0.05, 0.05] * 100)
+
+        def scripted(*a, **kw):
+            res = real(*a, **kw)
+            res.latency_s = next(script)
+            return res
+
+        monkeypatch.setattr(controller, "infer_chunk", scripted)
+        ctrl = RealtimeController(CameraPolicy(), 10.0, clock="sim", latency=None, warmup=False,
+                                  transition="inpaint", max_records=max_records)
+        ctrl.reset(np.zeros(FRAME, np.float32))
+        actions = [ctrl.act(np.full(FRAME, k % 7, np.float32)) for k in range(200)]
+        ctrl.close()
+        return np.stack(actions), ctrl.report()
+
+    full, full_rep = run(None)
+    small, small_rep = run(3)
+    np.testing.assert_array_equal(full, small)
+    assert (full_rep.chunks, full_rep.deadline_misses, full_rep.skipped_actions) == (
+        small_rep.chunks, small_rep.deadline_misses, small_rep.skipped_actions)
+    assert len(full_rep.delay_ticks) == full_rep.chunks - 1 > 3 and small_rep.delay_ticks == full_rep.delay_ticks[-3:]
+    assert small_rep.within_chunk_jumps == full_rep.within_chunk_jumps[-len(small_rep.within_chunk_jumps):]

@@ -3,6 +3,7 @@ repeat in-process results whether batched or not, cross-client batching, errors 
 connection usable, the API key, and clients that vanish mid-batch. Loopback only."""
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import urllib.error
@@ -21,6 +22,7 @@ from asd_policy.policy import build_policy
 from asd_policy.rollout import ObsHistory
 from asd_policy.serving import PolicyServer, RemoteError, RemotePolicy, ServeConfig, ServerThread
 from asd_policy.serving import wire
+from asd_policy.serving.batcher import Batcher, Job
 from openpi_client import msgpack_numpy
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
 
@@ -297,11 +299,46 @@ def test_bad_server_settings_name_the_fix(policy, monkeypatch):
         ServeConfig(checkpoint="x", port=70000)
     with pytest.raises(ConfigError, match="max_batch must be an int >= 1"):
         ServeConfig(checkpoint="x", max_batch=0)
+    with pytest.raises(ConfigError, match="max_records must be an int >= 1"):
+        ServeConfig(checkpoint="x", max_records=0)
+    with pytest.raises(ConfigError, match="max_records must be an int >= 1"):
+        RemotePolicy("ws://127.0.0.1:1", max_records=-1)  # refused before it tries to connect
     with pytest.raises(ValueError, match="sampler='fast' is not offered"):
         PolicyServer(policy, ServeConfig(checkpoint="x", sampler="fast"))
     assert ServeConfig(checkpoint="x").loopback_only and not ServeConfig(checkpoint="x", host="0.0.0.0").loopback_only
     monkeypatch.setenv("ASD_POLICY_API_KEY", "from-env")
     assert ServeConfig(checkpoint="x").api_key == "from-env"
+
+
+# ---- a server and a client that run for days keep flat memory ------------------------------------
+
+
+def test_the_batcher_remembers_only_its_last_batches():
+    # 10 requests queued at once, at most 4 a batch: batches of 4, 4 and 2, of which 2 are kept
+    async def serve_ten() -> Batcher:
+        batcher = Batcher(lambda sampler, jobs: [{"ok": True}] * len(jobs), max_batch=4, max_wait_s=0.0, max_records=2)
+        loop = asyncio.get_running_loop()
+        futures = [batcher.submit(Job(0, np.zeros((2, TASK.obs_dim), np.float32), "asd", i, loop.create_future()))
+                   for i in range(10)]
+        running = asyncio.create_task(batcher.run())
+        replies = await asyncio.gather(*futures)
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        assert replies == [{"ok": True}] * 10
+        return batcher
+
+    assert asyncio.run(serve_ten()).batch_sizes == [4, 2]
+
+
+def test_remote_policy_remembers_only_the_last_server_timings(served, policy):
+    _, url = served
+    histories = np.stack([observations(2, seed=s) for s in range(3)])
+    received = []
+    with RemotePolicy(url, max_records=4) as remote:
+        for seed in range(3):  # 9 chunks
+            out = remote.predict_action(histories, seed=[seed, seed + 10, seed + 20], sampler="ddim")
+            received += out.stats.server_timing
+        assert len(received) == 9 and remote.server_timing == received[-4:]
 
 
 # ---- the control loop against a server ----------------------------------------------------------

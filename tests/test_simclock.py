@@ -130,6 +130,7 @@ def test_inpaint_passes_the_executing_actions_as_known():
                               generator=torch.Generator().manual_seed(0))
     ctrl.reset(np.zeros(1, np.float32))
     actions = [ctrl.act(np.zeros(1, np.float32)) for _ in range(12)]
+    ctrl.report()  # fills report_'s per-chunk lists from the controller's records
     ctrl.close()
     # first request at tick 5 (lookahead 2): known = actions of ticks 5, 6, 7 at positions 1, 2, 3 and
     # the executed action of tick 4 at position 0; the rest free (NaN)
@@ -147,7 +148,7 @@ def test_inpaint_leaves_an_executed_action_free_when_the_delay_is_overestimated(
     # exceed the delay a chunk then has. One slow call (750 ms = 8 ticks at 10 Hz, all 8 executed
     # actions) then 650 ms calls (7 ticks): a prefix of 8 would hold every action the chunk can
     # execute, so each new chunk repeated the held action and the robot froze for good.
-    import asd_policy.realtime as rt
+    import asd_policy.controller as rt  # where RealtimeController looks infer_chunk up
 
     script = iter([0.75] + [0.65] * 50)
     real = rt.infer_chunk

@@ -49,7 +49,7 @@ def connect_policy_server(url: str, task: str | None) -> Any:
     from asd_policy.serving import RemoteError, RemotePolicy
 
     try:
-        remote = RemotePolicy(url)
+        remote = RemotePolicy(url, max_records=None)  # every chunk's server timing: results report them all
     except RemoteError as exc:
         raise EvalError(str(exc)) from None
     if task is not None and remote.task_name is not None and remote.task_name != task:

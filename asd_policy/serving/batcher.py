@@ -21,6 +21,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from asd_policy.records import MAX_RECORDS, window
+
 __all__ = ["Job", "Batcher"]
 
 
@@ -42,14 +44,19 @@ RunBatch = Callable[[str, list[Job]], list[dict[str, Any]]]
 
 
 class Batcher:
-    def __init__(self, run_batch: RunBatch, max_batch: int, max_wait_s: float):
+    def __init__(self, run_batch: RunBatch, max_batch: int, max_wait_s: float, max_records: int | None = MAX_RECORDS):
         self.run_batch = run_batch
         self.max_batch = int(max_batch)
         self.max_wait_s = float(max_wait_s)
         self.queue: asyncio.Queue[Job] = asyncio.Queue()
         self.clients: set[int] = set()
-        self.batch_sizes: list[int] = []  # every batch run, in order (for tests and benchmarks)
+        self._sizes = window(max_records)  # a server runs for days: the last max_records batches
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asd-policy-infer")
+
+    @property
+    def batch_sizes(self) -> list[int]:
+        """The size of each batch run (the last ``max_records``), oldest first (for tests and benchmarks)."""
+        return list(self._sizes)
 
     def submit(self, job: Job) -> asyncio.Future:
         self.queue.put_nowait(job)
@@ -96,7 +103,7 @@ class Batcher:
                 for i in range(0, len(jobs), self.max_batch)]
 
     async def _run(self, loop: asyncio.AbstractEventLoop, sampler: str, jobs: list[Job]) -> None:
-        self.batch_sizes.append(len(jobs))
+        self._sizes.append(len(jobs))
         try:
             replies = await loop.run_in_executor(self._worker, self.run_batch, sampler, jobs)
         except Exception as exc:  # a failed batch fails its own requests, and the server serves on

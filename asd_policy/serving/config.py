@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from asd_policy.config import ConfigError, TaskConfig
+from asd_policy.records import MAX_RECORDS, check_max_records
 
 __all__ = ["ServeConfig", "API_KEY_ENV", "LOOPBACK"]
 
@@ -33,6 +34,7 @@ class ServeConfig:
     api_key: str | None = None  # require "Authorization: Api-Key <key>"; None: $ASD_POLICY_API_KEY, else no key
     max_message_bytes: int = 1 << 20  # larger requests get an error reply (the connection stays open)
     torch_threads: int | None = None  # torch.set_num_threads for inference; None: leave torch's
+    max_records: int | None = MAX_RECORDS  # batch sizes the server remembers (the last ones); None: every one
 
     def __post_init__(self) -> None:
         if self.checkpoint is None:
@@ -48,6 +50,7 @@ class ServeConfig:
             raise ConfigError(f"max_wait_ms must be a number >= 0, got {self.max_wait_ms!r}")
         if self.torch_threads is not None and (not isinstance(self.torch_threads, int) or self.torch_threads < 1):
             raise ConfigError(f"torch_threads must be an int >= 1 or null, got {self.torch_threads!r}")
+        check_max_records(self.max_records)
         if self.api_key is None:
             self.api_key = os.environ.get(API_KEY_ENV) or None
         if self.api_key is not None and not str(self.api_key).strip():

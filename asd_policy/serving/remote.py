@@ -6,8 +6,9 @@
 run in-process. A batch of B histories goes out as B pipelined requests on the one connection
 (the server batches them), each with its own seed: drawn from the caller's ``generator`` when one
 is given, so a seeded rollout repeats, or given directly with ``seed=``. The server's timing of
-every chunk is kept in ``server_timing``, so a caller can put the server's ``infer_ms`` next to
-the latency it measured itself (network included).
+each chunk is kept in ``server_timing`` (of the last ``max_records`` chunks, so a client running
+for hours keeps flat memory; ``None``: of all of them, as an evaluation keeps), so a caller can
+put the server's ``infer_ms`` next to the latency it measured itself (network included).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from websockets.sync.client import connect
 
 from asd_policy.normalizer import normalizer_from_dict
 from asd_policy.policy import PolicyOutput
+from asd_policy.records import MAX_RECORDS, window
 from asd_policy.serving.config import API_KEY_ENV
 from asd_policy.serving.wire import packb, unpackb
 
@@ -46,9 +48,12 @@ class RemotePolicy:
     """A chunked policy served at ``url`` (``ws://host:port``).
 
     ``api_key``: sent as ``Authorization: Api-Key <key>``; default ``$ASD_POLICY_API_KEY``.
+    ``max_records``: how many chunks' server timings :attr:`server_timing` keeps (None: all).
     """
 
-    def __init__(self, url: str, api_key: str | None = None, timeout_s: float = 60.0):
+    def __init__(self, url: str, api_key: str | None = None, timeout_s: float = 60.0,
+                 max_records: int | None = MAX_RECORDS):
+        self._timing = window(max_records)  # checked before connecting: a bad value costs no connection
         api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
         headers = {"Authorization": f"Api-Key {api_key}"} if api_key else None
         self.url, self.timeout_s = url, timeout_s
@@ -68,7 +73,11 @@ class RemotePolicy:
         # the server's action scaling: real-time jumps are reported in normalised units, as in-process
         self.action_normalizer = normalizer_from_dict(self.metadata["action_normalizer"])
         self.device = torch.device("cpu")
-        self.server_timing: list[dict[str, float]] = []  # one entry per chunk received
+
+    @property
+    def server_timing(self) -> list[dict[str, float]]:
+        """The server's timing of each chunk received (the last ``max_records``), oldest first."""
+        return list(self._timing)
 
     # ---- which preset ----------------------------------------------------------------------
     def sampler_for(self, method: str | None, options: Mapping[str, Any]) -> str:
@@ -119,7 +128,7 @@ class RemotePolicy:
                 request["known_actions"] = known[b]
             self._ws.send(packb(request))
         replies = [self._reply() for _ in range(obs.shape[0])]
-        self.server_timing.extend(r["server_timing"] for r in replies)
+        self._timing.extend(r["server_timing"] for r in replies)
         stats = RemoteStats(
             np.array([r["sampler_stats"]["sequential_calls"] for r in replies], dtype=np.float64),
             np.array([r["sampler_stats"]["nfe"] for r in replies], dtype=np.float64),

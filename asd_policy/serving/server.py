@@ -189,7 +189,8 @@ class PolicyServer:
     # ---- lifecycle -------------------------------------------------------------------------
     async def serve(self, stop: asyncio.Event | None = None, on_ready: Callable[[str], None] | None = None) -> None:
         """Serve until ``stop`` is set (or the task is cancelled); ``on_ready(url)`` once listening."""
-        self.batcher = Batcher(self.run_batch, self.config.max_batch, self.config.max_wait_ms / 1000.0)
+        self.batcher = Batcher(self.run_batch, self.config.max_batch, self.config.max_wait_ms / 1000.0,
+                               self.config.max_records)
         batching = asyncio.create_task(self.batcher.run())
         try:
             async with serve(self._handler, self.config.host, self.config.port, process_request=self._process_request,

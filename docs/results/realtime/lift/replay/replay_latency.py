@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 
-import asd_policy.realtime as rt
+import asd_policy.controller as rt  # RealtimeController's module, where it looks infer_chunk up
 
 median = float(os.environ.get("REPLAY_MEDIAN_MS", "356")) / 1e3
 sigma = float(os.environ.get("REPLAY_SIGMA", "0.18"))

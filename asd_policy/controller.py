@@ -198,8 +198,7 @@ class RealtimeController:
         ``first``: that chunk, when the caller inferred it from ``obs`` (and made the warm-up
         call) with this controller's generator, as :func:`run_realtime_batch` does for all its envs at once."""
         self._backend.drain()
-        obs = np.asarray(obs, dtype=np.float32).reshape(-1)
-        self._history = ObsHistory(self.policy.n_obs_steps, 1, obs.shape[0])
+        self._history = ObsHistory.like(self.policy.n_obs_steps, 1, obs)
         self._history.reset(0, obs)
         if self.generator is None:
             self.generator = torch.Generator(device=self.device).manual_seed(0)

@@ -205,10 +205,9 @@ def _start_together(episodes: list[_Episode], infer: Callable[..., ChunkInferenc
     the episodes that started. A failed call fails every episode of the batch."""
     if not episodes:
         return []
-    obs = [np.asarray(e.obs, np.float32).reshape(-1) for e in episodes]
-    history = ObsHistory(episodes[0].ctrl.policy.n_obs_steps, len(episodes), obs[0].shape[0])
-    for i, o in enumerate(obs):
-        history.reset(i, o)
+    history = ObsHistory.like(episodes[0].ctrl.policy.n_obs_steps, len(episodes), episodes[0].obs)
+    for i, e in enumerate(episodes):
+        history.reset(i, e.obs)
     hist = history.get()
     gens = [e.ctrl.generator for e in episodes]
     try:

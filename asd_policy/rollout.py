@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
@@ -80,21 +80,95 @@ class ObsHistory:
 
     After ``reset(i, obs)`` every slot of element ``i`` holds ``obs`` (padding by repetition);
     ``push(i, obs)`` shifts in a new observation; ``get(idx)`` returns ``[len(idx), T, D]``.
+    An environment whose observation is a dict of modalities (a camera task's ``"state"`` and
+    ``"<camera>_image"``) gets one buffer per key, in its own dtype (uint8 frames stay uint8), and
+    ``get`` returns a dict of ``[len(idx), T, ...]`` arrays; :meth:`like` builds either from a first
+    observation. Only these ``n_obs_steps`` observations are ever kept.
     """
 
-    def __init__(self, n_obs_steps: int, batch: int, obs_dim: int):
+    def __init__(self, n_obs_steps: int, batch: int, obs_dim: int | None = None,
+                 keys: dict[str, tuple[tuple[int, ...], Any]] | None = None):
         self.n_obs_steps = int(n_obs_steps)
-        self.buf = np.zeros((batch, self.n_obs_steps, obs_dim), dtype=np.float32)
+        if (obs_dim is None) == (keys is None):
+            raise ValueError("ObsHistory takes obs_dim (a flat observation) or keys (a dict of modalities), not both")
+        self.keys = None if keys is None else list(keys)
+        specs = {None: ((int(obs_dim),), np.float32)} if keys is None else keys
+        self.buffers = {k: np.zeros((batch, self.n_obs_steps, *shape), dtype=dtype) for k, (shape, dtype) in specs.items()}
 
-    def reset(self, i: int, obs: np.ndarray) -> None:
-        self.buf[i, :] = np.asarray(obs, dtype=np.float32).reshape(-1)
+    @classmethod
+    def like(cls, n_obs_steps: int, batch: int, obs: Any) -> "ObsHistory":
+        """A history for observations shaped as ``obs`` (a flat vector, or a dict of arrays)."""
+        if isinstance(obs, Mapping):
+            keys = {}
+            for k, v in obs.items():
+                v = np.asarray(v)
+                keys[str(k)] = (v.shape, np.uint8 if v.dtype == np.uint8 else np.float32)
+            return cls(n_obs_steps, batch, keys=keys)
+        return cls(n_obs_steps, batch, int(np.asarray(obs).reshape(-1).shape[0]))
 
-    def push(self, i: int, obs: np.ndarray) -> None:
-        self.buf[i, :-1] = self.buf[i, 1:]
-        self.buf[i, -1] = np.asarray(obs, dtype=np.float32).reshape(-1)
+    @property
+    def buf(self) -> np.ndarray:
+        """The flat history ``[batch, T, D]`` (a flat observation's only buffer)."""
+        return self.buffers[None]
 
-    def get(self, idx: Sequence[int] | None = None) -> np.ndarray:
-        return self.buf.copy() if idx is None else self.buf[list(idx)].copy()
+    def _parts(self, obs: Any):
+        if self.keys is None:
+            yield self.buffers[None], np.asarray(obs, dtype=np.float32).reshape(-1)
+            return
+        missing = [k for k in self.keys if k not in obs]
+        if missing:
+            raise ValueError(f"observation lacks {missing}; the history holds {self.keys}")
+        for k in self.keys:
+            yield self.buffers[k], np.asarray(obs[k])
+
+    def reset(self, i: int, obs: Any) -> None:
+        for buf, value in self._parts(obs):
+            buf[i, :] = value
+
+    def push(self, i: int, obs: Any) -> None:
+        for buf, value in self._parts(obs):
+            buf[i, :-1] = buf[i, 1:]
+            buf[i, -1] = value
+
+    def get(self, idx: Sequence[int] | None = None) -> np.ndarray | dict[str, np.ndarray]:
+        rows = slice(None) if idx is None else list(idx)
+        if self.keys is None:
+            return self.buffers[None][rows].copy()
+        return {k: self.buffers[k][rows].copy() for k in self.keys}
+
+
+def zero_history(space: Any, batch: int, n_obs_steps: int) -> np.ndarray | dict[str, np.ndarray]:
+    """An all-zero history ``[batch, n_obs_steps, ...]`` for a gymnasium observation space (a Box, or
+    a Dict of them, each in its own dtype)."""
+    spaces = getattr(space, "spaces", None)
+    if isinstance(spaces, Mapping):
+        return {k: np.zeros((batch, n_obs_steps, *s.shape), dtype=s.dtype) for k, s in spaces.items()}
+    return np.zeros((batch, n_obs_steps, int(np.prod(space.shape))), dtype=np.float32)
+
+
+def element(obs: Any, i: int) -> Any:
+    """Element ``i`` of a vector env's batched observation (an array, or a dict of arrays)."""
+    return {k: v[i] for k, v in obs.items()} if isinstance(obs, Mapping) else obs[i]
+
+
+def batch_size(obs_history: Any) -> int:
+    """B of an observation history ``[B, T, ...]`` or a dict of them."""
+    first = next(iter(obs_history.values())) if isinstance(obs_history, Mapping) else obs_history
+    return int(np.shape(first)[0])
+
+
+def concat_histories(histories: Sequence[Any]) -> Any:
+    """Observation histories ``[b_i, T, ...]`` (arrays, or dicts of them) joined along the batch axis."""
+    if isinstance(histories[0], Mapping):
+        return {k: np.concatenate([h[k] for h in histories]) for k in histories[0]}
+    return np.concatenate(histories)
+
+
+def to_device(obs_history: Any, device: torch.device) -> Any:
+    """The history as tensors on ``device``: float32 for a flat history; a dict keeps each dtype."""
+    if isinstance(obs_history, Mapping):
+        return {k: torch.as_tensor(v).to(device) for k, v in obs_history.items()}
+    return torch.as_tensor(obs_history, dtype=torch.float32).to(device)
 
 
 def policy_device(policy: Any) -> torch.device:
@@ -164,12 +238,13 @@ def _stats_numbers(stats: Any, batch: int) -> tuple[int | None, int | None, Any,
 
 def infer_chunk(
     policy: ChunkPolicy,
-    obs_history: np.ndarray,
+    obs_history: np.ndarray | Mapping[str, np.ndarray],
     sampler: SamplerConfig | None = None,
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
     device: torch.device | None = None,
 ) -> ChunkInference:
-    """Run the policy on ``obs_history`` ``[B, n_obs_steps, obs_dim]`` and time it.
+    """Run the policy on ``obs_history`` ``[B, n_obs_steps, obs_dim]`` (or a dict of such histories,
+    one per observation key) and time it.
 
     The device is synchronised before the clock starts and after the actions are back on the
     host, so the latency is what a control loop waiting for the chunk would see. ``generator``:
@@ -182,12 +257,11 @@ def infer_chunk(
         kwargs["method"] = sampler.method
     if generator is not None:
         kwargs["generator"] = generator
-    batch = int(obs_history.shape[0])
+    batch = batch_size(obs_history)
     _sync(device)
     t0 = time.perf_counter()
     with torch.inference_mode():
-        obs_t = torch.as_tensor(obs_history, dtype=torch.float32).to(device)
-        out = policy.predict_action(obs_t, **kwargs)
+        out = policy.predict_action(to_device(obs_history, device), **kwargs)
         actions, stats = _split_prediction(out)
         if isinstance(actions, torch.Tensor):
             actions = actions.detach().to("cpu", torch.float32).numpy()
@@ -301,10 +375,9 @@ class _Lockstep:
         self.results[i].success = False
         self.active[i] = False
 
-    def _start(self, i: int, obs: np.ndarray) -> None:
+    def _start(self, i: int, obs: Any) -> None:
         if self.history is None:
-            obs_dim = int(np.asarray(obs).reshape(-1).shape[0])
-            self.history = ObsHistory(self.n_obs_steps, len(self.seeds), obs_dim)
+            self.history = ObsHistory.like(self.n_obs_steps, len(self.seeds), obs)
         self.history.reset(i, obs)
 
     def reset(self) -> None:
@@ -316,7 +389,7 @@ class _Lockstep:
                     self.fail(i, exc)
                 return
             for i in range(len(self.seeds)):
-                self._start(i, obs[i])
+                self._start(i, element(obs, i))
             return
         for i, env in enumerate(self.envs):
             try:
@@ -359,7 +432,7 @@ class _Lockstep:
                 self.fail(i, exc)
             return
         for _, i in running:
-            self._after_step(i, obs[i], rew[i], term[i] or trunc[i], _is_success(info, i), executed)
+            self._after_step(i, element(obs, i), rew[i], term[i] or trunc[i], _is_success(info, i), executed)
 
     def record_chunk(self, chunk: ChunkInference, idx: list[int], executed: dict[int, int]) -> None:
         for j, i in enumerate(idx):

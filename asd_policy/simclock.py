@@ -32,6 +32,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from asd_policy.config import ConfigError
+from asd_policy.rollout import concat_histories
 
 __all__ = ["Rate", "delay_ticks", "LatencyModel", "SimInference", "SimBatch", "SimRequest", "BatchedSimInference",
            "ThreadedInference", "check_latency_ms", "load_latency_profile", "profile_from_results", "latency_for_samplers",
@@ -221,7 +222,7 @@ class SimBatch:
         for r in queue:
             groups.setdefault(r.known is not None, []).append(r)
         for with_known, reqs in groups.items():
-            obs = np.concatenate([r.obs_history for r in reqs])
+            obs = concat_histories([r.obs_history for r in reqs])
             known = np.concatenate([r.known for r in reqs]) if with_known else None
             try:
                 res = self.infer(obs, known, [r.generator for r in reqs])

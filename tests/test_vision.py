@@ -14,9 +14,9 @@ from asd_policy.vision import RgbEncoder, VisionConfig, center_crop, random_crop
 SHAPE = [3, 40, 48]
 
 
-def camera_policy(**vision) -> DiffusionPolicy:
-    """A small random camera policy: a 5-d state, one 'front' camera, the conv encoder."""
-    config = PolicyConfig(obs_dim=5, action_dim=2, horizon=8, n_action_steps=4,
+def camera_policy(obs_dim: int = 5, **vision) -> DiffusionPolicy:
+    """A small random camera policy: an ``obs_dim`` state, one 'front' camera, the conv encoder."""
+    config = PolicyConfig(obs_dim=obs_dim, action_dim=2, horizon=8, n_action_steps=4,
                           unet={"down_dims": [16, 32], "n_groups": 4, "step_embed_dim": 8},
                           image_features=[{"name": "front_image", "shape": SHAPE}],
                           vision={"backbone": "conv", "keypoints": 8, "crop_shape": [36, 44], **vision})

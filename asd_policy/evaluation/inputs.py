@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import gymnasium as gym
+
 import asd_envs
 from asd_policy.checkpoint import load_policy
 from asd_policy.evaluation.config import EvalError
@@ -74,13 +76,35 @@ def task_env_fn(task: str, env_kwargs: dict) -> tuple[Any, Callable[..., Any]]:
 
 
 def check_dims(policy: Any, env: Any, task: str | None) -> None:
+    """The policy's observation (state width, cameras) and action width against the env's spaces."""
     obs_dim = getattr(policy, "obs_dim", None)
     act_dim = getattr(policy, "action_dim", None)
-    o, a = env.observation_space.shape, env.action_space.shape
+    space = env.observation_space
+    cameras = (getattr(getattr(policy, "config", None), "image_features", None) or [])
+    if isinstance(space, gym.spaces.Dict):
+        check_cameras(cameras, space, task)
+        space = space.spaces.get("state", space)
+    elif cameras:
+        raise EvalError(f"the policy sees cameras {[c['name'] for c in cameras]}, but task {task!r} gives a flat "
+                        f"observation; run it on the task's camera variant (e.g. task={task}_image)")
+    o, a = space.shape, env.action_space.shape
     if obs_dim is not None and o and int(o[-1]) != int(obs_dim):
         raise EvalError(f"policy expects obs_dim={obs_dim} but task {task!r} has {o[-1]}")
     if act_dim is not None and a and int(a[-1]) != int(act_dim):
         raise EvalError(f"policy emits action_dim={act_dim} but task {task!r} has {a[-1]}")
+
+
+def check_cameras(cameras: list[dict], space: Any, task: str | None) -> None:
+    """Every camera the policy sees is a uint8 [H, W, C] frame of the env's dict observation."""
+    for c in cameras:
+        name, (ch, h, w) = c["name"], c["shape"]
+        sub = space.spaces.get(name)
+        if sub is None:
+            raise EvalError(f"the policy sees camera {name!r}, which task {task!r} does not render (its observation "
+                            f"holds {sorted(space.spaces)}); set the task's cameras, or map the names with task.obs_map")
+        if tuple(sub.shape) != (h, w, ch):
+            raise EvalError(f"camera {name!r} of task {task!r} renders {list(sub.shape)} frames; the policy takes "
+                            f"[{h}, {w}, {ch}] (set the task's image_size to match)")
 
 
 def _close(envs: Any) -> None:

@@ -28,7 +28,8 @@ from asd_policy.evaluation.wandb_log import log_to_wandb
 from asd_policy.io import write_json
 from asd_policy.obs_map import mapped_env_fn, obs_map_index
 from asd_policy.realtime import run_realtime, run_realtime_batch
-from asd_policy.rollout import EpisodeResult, infer_chunk, latency_summary, policy_device, rollout_episodes
+from asd_policy.rollout import (EpisodeResult, infer_chunk, latency_summary, policy_device, rollout_episodes,
+                                zero_history)
 from asd_policy.sampler_config import SamplerConfig, resolve_samplers
 from asd_policy.simclock import LatencyModel, delay_ticks
 from asd_policy.transitions import check_transition_policy
@@ -336,8 +337,7 @@ def _warmup(run: _Run, spec: SamplerConfig) -> None:
     setting the policy rejects fails here, in one line."""
     if not run.cfg.warmup or spec.name in run.warmed:
         return
-    space = run.pool.observation_space
-    obs = np.zeros((run.pool.num_envs, run.policy.n_obs_steps, int(np.prod(space.shape))), dtype=np.float32)
+    obs = zero_history(run.pool.observation_space, run.pool.num_envs, run.policy.n_obs_steps)
     try:
         infer_chunk(run.policy, obs, spec, torch.Generator(device=run.device).manual_seed(0), run.device)
     except (ValueError, TypeError, NotImplementedError) as exc:

@@ -60,6 +60,7 @@ class EpisodeResult:
     steps: int = 0
     episode_return: float = 0.0
     chunk_latency_ms: list[float] = field(default_factory=list)
+    chunk_encode_ms: list[float] = field(default_factory=list)  # of each chunk's latency, the image encoder's (cameras)
     chunk_actions: list[int] = field(default_factory=list)  # actions executed from each chunk
     sequential_calls: list[float] = field(default_factory=list)
     nfe: list[float] = field(default_factory=list)

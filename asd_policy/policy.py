@@ -27,6 +27,7 @@ observation in the history, so the first action to execute is the one at index
 from __future__ import annotations
 
 import copy
+import time
 from typing import Any, Mapping, NamedTuple
 
 import numpy as np
@@ -119,6 +120,20 @@ class DiffusionPolicy(nn.Module):
     @property
     def n_action_steps(self) -> int:
         return self.config.n_action_steps
+
+    def networks(self) -> nn.Module:
+        """Every network that trains: the U-Net (a state policy), or the U-Net and the image encoder
+        side by side (``unet``, ``rgb_encoder``: one module to optimise, average and save)."""
+        if self.cameras is None:
+            return self.model
+        return nn.ModuleDict({"unet": self.model, "rgb_encoder": self.cameras.rgb_encoder})
+
+    def use_networks(self, networks: nn.Module) -> None:
+        """Compute with ``networks``, a :meth:`networks` module or a copy of one (the EMA's weights)."""
+        if self.cameras is None:
+            self.model = networks
+        else:
+            self.model, self.cameras.rgb_encoder = networks["unet"], networks["rgb_encoder"]
 
     def set_normalizers(self, obs_normalizer: Normalizer, action_normalizer: Normalizer) -> None:
         device = self.device
@@ -239,10 +254,16 @@ class DiffusionPolicy(nn.Module):
         obs, images = self.split_observation(obs_history)
         was_training = self.training
         self.eval()  # the encoder's centre crop, the networks' inference mode
+        t0 = time.perf_counter()
         try:
             cond = self._cond(obs, images)
         finally:
             self.train(was_training)
+        encode_s = None
+        if self.cameras is not None:  # the encoder's share of the chunk's latency, reported apart
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            encode_s = time.perf_counter() - t0
         known = self._known(known_actions, obs.shape[0]) if known_actions is not None else None
         noise = sampler_kwargs.pop("noise", None)
         method, kwargs = self.sampler_kwargs(method, **sampler_kwargs)
@@ -263,6 +284,7 @@ class DiffusionPolicy(nn.Module):
             )
         finally:
             self.model.train(was_training)
+        stats.encode_s = encode_s
         action_pred = self.action_normalizer.unnormalize(x.float())
         start = self.n_obs_steps - 1
         actions = action_pred[:, start : start + self.n_action_steps]

@@ -62,6 +62,7 @@ class ChunkInference:
     per_element_nfe: np.ndarray | None = None
     action_pred: np.ndarray | None = None  # [B, horizon, action_dim], when the policy returns it
     stats: Any = None  # the sampler's own stats (e.g. SamplerStats), as the policy returned them
+    encode_s: float | None = None  # the part of latency_s spent encoding camera images (None: no cameras)
 
     def row(self, b: int) -> "ChunkInference":
         """Element ``b`` as a batch of one: its own sequential calls and NFE where the sampler
@@ -72,6 +73,7 @@ class ChunkInference:
             self.sequential_calls if seq is None else float(seq[b]),
             self.nfe if nfe is None else float(nfe[b]),
             action_pred=None if self.action_pred is None else self.action_pred[b : b + 1],
+            encode_s=self.encode_s,
         )
 
 
@@ -279,7 +281,8 @@ def infer_chunk(
             f"[{batch}, n_action_steps, action_dim]"
         )
     seq, nfe, seq_el, nfe_el = _stats_numbers(stats, batch)
-    return ChunkInference(actions, latency, seq, nfe, seq_el, nfe_el, action_pred, stats)
+    return ChunkInference(actions, latency, seq, nfe, seq_el, nfe_el, action_pred, stats,
+                          getattr(stats, "encode_s", None))
 
 
 def _error_text(exc: BaseException) -> str:
@@ -438,6 +441,8 @@ class _Lockstep:
         for j, i in enumerate(idx):
             r = self.results[i]
             r.chunk_latency_ms.append(chunk.latency_s * 1e3)
+            if chunk.encode_s is not None:
+                r.chunk_encode_ms.append(chunk.encode_s * 1e3)
             r.chunk_actions.append(executed[i])
             row = chunk.row(j)
             if row.sequential_calls is not None:

@@ -40,6 +40,9 @@ class SamplerStats:
     rounds: torch.Tensor = field(default=None)  # [B] sequential rounds each chain took
     accepted_drafts: torch.Tensor = field(default=None)  # [B] drafted steps accepted as drawn
     checked_drafts: torch.Tensor = field(default=None)  # [B] drafted steps that reached the accept test
+    # seconds the policy spent encoding the observation (camera images) before sampling: once per
+    # chunk, whatever the sampler; set by DiffusionPolicy.predict_action, None without cameras
+    encode_s: float | None = None
     _finite: torch.Tensor | None = field(default=None, repr=False)  # device flag: every model output finite
 
     def __post_init__(self) -> None:

@@ -83,6 +83,14 @@ def test_synchronous_rollouts_give_the_policy_the_envs_frames(tmp_path):
     results = evaluate(policy=spy, env_fn=make_toy_camera, task=None, samplers=["ddim", "asd"], episodes=2,
                        num_envs=2, out_dir=tmp_path, logger="none", progress=False, verbose=False)
     assert all(results["samplers"][s]["episodes"] == 2 for s in ("ddim", "asd"))
+    # the chunk's latency in two: the encoder (once per chunk, so alike for both samplers) and the sampler
+    from asd_policy.evaluation.tables import format_table
+
+    for name in ("ddim", "asd"):
+        s = results["samplers"][name]
+        assert 0 < s["encode_ms"]["mean"] < s["chunk_latency_ms"]["mean"]
+        assert s["sampler_ms"]["mean"] == pytest.approx(s["chunk_latency_ms"]["mean"] - s["encode_ms"]["mean"], rel=1e-6)
+    assert "encoder ms" in format_table(results) and results["episodes"][0]["chunk_encode_ms_mean"] > 0
     warmup, first = spy.seen[:2]  # the untimed warm-up call sees all-zero frames of the env's dtype
     assert warmup["front_image"].dtype == torch.uint8 and not warmup["front_image"].any()
     assert first["front_image"].dtype == torch.uint8 and tuple(first["front_image"].shape) == (2, 2, H, W, 3)

@@ -48,6 +48,7 @@ def episode_row(sampler: str, episode: int, r: EpisodeResult) -> dict:
         "chunks": len(r.chunk_latency_ms),
         "chunk_latency_ms": [round(x, 4) for x in r.chunk_latency_ms],
         "chunk_actions": list(r.chunk_actions),
+        **({"chunk_encode_ms": [round(x, 4) for x in r.chunk_encode_ms]} if r.chunk_encode_ms else {}),
         "sequential_calls": list(r.sequential_calls),
         "nfe": list(r.nfe),
         "error": r.error,
@@ -74,6 +75,8 @@ def flat_row(row: Mapping[str, Any]) -> dict:
     lat = row.get("chunk_latency_ms") or []
     out["chunk_latency_ms_mean"] = _mean(lat)
     out["chunk_latency_ms_p95"] = float(np.percentile(lat, 95)) if lat else None
+    if row.get("chunk_encode_ms"):
+        out["chunk_encode_ms_mean"] = _mean(row["chunk_encode_ms"])
     out["sequential_calls_mean"] = _mean(row.get("sequential_calls") or [])
     out["nfe_mean"] = _mean(row.get("nfe") or [])
     for k in REALTIME_LISTS:
@@ -141,6 +144,16 @@ def _realtime(rows: Sequence[Mapping[str, Any]]) -> dict:
     return out
 
 
+def _encoder_split(rs: Sequence[Mapping[str, Any]]) -> dict:
+    """A camera policy's chunk latency in two: ``encode_ms`` (the image encoder, once per chunk) and
+    ``sampler_ms`` (the rest: the sampler's network calls); empty without cameras."""
+    pairs = [(lat, enc) for r in rs for lat, enc in zip(r.get("chunk_latency_ms") or [], r.get("chunk_encode_ms") or [])]
+    if not pairs:
+        return {}
+    return {"encode_ms": latency_summary([enc for _, enc in pairs]),
+            "sampler_ms": latency_summary([lat - enc for lat, enc in pairs])}
+
+
 def _sampler_summary(rs: Sequence[Mapping[str, Any]], spec: SamplerConfig) -> dict:
     n = len(rs)
     k = sum(1 for r in rs if r["success"])
@@ -156,6 +169,7 @@ def _sampler_summary(rs: Sequence[Mapping[str, Any]], spec: SamplerConfig) -> di
         "errors": sum(1 for r in rs if r.get("error")),
         "sampler": spec.as_dict(),
         "outcomes": _outcomes(rs),
+        **_encoder_split(rs),
     }
     if any("deadline_misses" in r for r in rs):
         entry["realtime"] = _realtime(rs)

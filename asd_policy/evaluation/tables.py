@@ -82,6 +82,8 @@ CELLS: dict[str, Callable[[str, Summary], str]] = {
     "latency_p95": _latency("p95"),
     "latency_p99": _latency("p99"),
     "ms_per_action": lambda name, s: fmt((s.get("action_latency_ms") or {}).get("mean")),
+    "encode_mean": lambda name, s: fmt((s.get("encode_ms") or {}).get("mean")),
+    "sampler_mean": lambda name, s: fmt((s.get("sampler_ms") or {}).get("mean")),
     "sequential_calls": lambda name, s: fmt(s["sequential_calls_mean"]),
     "nfe": lambda name, s: fmt(s["nfe_mean"], ".0f"),
     "speedup": lambda name, s: "-" if s["speedup_vs_ddpm"] is None else f"{s['speedup_vs_ddpm']:.2f}x",
@@ -96,6 +98,9 @@ CELLS: dict[str, Callable[[str, Summary], str]] = {
 FIDELITY_COLUMNS: list[Column] = [("fidelity_distance", "distance to DDPM-100 (null)"),
                                   ("fidelity_p", "p vs DDPM-100")]
 
+#: A camera policy's chunk latency split: the image encoder (once per chunk) and the sampler.
+ENCODER_COLUMNS: list[Column] = [("encode_mean", "encoder ms"), ("sampler_mean", "sampler ms")]
+
 #: The eval's printed table; a real-time and an outcomes column follow when any sampler has them.
 TEXT_COLUMNS: list[Column] = [
     ("sampler", "sampler"), ("episodes", "episodes"), ("success", "success"), ("ci95", "95% CI"),
@@ -103,7 +108,8 @@ TEXT_COLUMNS: list[Column] = [
     ("latency_p99", "p99"), ("ms_per_action", "ms/action"), ("sequential_calls", "seq calls"),
     ("nfe", "NFE"), ("speedup", "speedup"),
 ]
-_TEXT_OPTIONAL: list[tuple[str, list[Column]]] = [("realtime", [("realtime", "real-time")]),
+_TEXT_OPTIONAL: list[tuple[str, list[Column]]] = [("encode_ms", ENCODER_COLUMNS),
+                                                  ("realtime", [("realtime", "real-time")]),
                                                   ("fidelity", FIDELITY_COLUMNS),
                                                   ("outcomes", [("outcomes", "successes by outcome")])]
 #: docs/results*.md (scripts/report.py).
@@ -122,8 +128,10 @@ CARD_COLUMNS: list[Column] = [
 
 
 def page_columns(results: Mapping[str, Any]) -> list[Column]:
-    """The results pages' columns, with the fidelity columns when the run measured fidelity."""
-    return PAGE_COLUMNS + (FIDELITY_COLUMNS if _has(results, "fidelity") else [])
+    """The results pages' columns, with the encoder / sampler split for a camera policy and the
+    fidelity columns when the run measured fidelity."""
+    return (PAGE_COLUMNS + (ENCODER_COLUMNS if _has(results, "encode_ms") else [])
+            + (FIDELITY_COLUMNS if _has(results, "fidelity") else []))
 
 
 def _has(results: Mapping[str, Any], key: str) -> bool:

@@ -32,7 +32,7 @@ def log_to_wandb(results: Mapping[str, Any], out_dir: Path, config: Mapping[str,
         cols = ["sampler", "episode", "seed", "success", "steps", "return", "chunks",
                 "chunk_latency_ms_mean", "chunk_latency_ms_p95", "sequential_calls_mean", "nfe_mean",
                 "error"]
-        extra = [c for c in ("deadline_misses", "skipped_actions", "stale_chunks", "extended_actions", "achieved_hz",
+        extra = [c for c in ("chunk_encode_ms_mean", "deadline_misses", "skipped_actions", "stale_chunks", "extended_actions", "achieved_hz",
                              "delay_ticks_mean", "boundary_jumps_mean", "within_chunk_jumps_mean", "inpaint_prefix_mean")
                  if rows and c in rows[0]]
         cols += extra
@@ -40,10 +40,13 @@ def log_to_wandb(results: Mapping[str, Any], out_dir: Path, config: Mapping[str,
         sum_cols = ["sampler", "chunk_latency_ms_mean", "success_rate", "ci95_lo", "ci95_hi",
                     "sequential_calls_mean", "nfe_mean", "speedup_vs_ddpm"]
         fid_cols = ["fidelity_distance", "fidelity_null_distance", "fidelity_p"] if results.get("fidelity") else []
-        sum_table = wandb.Table(columns=sum_cols + fid_cols, data=[
+        enc_cols = (["encode_ms_mean", "sampler_ms_mean"]
+                    if any("encode_ms" in s for s in results["samplers"].values()) else [])
+        sum_table = wandb.Table(columns=sum_cols + fid_cols + enc_cols, data=[
             [name, s["chunk_latency_ms"]["mean"], s["success_rate"], s["success_ci95"][0],
              s["success_ci95"][1], s["sequential_calls_mean"], s["nfe_mean"], s["speedup_vs_ddpm"]]
             + [_fidelity(s)[c] for c in fid_cols]
+            + [(s.get(c[: -len("_mean")]) or {}).get("mean") for c in enc_cols]
             for name, s in results["samplers"].items()])
         payload: dict[str, Any] = {
             "episodes": ep_table,

@@ -50,10 +50,22 @@ class PolicySpec:
     n_action_steps: int = 8
     schedule: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SCHEDULE))  # NoiseSchedule keywords
     sampler: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SAMPLER))  # predict_action's default
+    # Cameras the policy sees (the dataset's <camera>_image frames); empty: a state-only policy.
+    cameras: list[str] = field(default_factory=list)
+    # The image encoder (asd_policy.vision.VisionConfig fields); the small conv trunk trains on a CPU.
+    vision: dict[str, Any] = field(default_factory=lambda: {"backbone": "conv"})
 
     def __post_init__(self) -> None:
         self.schedule = dict(self.schedule or {})
         self.sampler = dict(self.sampler or {})
+        self.cameras = [str(c) for c in self.cameras or []]
+        self.vision = dict(self.vision or {})
+        try:
+            from asd_policy.vision import VisionConfig
+
+            VisionConfig.from_dict(self.vision)
+        except ValueError as e:
+            raise ConfigError(f"policy.vision: {e}") from None
         if self.size not in UNET_SIZES:
             raise ConfigError(
                 f"policy.size={self.size!r} is not a U-Net size{did_you_mean(self.size, UNET_SIZES)}; "

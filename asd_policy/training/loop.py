@@ -57,9 +57,11 @@ def _step(run: TrainRun, step: int) -> tuple[torch.Tensor, float, Any]:
     lr = cosine_lr(step, cfg.lr, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)
     for g in run.opt.param_groups:
         g["lr"] = lr
-    obs, act = run.data.train.batch(run.batches.ids(step).to(run.device), cfg.policy.n_obs_steps)
+    ids = run.batches.ids(step).to(run.device)
+    obs, act = run.data.train.batch(ids, cfg.policy.n_obs_steps)
+    images = run.data.train.batch_images(ids, cfg.policy.n_obs_steps)
     with run.amp.autocast():
-        loss = run.policy.compute_loss(obs, act, model=run.net, generator=run.gen)
+        loss = run.policy.compute_loss(obs, act, model=run.net, generator=run.gen, images=images)
     scaler = run.amp.scaler
     run.opt.zero_grad(set_to_none=True)
     if scaler is not None:
@@ -69,13 +71,13 @@ def _step(run: TrainRun, step: int) -> tuple[torch.Tensor, float, Any]:
         loss.backward()
     grad_norm = None
     if cfg.grad_clip > 0:
-        grad_norm = torch.nn.utils.clip_grad_norm_(run.policy.model.parameters(), cfg.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(run.networks.parameters(), cfg.grad_clip)
     if scaler is not None:
         scaler.step(run.opt)
         scaler.update()
     else:
         run.opt.step()
-    run.ema.update(run.policy.model, step)
+    run.ema.update(run.networks, step)
     return loss, lr, grad_norm
 
 
@@ -107,7 +109,7 @@ def validation_loss(policy: DiffusionPolicy, data: WindowDataset, batch_size: in
         ids = ids_all[i : i + batch_size]
         obs, act = data.batch(ids, policy.n_obs_steps)
         with amp_ctx():
-            loss = policy.compute_loss(obs, act, generator=gen)
+            loss = policy.compute_loss(obs, act, generator=gen, images=data.batch_images(ids, policy.n_obs_steps))
         total += float(loss) * len(ids)
         count += len(ids)
     return total / max(count, 1)
@@ -175,7 +177,7 @@ def save(run: TrainRun, step: int) -> None:
     save_policy(run.ema_policy, run.out / CKPT_DIR, training_info=info)
     extra = {"config": {**cfg.to_dict(), "dataset": run.data.info["dataset"]}, "wandb_run_id": run.run_id,
              "wall_time_s": wall, "val_loss": run.last_val}
-    save_state(run.state_dir, step, run.policy.model, run.ema, run.opt, run.gen, run.amp.scaler, extra)
+    save_state(run.state_dir, step, run.networks, run.ema, run.opt, run.gen, run.amp.scaler, extra)
 
 
 def _close(run: TrainRun) -> None:

@@ -17,8 +17,9 @@ import numpy as np
 import torch
 
 from asd_policy.io import write_json
-from asd_policy.normalizer import MinMaxNormalizer
-from asd_policy.policy import DiffusionPolicy, build_policy
+from asd_policy.config import ConfigError
+from asd_policy.normalizer import AffineNormalizer, MinMaxNormalizer
+from asd_policy.policy import DiffusionPolicy
 from asd_policy.training.config import TrainConfig
 from asd_policy.training.distributed import Dist, init_distributed, wrap_model
 from asd_policy.training.loggers import JsonlLogger, WandbLogger
@@ -47,6 +48,24 @@ class TrainData:
     obs_keys: list[str]
     task_name: str | None
     info: dict
+    image_features: list[dict] = field(default_factory=list)  # [{"name": "<camera>_image", "shape": [3, H, W]}]
+
+
+def _image_features(cameras: list[str], episodes: list, path: str) -> list[dict]:
+    """The policy's camera features: each camera's frames must be in every episode, one size throughout."""
+    features = []
+    for camera in cameras:
+        key = f"{camera}_image"
+        have = sorted({k for e in episodes for k in (getattr(e, "images", None) or {})})
+        if any(key not in (getattr(e, "images", None) or {}) for e in episodes):
+            raise ConfigError(f"policy.cameras: {path!r} has no {key!r} frames in every episode (it has "
+                              f"{have or 'no camera frames'}); collect with the camera (task=<task>_image) or drop it")
+        shapes = {tuple(e.images[key].shape[1:]) for e in episodes}
+        if len(shapes) != 1 or len(next(iter(shapes))) != 3:
+            raise ConfigError(f"policy.cameras: {key!r} frames of {path!r} must be one [H, W, 3] size, got {sorted(shapes)}")
+        h, w, c = next(iter(shapes))
+        features.append({"name": key, "shape": [c, h, w]})
+    return features
 
 
 def load_data(cfg: TrainConfig, device: torch.device) -> TrainData:
@@ -57,7 +76,9 @@ def load_data(cfg: TrainConfig, device: torch.device) -> TrainData:
     train_eps = demos.train_episodes or demos.episodes
     valid_eps = demos.valid_episodes
     spec = cfg.policy
-    pad = dict(horizon=spec.horizon, pad_before=spec.n_obs_steps - 1, pad_after=spec.n_action_steps - 1)
+    images = _image_features(spec.cameras, demos.episodes, path)
+    pad = dict(horizon=spec.horizon, pad_before=spec.n_obs_steps - 1, pad_after=spec.n_action_steps - 1,
+               image_keys=tuple(f["name"] for f in images))
     train = WindowDataset(train_eps, **pad).to(device)
     info = {
         "dataset": os.path.abspath(path),
@@ -77,6 +98,7 @@ def load_data(cfg: TrainConfig, device: torch.device) -> TrainData:
         obs_keys=list(demos.obs_keys),
         task_name=cfg.task.name or demos.task_name,
         info=info,
+        image_features=images,
     )
 
 
@@ -90,6 +112,7 @@ class TrainRun:
     out: Path
     data: TrainData
     policy: DiffusionPolicy  # trained in place
+    networks: torch.nn.Module  # what trains: policy.networks() (the U-Net, and a camera policy's encoder)
     ema: EMA
     ema_policy: DiffusionPolicy  # the policy with the EMA weights: validated, rolled out and saved
     opt: torch.optim.Optimizer
@@ -120,29 +143,39 @@ class TrainRun:
             lg.log(metrics, step)
 
 
+def _image_normalizer(features: list[dict]) -> AffineNormalizer | None:
+    """[0, 1] pixels to [-1, 1], every channel of every camera (frames need no fitted statistics)."""
+    channels = sum(f["shape"][0] for f in features)
+    return AffineNormalizer(np.full(channels, 2.0), np.full(channels, -1.0), np.full(channels, 0.5),
+                            np.full(channels, 0.5)) if features else None
+
+
 def _build(cfg: TrainConfig, dist: Dist, device: torch.device, t_start: float) -> TrainRun:
     data = load_data(cfg, device)
     spec = cfg.policy
-    policy = build_policy(
-        data.obs_dim, data.action_dim, size=spec.size, n_obs_steps=spec.n_obs_steps, horizon=spec.horizon,
-        n_action_steps=spec.n_action_steps, schedule=spec.schedule, sampler=spec.sampler,
-        task_name=data.task_name, obs_keys=data.obs_keys,
-        obs_normalizer=data.obs_normalizer, action_normalizer=data.action_normalizer,
-    ).to(device)
-    policy.model.train()
-    ema = EMA(policy.model, cfg.ema_power, cfg.ema_max_decay)
-    ema_policy = DiffusionPolicy(policy.config, data.obs_normalizer, data.action_normalizer).to(device)
-    ema_policy.model = ema.model
-    opt = torch.optim.AdamW(policy.model.parameters(), lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
+    if data.image_features and dist.world_size > 1:
+        raise ConfigError(f"a camera policy trains in one process (its image encoder is not wrapped for "
+                          f"{dist.world_size} processes yet); run without torchrun, or without policy.cameras")
+    config = spec.policy_config(data.obs_dim, data.action_dim, task_name=data.task_name, obs_keys=data.obs_keys,
+                                image_features=data.image_features or None,
+                                vision=spec.vision if data.image_features else None)
+    img_norm = _image_normalizer(data.image_features)
+    policy = DiffusionPolicy(config, data.obs_normalizer, data.action_normalizer, image_normalizer=img_norm).to(device)
+    networks = policy.networks().train()
+    ema = EMA(networks, cfg.ema_power, cfg.ema_max_decay)
+    ema_policy = DiffusionPolicy(policy.config, data.obs_normalizer, data.action_normalizer,
+                                 image_normalizer=img_norm).to(device)
+    ema_policy.use_networks(ema.model)
+    opt = torch.optim.AdamW(networks.parameters(), lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
     amp = precision(cfg.amp, device)
     gen = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + dist.rank)
-    return TrainRun(cfg, dist, device, Path(cfg.out), data, policy, ema, ema_policy, opt, amp, gen, t_start)
+    return TrainRun(cfg, dist, device, Path(cfg.out), data, policy, networks, ema, ema_policy, opt, amp, gen, t_start)
 
 
 def _resume(run: TrainRun) -> None:
     """Continue from ``out/train_state`` (and say on stderr what differs from the run that saved it)."""
     cfg = run.cfg
-    meta = load_state(run.state_dir, run.policy.model, run.ema, run.opt, run.gen, run.amp.scaler)
+    meta = load_state(run.state_dir, run.networks, run.ema, run.opt, run.gen, run.amp.scaler)
     run.start_step, run.run_id = int(meta["step"]), meta.get("wandb_run_id")
     if run.start_step:
         run.prior_wall, run.last_val = float(meta.get("wall_time_s", 0.0)), meta.get("val_loss")

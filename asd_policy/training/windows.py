@@ -18,11 +18,13 @@ class WindowDataset:
     n_action_steps - 1`` steps after it, the missing steps repeating the first / last step.
     """
 
-    def __init__(self, episodes, horizon: int, pad_before: int, pad_after: int):
+    def __init__(self, episodes, horizon: int, pad_before: int, pad_after: int, image_keys: tuple[str, ...] = ()):
         episodes = [e for e in episodes if len(e) > 0]
         if not episodes:
             raise ValueError("no (non-empty) episodes to make training windows from")
         self.obs = torch.from_numpy(np.concatenate([e.obs for e in episodes]).astype(np.float32))
+        # camera frames stay uint8 ([frames, H, W, 3]): a quarter of float32's memory
+        self.images = {k: torch.from_numpy(np.concatenate([e.images[k] for e in episodes])) for k in image_keys}
         self.actions = torch.from_numpy(np.concatenate([e.actions for e in episodes]).astype(np.float32))
         rows, offset = [], 0
         ar = np.arange(horizon)
@@ -44,12 +46,18 @@ class WindowDataset:
 
     def to(self, device) -> "WindowDataset":
         self.obs, self.actions, self.index = self.obs.to(device), self.actions.to(device), self.index.to(device)
+        self.images = {k: v.to(device) for k, v in self.images.items()}
         return self
 
     def batch(self, ids: Tensor, n_obs_steps: int) -> tuple[Tensor, Tensor]:
         """(obs [B, n_obs_steps, obs_dim], actions [B, horizon, action_dim]) for window ids."""
         rows = self.index[ids]
         return self.obs[rows[:, :n_obs_steps]], self.actions[rows]
+
+    def batch_images(self, ids: Tensor, n_obs_steps: int) -> dict[str, Tensor]:
+        """Each camera's frames ``[B, n_obs_steps, H, W, 3]`` (uint8) for window ids, aligned with :meth:`batch`."""
+        rows = self.index[ids][:, :n_obs_steps]
+        return {k: v[rows] for k, v in self.images.items()}
 
 
 class EpochBatches:

@@ -1,0 +1,148 @@
+"""Camera frames in demonstrations: the robomimic hdf5 layout read by robomimic's own dataset classes,
+the LeRobot v3.0 export read by LeRobot's own LeRobotDataset (images and their statistics), and our
+readers returning the frames next to an unchanged flat observation."""
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from asd_envs.collect import CollectConfig, collect
+from asd_policy.data import load_demonstrations
+
+SIZE = 32
+CAMERAS = {"cameras": ["top"], "image_size": SIZE}
+
+
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory):
+    """3 reach_around demos (seed 2) with the top camera as hdf5 and as LeRobot, and without a camera."""
+    d = tmp_path_factory.mktemp("images")
+    paths = {"hdf5": d / "ra.hdf5", "lerobot": d / "ra", "state": d / "state.hdf5"}
+    collect("reach_around", 3, seed=2, output=str(paths["hdf5"]), env_overrides=CAMERAS, progress=False)
+    collect("reach_around", 3, seed=2, output=str(paths["lerobot"]), env_overrides=CAMERAS, progress=False,
+            format="lerobot")
+    collect("reach_around", 3, seed=2, output=str(paths["state"]), progress=False)
+    return paths
+
+
+def test_hdf5_frames_in_robomimic_layout_and_read_back(collected):
+    ours, state = load_demonstrations(collected["hdf5"]), load_demonstrations(collected["state"])
+    assert ours.image_keys == ("top_image",) and state.image_keys == ()
+    assert ours.obs_keys == state.obs_keys  # the flat observation is the state-only one, bit for bit
+    with h5py.File(collected["hdf5"], "r") as f:
+        for e, s in zip(ours.episodes, state.episodes):
+            np.testing.assert_array_equal(e.obs, s.obs)
+            np.testing.assert_array_equal(e.actions, s.actions)
+            assert s.images == {}
+            g = f[f"data/{e.name}"]
+            frames = g["obs/top_image"]
+            assert frames.dtype == np.uint8 and frames.shape == (len(e), SIZE, SIZE, 3)
+            np.testing.assert_array_equal(e.images["top_image"], frames[()])
+            np.testing.assert_array_equal(g["next_obs/top_image"][:-1], frames[1:])  # next_obs is obs shifted
+    assert load_demonstrations(collected["hdf5"], images=False).episodes[0].images == {}
+
+
+@pytest.fixture
+def robomimic_obs_utils(monkeypatch):
+    """robomimic's ObsUtils with its global key registry restored afterwards (other tests build envs with it)."""
+    pytest.importorskip("robomimic")
+    from asd_envs.compat import import_robomimic
+
+    _, ObsUtils = import_robomimic()
+    monkeypatch.setattr(ObsUtils, "OBS_KEYS_TO_MODALITIES", ObsUtils.OBS_KEYS_TO_MODALITIES)
+    monkeypatch.setattr(ObsUtils, "OBS_MODALITIES_TO_KEYS", ObsUtils.OBS_MODALITIES_TO_KEYS)
+    return ObsUtils
+
+
+def test_robomimic_reads_the_frames(collected, robomimic_obs_utils):
+    from robomimic.utils.dataset import SequenceDataset
+
+    ours = load_demonstrations(collected["hdf5"])
+    low_dim = list(ours.obs_keys)
+    robomimic_obs_utils.initialize_obs_utils_with_obs_specs({"obs": {"low_dim": low_dim, "rgb": ["top_image"]}})
+    ds = SequenceDataset(
+        hdf5_path=str(collected["hdf5"]), obs_keys=low_dim + ["top_image"], dataset_keys=("actions",),
+        frame_stack=1, seq_length=4, pad_frame_stack=True, pad_seq_length=True, get_pad_mask=False,
+        goal_mode=None, hdf5_cache_mode=None, hdf5_use_swmr=True, hdf5_normalize_obs=False, filter_by_attribute=None,
+    )
+    assert len(ds) == ours.num_samples
+    item = ds[5]
+    frames = ours.episodes[0].images["top_image"][5:9]
+    np.testing.assert_array_equal(item["obs"]["top_image"], frames)
+    processed = robomimic_obs_utils.process_obs_dict(item["obs"])  # what robomimic's image encoders get
+    np.testing.assert_allclose(processed["top_image"], frames.transpose(0, 3, 1, 2) / 255.0, atol=1e-6)
+    np.testing.assert_allclose(item["obs"]["agent_pos"], ours.episodes[0].obs[5:9, :2], atol=1e-6)
+
+
+def test_hdf5_frames_of_the_wrong_shape_are_one_clear_error(collected, tmp_path):
+    path = tmp_path / "bad.hdf5"
+    path.write_bytes(collected["hdf5"].read_bytes())
+    with h5py.File(path, "a") as f:
+        del f["data/demo_1/obs/top_image"]
+        f["data/demo_1/obs/top_image"] = np.zeros((2, SIZE, SIZE), np.uint8)
+    with pytest.raises(ValueError, match=r"demo 'demo_1' obs/top_image \(shape \(2, 32, 32\), uint8\) is not uint8 "
+                                         r"\[\d+, H, W, 3\] frames .* images=False"):
+        load_demonstrations(path)
+    assert load_demonstrations(path, images=False).num_samples > 0
+
+
+def test_lerobot_export_holds_the_frames_as_png_images(collected):
+    import pyarrow.parquet as pq
+
+    root = collected["lerobot"]
+    info = json.loads((root / "meta" / "info.json").read_text())
+    assert info["features"]["observation.images.top"] == {
+        "dtype": "image", "shape": [SIZE, SIZE, 3], "names": ["height", "width", "channels"]}
+    table = pq.read_table(root / "data" / "chunk-000" / "file-000.parquet")
+    cell = table.column("observation.images.top")[0].as_py()
+    assert cell["bytes"][:8] == b"\x89PNG\r\n\x1a\n" and cell["path"] == "frame-000000.png"
+    ours, h5 = load_demonstrations(root), load_demonstrations(collected["hdf5"])
+    assert ours.image_keys == ("top_image",)
+    for a, b in zip(ours.episodes, h5.episodes):  # the same frames (PNG is lossless) and the same flat obs
+        np.testing.assert_array_equal(a.images["top_image"], b.images["top_image"])
+        np.testing.assert_array_equal(a.obs, b.obs)
+    stats = json.loads((root / "meta" / "stats.json").read_text())["observation.images.top"]
+    assert np.asarray(stats["mean"]).shape == (3, 1, 1) and 0 <= np.min(stats["min"]) <= np.max(stats["max"]) <= 1
+
+
+def test_lerobot_reads_our_frames_and_our_stats_are_its_own(collected, monkeypatch, tmp_path):
+    from lerobot_harness import require_lerobot
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    require_lerobot()
+    import datasets
+    import pyarrow.parquet as pq
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
+    from lerobot.datasets.compute_stats import get_feature_stats, sample_indices
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    root = collected["lerobot"]
+    ours = load_demonstrations(root)
+    ds = LeRobotDataset("local/reach_around_image", root=root)
+    assert ds.meta.camera_keys == ["observation.images.top"]
+    start = len(ours.episodes[0])
+    item = ds[start + 3]  # episode 1, frame 3: LeRobot's float [C, H, W] in [0, 1]
+    expected = ours.episodes[1].images["top_image"][3].transpose(2, 0, 1) / 255.0
+    np.testing.assert_allclose(item["observation.images.top"].numpy(), expected, atol=1e-6)
+    # episode statistics: LeRobot's compute_episode_stats on the same sampled frames, given as float64: on
+    # uint8 (as lerobot 0.4.4 passes them) its running E[x^2] overflows and its std comes out 0 (checked here)
+    frames = ours.episodes[1].images["top_image"]
+    sampled = frames[sample_indices(len(frames))].transpose(0, 3, 1, 2)
+    theirs = get_feature_stats(sampled.astype(np.float64), axis=(0, 2, 3), keepdims=True)
+    assert (get_feature_stats(sampled, axis=(0, 2, 3), keepdims=True)["std"] == 0).all() and (theirs["std"] > 0).all()
+    episode_stats = pq.read_table(root / "meta" / "episodes" / "chunk-000" / "file-000.parquet").to_pylist()[1]
+    for k in ("min", "max", "mean", "std"):
+        np.testing.assert_allclose(np.asarray(episode_stats[f"stats/observation.images.top/{k}"]),
+                                   theirs[k][0] / 255.0, rtol=1e-9, err_msg=k)
+    assert episode_stats["stats/observation.images.top/count"] == [len(frames)]
+    assert ds.meta.stats["observation.images.top"]["mean"].shape == (3, 1, 1)
+
+
+def test_image_collections_default_to_their_own_output():
+    """With cameras, the default output is data/<task>_image(.hdf5): never the state-only collection's file."""
+    task = {"name": "reach_around", "cameras": ["top"]}
+    assert CollectConfig(task=task).output_path() == "data/reach_around_image.hdf5"
+    assert CollectConfig(task=task, format="lerobot").output_path() == "data/reach_around_image"
+    assert CollectConfig(task={"name": "reach_around"}).output_path() == "data/reach_around.hdf5"

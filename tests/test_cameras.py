@@ -94,6 +94,10 @@ def test_bad_camera_settings_are_one_clear_error():
         TaskConfig(name="reach_around", env_kwargs={"cameras": ["top"]})
     with pytest.raises(ConfigError, match="needs a task known to asd_envs"):
         TaskConfig(cameras=["top"])
+    from asd_policy.evaluation import EvalConfig
+
+    with pytest.raises(ConfigError, match=r"evaluation runs state-only policies; evaluate on the state task \(task=lift"):
+        EvalConfig(task={"name": "lift", "cameras": ["agentview"]})
 
 
 def test_task_config_passes_cameras_to_make_env_and_state_tasks_stay_as_they_were():

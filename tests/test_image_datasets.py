@@ -146,3 +146,38 @@ def test_image_collections_default_to_their_own_output():
     assert CollectConfig(task=task).output_path() == "data/reach_around_image.hdf5"
     assert CollectConfig(task=task, format="lerobot").output_path() == "data/reach_around_image"
     assert CollectConfig(task={"name": "reach_around"}).output_path() == "data/reach_around.hdf5"
+
+
+def test_the_state_trainer_trains_on_an_image_dataset_as_on_its_state_twin(collected, tmp_path):
+    """The trainer reads Episode.obs only: with frames in the file, the same loss as without them."""
+    from asd_policy.training import TrainConfig, train
+
+    def loss(dataset, name):
+        cfg = TrainConfig(dataset=str(dataset), out=str(tmp_path / name), policy={"size": "tiny"}, steps=4,
+                          batch_size=8, log_every=4, val_every=0, ckpt_every=0, logger="none", progress=False,
+                          device="cpu", rollout={"every": 0})
+        return train(cfg).train_loss
+
+    with_frames, without = loss(collected["hdf5"], "images"), loss(collected["state"], "state")
+    assert with_frames is not None and with_frames == without
+
+
+def test_collect_script_with_an_image_task(tmp_path):
+    pytest.importorskip("hydra")
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "ra.hdf5"
+    run = subprocess.run([sys.executable, str(repo / "scripts" / "collect.py"), "task=reach_around_image",
+                          "task.image_size=16", "num_demos=1", f"output={out}", f"hydra.run.dir={tmp_path / 'run'}"],
+                         capture_output=True, text=True, timeout=180, cwd=tmp_path,
+                         env={**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert load_demonstrations(out).episodes[0].images["top_image"].shape[1:] == (16, 16, 3)
+    bad = subprocess.run([sys.executable, str(repo / "scripts" / "collect.py"), "task=lift_image",
+                          "task.cameras=[agentveiw]", f"hydra.run.dir={tmp_path / 'run'}"],
+                         capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert bad.returncode == 1 and "did you mean 'agentview'?" in bad.stderr and "Traceback" not in bad.stderr

@@ -91,13 +91,24 @@ def make_env(task_name: str, **overrides: Any) -> gym.Env:
 
 def _build(spec: TaskSpec, overrides: dict[str, Any]) -> gym.Env:
     """The task's env from its entry point, wrapped in CameraObservation when cameras are asked for."""
-    from .cameras import DEFAULT_IMAGE_SIZE, CameraObservation, check_cameras
+    from .cameras import check_cameras
 
-    cameras = list(overrides.pop("cameras", None) or [])
-    image_size = overrides.pop("image_size", DEFAULT_IMAGE_SIZE)
+    cameras, image_size = _pop_cameras(overrides)
     check_cameras(spec.name, cameras, spec.cameras, image_size)  # before the (slow) simulator starts
-    env = _load(spec.entry_point)(spec, **overrides)
-    return CameraObservation(env, spec.name, cameras, image_size) if cameras else env
+    return _with_cameras(_load(spec.entry_point)(spec, **overrides), spec.name, cameras, image_size)
+
+
+def _pop_cameras(overrides: dict[str, Any]) -> tuple[list[str], Any]:
+    """Take ``cameras`` and ``image_size`` out of an env's keyword arguments (they are the wrapper's)."""
+    from .cameras import DEFAULT_IMAGE_SIZE
+
+    return list(overrides.pop("cameras", None) or []), overrides.pop("image_size", DEFAULT_IMAGE_SIZE)
+
+
+def _with_cameras(env: gym.Env, name: str, cameras: list[str], image_size: Any) -> gym.Env:
+    from .cameras import CameraObservation
+
+    return CameraObservation(env, name, cameras, image_size) if cameras else env
 
 
 def make_expert(task_name: str, env: gym.Env, rng: Any = None):
@@ -124,6 +135,7 @@ def make_env_from_metadata(env_meta: dict, obs_keys=None, max_episode_steps: int
     a file written by our collector). robosuite envs (type 1) of any name are supported (e.g.
     ``TwoArmTransport``, ``ToolHang``), with robosuite 1.4-style controller configs converted;
     files from our collector (``asd_task`` recorded) rebuild that task with the stored kwargs.
+    ``cameras`` / ``image_size`` add camera observations as in :func:`make_env`.
     ``obs_keys`` default to robomimic's low-dim keys for every robot plus ``object``."""
     meta = dict(env_meta)
     task = meta.get("asd_task")
@@ -140,7 +152,9 @@ def make_env_from_metadata(env_meta: dict, obs_keys=None, max_episode_steps: int
         )
     from .robomimic_tasks import HORIZONS, RobomimicEnv
 
+    cameras, image_size = _pop_cameras(overrides)  # any of robosuite's cameras in the scene (env.CAMERAS)
     env = RobomimicEnv(meta["env_name"], env_meta=meta, obs_keys=obs_keys, **overrides)
+    env = _with_cameras(env, meta["env_name"], cameras, image_size)
     steps = max_episode_steps or HORIZONS.get(meta["env_name"], 400)
     return gym.wrappers.TimeLimit(env, max_episode_steps=steps)
 

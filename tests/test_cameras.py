@@ -147,4 +147,10 @@ def test_lift_cameras():
         assert asd_envs.get_task(task).cameras[:2] == ("agentview", "robot0_eye_in_hand")
     env = asd_envs.make_env("can", render_mode=None)
     assert set(env.unwrapped.CAMERAS) == set(asd_envs.get_task("can").cameras)  # TaskSpec lists the scene's cameras
+    meta = env.unwrapped.env_meta()
     env.close()
+    env = asd_envs.make_env_from_metadata(meta, render_mode=None, cameras=["birdview"], image_size=SIZE)
+    assert env.reset(seed=0)[0]["birdview_image"].shape == (SIZE, SIZE, 3)
+    env.close()
+    with pytest.raises(ValueError, match="no camera 'sideview'"):  # PickPlaceCan's scene has none
+        asd_envs.make_env_from_metadata(meta, render_mode=None, cameras=["sideview"])

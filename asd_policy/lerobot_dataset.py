@@ -78,7 +78,7 @@ def image_feature(image_key: str) -> str:
     return IMAGE_PREFIX + image_key.removesuffix("_image")
 
 
-def image_key(feature: str) -> str:
+def image_obs_key(feature: str) -> str:
     """A LeRobot image feature (``observation.images.<camera>``) as our observation key ``<camera>_image``."""
     return feature.removeprefix(IMAGE_PREFIX) + "_image"
 
@@ -253,7 +253,7 @@ def _read_images(root: str, shapes: Mapping[str, Sequence[int]]) -> dict[str, np
     from PIL import Image
 
     paths = sorted(glob.glob(os.path.join(root, "data", "*", "*.parquet")))
-    out: dict[str, list[np.ndarray]] = {image_key(k): [] for k in shapes}
+    out: dict[str, list[np.ndarray]] = {image_obs_key(k): [] for k in shapes}
     for path in paths:
         table = _read_parquet(path, list(shapes))
         for k, shape in shapes.items():
@@ -264,7 +264,7 @@ def _read_images(root: str, shapes: Mapping[str, Sequence[int]]) -> dict[str, np
                 if frame.shape != tuple(shape):
                     raise ValueError(f"{path!r}: row {i} of {k!r} is an image of shape {list(frame.shape)}, "
                                      f"but meta/info.json says {list(shape)}; {_FIX}")
-                out[image_key(k)].append(frame)
+                out[image_obs_key(k)].append(frame)
     return {k: np.stack(v) for k, v in out.items()}
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from asd_policy.lerobot_dataset import (
     ASD_KEY, CHUNKS_SIZE, CODEBASE_VERSION, DATA_FILES_SIZE_IN_MB, DATA_PATH, DEFAULT_FPS, EPISODES_PATH, INFO_PATH,
-    IMAGE_NAMES, QUANTILES, VIDEO_FILES_SIZE_IN_MB, VIDEO_PATH, _pyarrow, image_feature, read_info,
+    IMAGE_NAMES, QUANTILES, VIDEO_FILES_SIZE_IN_MB, VIDEO_PATH, _pyarrow, image_feature, image_obs_key, read_info,
 )
 
 __all__ = ["LeRobotWriter"]
@@ -103,13 +103,14 @@ class LeRobotWriter:
 
     def _add_images(self, obs: Sequence[Mapping[str, np.ndarray]]) -> None:
         """Encode an episode's frames as PNG now (kept compressed until close) and take LeRobot's episode stats."""
-        for key in self.image_keys:
-            frames = np.stack([np.asarray(o[key]) for o in obs])
-            feature = image_feature(key)
-            shape = self._image_shapes.setdefault(feature, frames.shape[1:])
+        episode = {image_feature(k): np.stack([np.asarray(o[k]) for o in obs]) for k in self.image_keys}
+        for feature, frames in episode.items():  # all checked before any is kept: a refused episode leaves no frames
+            shape = self._image_shapes.get(feature, frames.shape[1:])
             if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != shape or shape[-1] != 3:
-                raise ValueError(f"{key}: frames must be uint8 [T, H, W, 3] of one size ({list(shape)}), "
-                                 f"got {frames.dtype} {list(frames.shape)}")
+                raise ValueError(f"{image_obs_key(feature)}: frames must be uint8 [T, H, W, 3] of one size "
+                                 f"({list(shape)}), got {frames.dtype} {list(frames.shape)}")
+        for feature, frames in episode.items():
+            self._image_shapes[feature] = frames.shape[1:]
             self._pngs[feature] += [_png(f) for f in frames]
             self._episode_image_stats[feature].append(_image_stats(frames))
 
@@ -171,14 +172,19 @@ class LeRobotWriter:
             pq.write_table(_arrow_table({c: v[rows] for c, v in frames.items()}), path, compression="snappy")
         path = os.path.join(tmp, EPISODES_PATH.format(chunk_index=0, file_index=0))
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        per_episode = [{c: self._episode_image_stats[c][e] if c in self._episode_image_stats else _stats(v[starts[e]:starts[e + 1]])
-                        for c, v in frames.items()} for e in range(len(self._actions))]
+        per_episode, stats = self._feature_stats(frames, starts)
         pq.write_table(_arrow_table(_episode_columns(per_episode, starts, files, self.task_description)), path)
         pq.write_table(_tasks_table(self.task_description), os.path.join(tmp, "meta", "tasks.parquet"))
-        stats = {c: _aggregate_stats(self._episode_image_stats[c]) if c in self._episode_image_stats else _stats(v)
-                 for c, v in frames.items()}
         _write_json(os.path.join(tmp, "meta", "stats.json"), stats)
         _write_json(os.path.join(tmp, INFO_PATH), self._info(frames))
+
+    def _feature_stats(self, frames: dict[str, np.ndarray], starts: np.ndarray) -> tuple[list[dict], dict]:
+        """Each episode's statistics per feature, and the dataset's: LeRobot's image statistics for the frames
+        (taken as the episodes were added, then aggregated), ours over all values for the rest."""
+        images = self._episode_image_stats
+        per_episode = [{c: images[c][e] if c in images else _stats(v[a:b]) for c, v in frames.items()}
+                       for e, (a, b) in enumerate(zip(starts[:-1], starts[1:]))]
+        return per_episode, {c: _aggregate_stats(images[c]) if c in images else _stats(v) for c, v in frames.items()}
 
     def _info(self, frames: dict[str, np.ndarray]) -> dict:
         names = {"observation.state": self._names[: self._state_width],

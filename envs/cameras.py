@@ -24,10 +24,13 @@ import mujoco
 import numpy as np
 from gymnasium import spaces
 
+from asd_policy.config import TaskConfig
+
 from ._render import close_renderer, ensure_offscreen_size, make_renderer
 
-#: Side of the square images when cameras are asked for without a size (robomimic's image datasets: 84x84).
-DEFAULT_IMAGE_SIZE = 84
+#: Side of the square images when cameras are asked for without a size: the one default, on the setting
+#: (asd_policy.config is standard library only, so this costs no import of torch).
+DEFAULT_IMAGE_SIZE = TaskConfig.image_size
 IMAGE_SIZE_RANGE = (8, 1024)  # smaller is no picture; larger exceeds what an offscreen EGL buffer is sure to allow
 STATE_KEY = "state"
 

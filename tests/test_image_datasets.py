@@ -181,3 +181,19 @@ def test_collect_script_with_an_image_task(tmp_path):
                           "task.cameras=[agentveiw]", f"hydra.run.dir={tmp_path / 'run'}"],
                          capture_output=True, text=True, timeout=180, cwd=tmp_path)
     assert bad.returncode == 1 and "did you mean 'agentview'?" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_lerobot_writer_refuses_an_episode_with_bad_frames_whole(tmp_path):
+    from asd_policy.lerobot_export import LeRobotWriter
+
+    frame = np.full((8, 8, 3), 7, np.uint8)
+    good = [{"x": np.zeros(2), "a_image": frame, "b_image": frame}] * 3
+    with LeRobotWriter(tmp_path / "d", ["x"], fps=10, image_keys=["a_image", "b_image"]) as w:
+        w.add_episode(good, np.zeros((3, 1)))
+        bad = [{**o, "b_image": frame.astype(np.float32)} for o in good]
+        with pytest.raises(ValueError, match=r"b_image: frames must be uint8 \[T, H, W, 3\] of one size "
+                                             r"\(\[8, 8, 3\]\), got float32"):
+            w.add_episode(bad, np.zeros((3, 1)))
+    demos = load_demonstrations(tmp_path / "d")  # the refused episode left no frames behind
+    assert demos.num_samples == 3 and demos.image_keys == ("a_image", "b_image")
+    np.testing.assert_array_equal(demos.episodes[0].images["b_image"], np.stack([frame] * 3))

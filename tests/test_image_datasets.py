@@ -197,3 +197,35 @@ def test_lerobot_writer_refuses_an_episode_with_bad_frames_whole(tmp_path):
     demos = load_demonstrations(tmp_path / "d")  # the refused episode left no frames behind
     assert demos.num_samples == 3 and demos.image_keys == ("a_image", "b_image")
     np.testing.assert_array_equal(demos.episodes[0].images["b_image"], np.stack([frame] * 3))
+
+
+def test_a_collection_with_cameras_is_a_function_of_the_seed(collected, tmp_path):
+    """A fresh env and renderer draw the same frames: the files of two runs hold equal images."""
+    again = tmp_path / "again.hdf5"
+    collect("reach_around", 3, seed=2, output=str(again), env_overrides=CAMERAS, progress=False)
+    with h5py.File(collected["hdf5"], "r") as a, h5py.File(again, "r") as b:
+        for name in a["data"]:
+            np.testing.assert_array_equal(a[f"data/{name}/obs/top_image"][()], b[f"data/{name}/obs/top_image"][()])
+
+
+def test_lift_frames_under_robomimics_image_keys(tmp_path, robomimic_obs_utils):
+    """robosuite's agentview and wrist cameras land where robomimic's image datasets keep them."""
+    pytest.importorskip("robosuite")
+    from robomimic.utils.dataset import SequenceDataset
+
+    path = tmp_path / "lift.hdf5"
+    collect("lift", 1, seed=0, output=str(path), progress=False,
+            env_overrides={"cameras": ["agentview", "robot0_eye_in_hand"], "image_size": SIZE})
+    demos = load_demonstrations(path)
+    assert demos.image_keys == ("agentview_image", "robot0_eye_in_hand_image") and demos.obs_dim == 19
+    rgb = list(demos.image_keys)
+    robomimic_obs_utils.initialize_obs_utils_with_obs_specs({"obs": {"low_dim": list(demos.obs_keys), "rgb": rgb}})
+    ds = SequenceDataset(
+        hdf5_path=str(path), obs_keys=list(demos.obs_keys) + rgb, dataset_keys=("actions",), frame_stack=1,
+        seq_length=1, pad_frame_stack=True, pad_seq_length=True, get_pad_mask=False, goal_mode=None,
+        hdf5_cache_mode="all", hdf5_use_swmr=True, hdf5_normalize_obs=False, filter_by_attribute=None,
+    )
+    item = ds[len(demos.episodes[0]) - 1]
+    for key in rgb:
+        np.testing.assert_array_equal(item["obs"][key][0], demos.episodes[0].images[key][-1])
+        assert item["obs"][key][0].std() > 5  # a picture, not a blank frame

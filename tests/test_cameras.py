@@ -94,11 +94,6 @@ def test_bad_camera_settings_are_one_clear_error():
         TaskConfig(name="reach_around", env_kwargs={"cameras": ["top"]})
     with pytest.raises(ConfigError, match="needs a task known to asd_envs"):
         TaskConfig(cameras=["top"])
-    from asd_policy.evaluation import EvalConfig
-
-    with pytest.raises(ConfigError, match=r"evaluation runs state-only policies; evaluate on the state task \(task=lift"):
-        EvalConfig(task={"name": "lift", "cameras": ["agentview"]})
-
 
 def test_task_config_passes_cameras_to_make_env_and_state_tasks_stay_as_they_were():
     assert TaskConfig(name="lift").env_overrides() == {}
@@ -154,3 +149,16 @@ def test_lift_cameras():
     env.close()
     with pytest.raises(ValueError, match="no camera 'sideview'"):  # PickPlaceCan's scene has none
         asd_envs.make_env_from_metadata(meta, render_mode=None, cameras=["sideview"])
+
+
+def test_evaluation_and_training_rollouts_run_the_state_env_of_an_image_task():
+    """The policies read the flat state: an image task's evaluation (and so a training run's rollouts)
+    builds the state env from env_kwargs, as before; the cameras are for collecting."""
+    from asd_policy.evaluation import EvalConfig
+    from asd_policy.evaluation.inputs import task_env_fn
+
+    cfg = EvalConfig(task={"name": "reach_around", "cameras": ["top"]})
+    _, env_fn = task_env_fn(cfg.task.name, cfg.task.env_kwargs)  # what evaluation/runner.py passes
+    env = env_fn()
+    assert env.observation_space == asd_envs.make_env("reach_around").observation_space
+    env.close()

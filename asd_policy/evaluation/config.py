@@ -88,9 +88,6 @@ class EvalConfig:
         self._check()
 
     def _check(self) -> None:
-        if self.task.cameras:  # the policies read the flat state; a Dict observation would fail mid-rollout
-            raise ConfigError(f"task.cameras={self.task.cameras} asks for image observations, but evaluation runs "
-                              f"state-only policies; evaluate on the state task (task={self.task.name}, or task.cameras=[])")
         _at_least("episodes", self.episodes, 1)
         _at_least("num_envs", self.num_envs, 1)
         _at_least("videos", self.videos, 0)

@@ -95,6 +95,7 @@ def test_bad_camera_settings_are_one_clear_error():
     with pytest.raises(ConfigError, match="needs a task known to asd_envs"):
         TaskConfig(cameras=["top"])
 
+
 def test_task_config_passes_cameras_to_make_env_and_state_tasks_stay_as_they_were():
     assert TaskConfig(name="lift").env_overrides() == {}
     cfg = TaskConfig(name="reach_around", env_kwargs={"max_speed": 0.1}, cameras=["top"], image_size=SIZE)

@@ -139,12 +139,47 @@ class TaskConfig:
     # A LeRobot policy's feature -> the task's observation keys feeding it, in order (asd_policy.obs_map);
     # empty: the task's flat vector is the policy's as it is.
     obs_map: dict[str, list[str]] = field(default_factory=dict)
+    # Cameras rendered next to the state (names from asd_envs.get_task(name).cameras); empty: state only.
+    # With cameras the env's observation is a Dict: "state" and one "<camera>_image" per camera.
+    cameras: list[str] = field(default_factory=list)
+    image_size: int = 84  # side of the square camera images in pixels (robomimic's image datasets: 84)
 
     def __post_init__(self) -> None:
         self.env_kwargs = dict(self.env_kwargs or {})
         if not isinstance(self.obs_map or {}, Mapping):
             raise ConfigError(f"task.obs_map must map feature names to lists of observation keys, got {self.obs_map!r}")
         self.obs_map = {str(k): [v] if isinstance(v, str) else [str(x) for x in v] for k, v in (self.obs_map or {}).items()}
+        self._check_cameras()
+
+    def _check_cameras(self) -> None:
+        if isinstance(self.cameras, str):  # a bare name where a list belongs: say so (check_cameras would too)
+            raise ConfigError(f"task.cameras={self.cameras!r} is a string; give a list, e.g. task.cameras=[{self.cameras}]")
+        self.cameras = [str(c) for c in self.cameras or []]
+        for key in ("cameras", "image_size"):
+            if key in self.env_kwargs:
+                raise ConfigError(f"task.env_kwargs.{key} is set; set task.{key} instead (it is passed to make_env)")
+        if not self.cameras and self.image_size == TaskConfig.image_size:
+            return  # state only: no need to import the simulators
+        try:  # the task's camera names; a training-only install (no gymnasium / mujoco) cannot check them
+            import asd_envs
+            from asd_envs.cameras import check_cameras
+        except ImportError:
+            return
+        known = self.name in asd_envs.list_tasks()
+        if self.cameras and not known:
+            raise ConfigError(f"task.cameras needs a task known to asd_envs; task.name={self.name!r} is not one "
+                              f"(known: {', '.join(asd_envs.list_tasks())})")
+        available = asd_envs.get_task(self.name).cameras if known else ()
+        try:
+            check_cameras(str(self.name), self.cameras, available, self.image_size, field="task.")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+    def env_overrides(self) -> dict[str, Any]:
+        """The keyword arguments for ``asd_envs.make_env(name, ...)``: ``env_kwargs`` plus the cameras, if any."""
+        if not self.cameras:
+            return dict(self.env_kwargs)
+        return {**self.env_kwargs, "cameras": list(self.cameras), "image_size": self.image_size}
 
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")

@@ -38,6 +38,8 @@ class Episode:
     name: str
     obs: np.ndarray  # float32 [T, obs_dim]
     actions: np.ndarray  # float32 [T, action_dim]
+    # camera frames, uint8 [T, H, W, 3] per "<camera>_image" key; apart from obs, which the state policy reads
+    images: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -54,6 +56,7 @@ class Demonstrations:
     train_names: list[str]
     valid_names: list[str]
     masks: dict[str, list[str]] = field(default_factory=dict)
+    image_keys: tuple[str, ...] = ()  # the "<camera>_image" keys every episode's images hold
 
     @property
     def obs_dim(self) -> int:
@@ -120,8 +123,10 @@ def _default_obs_keys(data_attrs, env_args: dict, task_name: str | None, availab
     return tuple(keys)
 
 
-def load_demonstrations(path: str | os.PathLike, obs_keys: Sequence[str] | None = None) -> Demonstrations:
-    """Load every demo of a robomimic-format hdf5 file or a LeRobot v3.0 dataset directory (see module docstring)."""
+def load_demonstrations(path: str | os.PathLike, obs_keys: Sequence[str] | None = None,
+                        images: bool = True) -> Demonstrations:
+    """Load every demo of a robomimic-format hdf5 file or a LeRobot v3.0 dataset directory (see module docstring).
+    With ``images`` (default), camera frames are read too: ``episode.images["<camera>_image"]``."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(
@@ -132,7 +137,7 @@ def load_demonstrations(path: str | os.PathLike, obs_keys: Sequence[str] | None 
     if os.path.isdir(path):  # a LeRobot v3.0 dataset root (parquet; asd_policy/lerobot_dataset.py)
         from asd_policy.lerobot_dataset import load_lerobot_dataset
 
-        return load_lerobot_dataset(path, obs_keys)
+        return load_lerobot_dataset(path, obs_keys, images)
     import h5py
 
     try:
@@ -143,12 +148,12 @@ def load_demonstrations(path: str | os.PathLike, obs_keys: Sequence[str] | None 
         ) from None
     try:
         with f:
-            return _read(f, path, obs_keys)
+            return _read(f, path, obs_keys, images)
     except (OSError, RuntimeError, KeyError) as e:  # corrupt chunks / broken links while reading
         raise ValueError(f"{path!r} could not be read (corrupt file?): {e}; {_FIX}") from None
 
 
-def _read(f, path: str, obs_keys: Sequence[str] | None) -> Demonstrations:
+def _read(f, path: str, obs_keys: Sequence[str] | None, images: bool) -> Demonstrations:
     import h5py
 
     if "data" not in f:
@@ -173,11 +178,13 @@ def _read(f, path: str, obs_keys: Sequence[str] | None) -> Demonstrations:
                 f"(available: {available})"
             )
     obs_keys = tuple(obs_keys)
+    image_keys = tuple(k for k in available if _is_image(first["obs"][k])) if images else ()
 
     episodes: list[Episode] = []
     key_dims: tuple[int, ...] | None = None
     for name in names:
         episode, dims = _read_episode(data[name], name, obs_keys, path)
+        episode.images = _read_images(data[name], name, image_keys, len(episode), path)
         if key_dims is None:
             key_dims = dims
         elif dims != key_dims:
@@ -194,7 +201,25 @@ def _read(f, path: str, obs_keys: Sequence[str] | None) -> Demonstrations:
         train_names=sorted(masks.get("train", list(names)), key=_demo_sort_key),
         valid_names=sorted(masks.get("valid", []), key=_demo_sort_key),
         masks=masks,
+        image_keys=image_keys,
     )
+
+
+def _is_image(ds) -> bool:
+    """Camera frames, as robomimic's image datasets store them: uint8 [T, H, W, 3]."""
+    return ds.dtype == np.uint8 and ds.ndim == 4 and ds.shape[-1] == 3
+
+
+def _read_images(g, name: str, image_keys: Sequence[str], T: int, path: str) -> dict[str, np.ndarray]:
+    """The demo's camera frames under obs/<camera>_image, each uint8 [T, H, W, 3]."""
+    out = {}
+    for key in image_keys:
+        if key not in g["obs"] or not _is_image(g["obs"][key]) or len(g["obs"][key]) != T:
+            found = f"shape {g['obs'][key].shape}, {g['obs'][key].dtype}" if key in g["obs"] else "missing"
+            raise ValueError(f"{path!r}: demo {name!r} obs/{key} ({found}) is not uint8 [{T}, H, W, 3] frames "
+                             f"as in the first demo; {_FIX}, or pass images=False to read the state alone")
+        out[key] = g["obs"][key][()]
+    return out
 
 
 def _env_metadata(attrs, path: str) -> tuple[dict, str | None]:

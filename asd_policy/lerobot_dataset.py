@@ -8,13 +8,16 @@ The layout (lerobot 0.4.4's ``LeRobotDataset``, codebase version ``v3.0``) is a 
     meta/episodes/chunk-000/file-000.parquet  per episode: length, dataset_from_index / dataset_to_index (its
                                               rows in the data files), data/chunk_index, data/file_index, stats/*
     data/chunk-000/file-000.parquet           per frame: observation.state[, observation.environment_state],
+                                              [observation.images.<camera> (PNG bytes, HF datasets' Image struct),]
                                               action, timestamp, frame_index, episode_index, index, task_index
-    videos/<camera>/chunk-000/file-000.mp4    camera features (not read: the policy is state-only)
+    videos/<camera>/chunk-000/file-000.mp4    video camera features (not read)
 
 Reading (``asd_policy.data.load_demonstrations`` on a directory): the observation is ``observation.state``
 then ``observation.environment_state`` (when present), as LeRobot's diffusion policy concatenates them; the
-``obs_keys`` are those feature names. Episodes come from ``meta/episodes`` (else the ``episode_index``
-column). Only pyarrow is needed (``pip install -e ".[lerobot]"``), not ``datasets`` or ``lerobot``.
+``obs_keys`` are those feature names. Image features ``observation.images.<camera>`` are decoded into each
+episode's ``images["<camera>_image"]`` (uint8 [T, H, W, 3]), apart from the flat observation. Episodes come
+from ``meta/episodes`` (else the ``episode_index`` column). Only pyarrow is needed (``pip install -e ".[lerobot]"``;
+Pillow too for image features), not ``datasets`` or ``lerobot``.
 
 Writing: :class:`asd_policy.lerobot_export.LeRobotWriter` (``scripts/collect.py format=lerobot``), with the
 layout constants defined here.
@@ -22,6 +25,7 @@ layout constants defined here.
 from __future__ import annotations
 
 import glob
+import io
 import json
 import os
 from typing import Mapping, Sequence
@@ -45,6 +49,8 @@ DATA_FILES_SIZE_IN_MB = 100  # a data file is closed before it grows past this, 
 VIDEO_FILES_SIZE_IN_MB = 200
 QUANTILES = (0.01, 0.10, 0.50, 0.90, 0.99)  # LeRobot 0.4.4's stats carry q01 ... q99
 ASD_KEY = "asd_policy"  # our extra block in info.json
+IMAGE_PREFIX = "observation.images."  # a camera's feature: observation.images.<camera>
+IMAGE_NAMES = ("height", "width", "channels")  # an image feature's axis names, as LeRobot's
 DEFAULT_FPS = 10  # only when the task's control rate is unknown (every registered task knows its rate)
 _NOT_STATE = ("image", "video", "string")
 _FIX = "the dataset is incomplete or damaged: copy or download it again, or re-export it with " \
@@ -65,6 +71,16 @@ def _pyarrow():
             'LeRobot datasets are parquet files and need pyarrow: pip install -e ".[lerobot]"'
         ) from None
     return pa, pc, pq
+
+
+def image_feature(image_key: str) -> str:
+    """A camera's observation key (``<camera>_image``, robomimic's naming) as its LeRobot feature."""
+    return IMAGE_PREFIX + image_key.removesuffix("_image")
+
+
+def image_obs_key(feature: str) -> str:
+    """A LeRobot image feature (``observation.images.<camera>``) as our observation key ``<camera>_image``."""
+    return feature.removeprefix(IMAGE_PREFIX) + "_image"
 
 
 # ------------------------------------------------------------------------------------------ reading
@@ -231,8 +247,32 @@ def _episode_ranges(root: str, info: dict, episode_index: np.ndarray) -> list[tu
     return ranges
 
 
-def load_lerobot_dataset(root: str | os.PathLike, obs_keys: Sequence[str] | None = None) -> Demonstrations:
-    """Every episode of a LeRobot v3.0 dataset (see module docstring) as :class:`Demonstrations`."""
+def _read_images(root: str, shapes: Mapping[str, Sequence[int]]) -> dict[str, np.ndarray]:
+    """The image features ``shapes`` names, decoded (PNG or any format PIL reads) to uint8 [rows, H, W, 3]
+    over all data files in LeRobot's order, under our keys ``<camera>_image``."""
+    from PIL import Image
+
+    paths = sorted(glob.glob(os.path.join(root, "data", "*", "*.parquet")))
+    out: dict[str, list[np.ndarray]] = {image_obs_key(k): [] for k in shapes}
+    for path in paths:
+        table = _read_parquet(path, list(shapes))
+        for k, shape in shapes.items():
+            for i, cell in enumerate(table.column(k).to_pylist()):
+                if not cell or cell.get("bytes") is None:
+                    raise ValueError(f"{path!r}: row {i} of image column {k!r} holds no image bytes; {_FIX}")
+                frame = np.asarray(Image.open(io.BytesIO(cell["bytes"])).convert("RGB"))
+                if frame.shape != tuple(shape):
+                    raise ValueError(f"{path!r}: row {i} of {k!r} is an image of shape {list(frame.shape)}, "
+                                     f"but meta/info.json says {list(shape)}; {_FIX}")
+                out[image_obs_key(k)].append(frame)
+    return {k: np.stack(v) for k, v in out.items()}
+
+
+def load_lerobot_dataset(root: str | os.PathLike, obs_keys: Sequence[str] | None = None,
+                         images: bool = True) -> Demonstrations:
+    """Every episode of a LeRobot v3.0 dataset (see module docstring) as :class:`Demonstrations`; with
+    ``images``, each episode's ``images`` holds every image feature ``observation.images.<cam>`` as
+    ``<cam>_image`` (uint8 [T, H, W, 3]). Video features are not decoded."""
     root = os.fspath(root)
     info = read_info(root)
     info_path = os.path.join(root, INFO_PATH)
@@ -246,7 +286,10 @@ def load_lerobot_dataset(root: str | os.PathLike, obs_keys: Sequence[str] | None
     if not (np.isfinite(obs).all() and np.isfinite(actions).all()):
         raise ValueError(f"{root!r}: the data contain NaN or inf values; {_FIX}")
     ranges = _episode_ranges(root, info, frames["episode_index"][:, 0].astype(np.int64))
-    episodes = [Episode(f"episode_{e}", obs[a:b], actions[a:b]) for e, a, b in ranges]
+    shapes = {k: ft["shape"] for k, ft in features.items() if ft["dtype"] == "image"} if images else {}
+    frames_of = _read_images(root, shapes) if shapes else {}
+    episodes = [Episode(f"episode_{e}", obs[a:b], actions[a:b], {k: v[a:b] for k, v in frames_of.items()})
+                for e, a, b in ranges]
     ours = info.get(ASD_KEY) if isinstance(info.get(ASD_KEY), dict) else {}
     valid = {f"episode_{e}" for e in ours.get("valid_episodes", [])}
     names = [ep.name for ep in episodes]
@@ -258,6 +301,7 @@ def load_lerobot_dataset(root: str | os.PathLike, obs_keys: Sequence[str] | None
         path=root, episodes=episodes, obs_keys=obs_keys, obs_key_dims=tuple(widths[k] for k in obs_keys),
         env_args=dict(ours.get("env_args") or {}), task_name=ours.get("task"),
         train_names=split["train"], valid_names=split["valid"], masks=split if "valid_episodes" in ours else {},
+        image_keys=tuple(frames_of),
     )
 
 

@@ -9,6 +9,7 @@ back as its hdf5 file does. Simulator states and MJCF are not kept.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -19,7 +20,7 @@ import numpy as np
 
 from asd_policy.lerobot_dataset import (
     ASD_KEY, CHUNKS_SIZE, CODEBASE_VERSION, DATA_FILES_SIZE_IN_MB, DATA_PATH, DEFAULT_FPS, EPISODES_PATH, INFO_PATH,
-    QUANTILES, VIDEO_FILES_SIZE_IN_MB, VIDEO_PATH, _pyarrow, read_info,
+    IMAGE_NAMES, QUANTILES, VIDEO_FILES_SIZE_IN_MB, VIDEO_PATH, _pyarrow, image_feature, image_obs_key, read_info,
 )
 
 __all__ = ["LeRobotWriter"]
@@ -34,7 +35,9 @@ class LeRobotWriter:
             w.add_episode(obs, actions)   # obs: T dicts over obs_keys; actions [T, A]
 
     ``observation.state`` is the observation's first ``state_keys`` (default: all of ``obs_keys``) and
-    ``observation.environment_state`` the rest, so the two concatenated are the flat observation. LeRobot's
+    ``observation.environment_state`` the rest, so the two concatenated are the flat observation.
+    ``image_keys`` (e.g. ``["agentview_image"]``, uint8 [H, W, 3] in every observation dict) become the
+    image features ``observation.images.<camera>``: PNG bytes in the parquet, as LeRobot writes them. LeRobot's
     diffusion policy needs an environment state (or a camera) besides the state, hence the split.
     ``root`` may exist if it is empty or a dataset this writer wrote (it is replaced, as an hdf5 output
     file is); anything else there is an error, so a mistyped output never deletes a directory. The valid
@@ -53,6 +56,7 @@ class LeRobotWriter:
         robot_type: str | None = None,
         valid_fraction: float = 0.1,
         split_seed: int = 0,
+        image_keys: Sequence[str] = (),
     ):
         _pyarrow()  # missing pyarrow stops a collection before it starts, not after
         self.root = os.fspath(root)
@@ -74,6 +78,10 @@ class LeRobotWriter:
         self._names: list[str] = []  # one per dimension of the flat observation
         self._state_width = 0
         self._closed = False
+        self.image_keys = tuple(image_keys)
+        self._pngs: dict[str, list[bytes]] = {image_feature(k): [] for k in self.image_keys}
+        self._episode_image_stats: dict[str, list[dict]] = {image_feature(k): [] for k in self.image_keys}
+        self._image_shapes: dict[str, tuple[int, ...]] = {}
 
     def add_episode(self, obs: Sequence[Mapping[str, np.ndarray]], actions: np.ndarray) -> str:
         """One episode: ``obs[t]`` (a dict over ``obs_keys``) is the observation action ``t`` was taken in."""
@@ -88,9 +96,23 @@ class LeRobotWriter:
         if not self._obs:
             self._names = [k if p.shape[1] == 1 else f"{k}_{i}" for k, p in parts.items() for i in range(p.shape[1])]
             self._state_width = sum(parts[k].shape[1] for k in self.state_keys)
+        self._add_images(obs)
         self._obs.append(flat)
         self._actions.append(actions)
         return f"episode_{len(self._obs) - 1}"
+
+    def _add_images(self, obs: Sequence[Mapping[str, np.ndarray]]) -> None:
+        """Encode an episode's frames as PNG now (kept compressed until close) and take LeRobot's episode stats."""
+        episode = {image_feature(k): np.stack([np.asarray(o[k]) for o in obs]) for k in self.image_keys}
+        for feature, frames in episode.items():  # all checked before any is kept: a refused episode leaves no frames
+            shape = self._image_shapes.get(feature, frames.shape[1:])
+            if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != shape or shape[-1] != 3:
+                raise ValueError(f"{image_obs_key(feature)}: frames must be uint8 [T, H, W, 3] of one size "
+                                 f"({list(shape)}), got {frames.dtype} {list(frames.shape)}")
+        for feature, frames in episode.items():
+            self._image_shapes[feature] = frames.shape[1:]
+            self._pngs[feature] += [_png(f) for f in frames]
+            self._episode_image_stats[feature].append(_image_stats(frames))
 
     def close(self) -> None:
         if self._closed:
@@ -110,6 +132,7 @@ class LeRobotWriter:
 
     def abort(self) -> None:
         self._obs.clear()
+        self._pngs.clear()
         self._closed = True
 
     def __enter__(self):
@@ -124,6 +147,7 @@ class LeRobotWriter:
         frames = {"observation.state": obs[:, :w]}
         if w < obs.shape[1]:
             frames["observation.environment_state"] = obs[:, w:]
+        frames.update({k: np.array(v, dtype=object) for k, v in self._pngs.items()})  # PNG bytes per frame
         frame_index = np.concatenate([np.arange(len(a), dtype=np.int64) for a in self._actions])
         n = len(frame_index)
         return {
@@ -148,10 +172,19 @@ class LeRobotWriter:
             pq.write_table(_arrow_table({c: v[rows] for c, v in frames.items()}), path, compression="snappy")
         path = os.path.join(tmp, EPISODES_PATH.format(chunk_index=0, file_index=0))
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        pq.write_table(_arrow_table(_episode_columns(frames, starts, files, self.task_description)), path)
+        per_episode, stats = self._feature_stats(frames, starts)
+        pq.write_table(_arrow_table(_episode_columns(per_episode, starts, files, self.task_description)), path)
         pq.write_table(_tasks_table(self.task_description), os.path.join(tmp, "meta", "tasks.parquet"))
-        _write_json(os.path.join(tmp, "meta", "stats.json"), {c: _stats(v) for c, v in frames.items()})
+        _write_json(os.path.join(tmp, "meta", "stats.json"), stats)
         _write_json(os.path.join(tmp, INFO_PATH), self._info(frames))
+
+    def _feature_stats(self, frames: dict[str, np.ndarray], starts: np.ndarray) -> tuple[list[dict], dict]:
+        """Each episode's statistics per feature, and the dataset's: LeRobot's image statistics for the frames
+        (taken as the episodes were added, then aggregated), ours over all values for the rest."""
+        images = self._episode_image_stats
+        per_episode = [{c: images[c][e] if c in images else _stats(v[a:b]) for c, v in frames.items()}
+                       for e, (a, b) in enumerate(zip(starts[:-1], starts[1:]))]
+        return per_episode, {c: _aggregate_stats(images[c]) if c in images else _stats(v) for c, v in frames.items()}
 
     def _info(self, frames: dict[str, np.ndarray]) -> dict:
         names = {"observation.state": self._names[: self._state_width],
@@ -159,6 +192,8 @@ class LeRobotWriter:
                  "action": [f"action_{i}" for i in range(frames["action"].shape[1])]}
         features = {c: {"dtype": str(v.dtype), "shape": [v.shape[1] if v.ndim == 2 else 1], "names": names.get(c)}
                     for c, v in frames.items()}
+        features.update({c: {"dtype": "image", "shape": list(shape), "names": list(IMAGE_NAMES)}
+                         for c, shape in self._image_shapes.items()})
         n = len(self._obs)
         # the (random) valid split as RobomimicWriter.close draws it, so both formats of a collection agree
         n_valid = int(round(self.valid_fraction * n)) if n > 1 else 0
@@ -177,7 +212,7 @@ class LeRobotWriter:
 def _data_files(lengths: Sequence[int], frames: dict[str, np.ndarray]) -> list[int]:
     """The data file (a running number: chunk * CHUNKS_SIZE + file) of each episode. As LeRobot, an
     episode never spans two files and a file is closed before it passes DATA_FILES_SIZE_IN_MB."""
-    frame_bytes = sum(v[0].nbytes for v in frames.values())
+    frame_bytes = sum(v[0].nbytes if v.dtype != object else np.mean([len(b) for b in v]) for v in frames.values())
     per_file = max(1, DATA_FILES_SIZE_IN_MB * 2**20 // frame_bytes)
     files, k, used = [], 0, 0
     for T in lengths:
@@ -188,8 +223,8 @@ def _data_files(lengths: Sequence[int], frames: dict[str, np.ndarray]) -> list[i
     return files
 
 
-def _episode_columns(frames: dict, starts: np.ndarray, files: Sequence[int], task: str) -> dict[str, list]:
-    """meta/episodes' columns, as lerobot 0.4.4 writes them (stats per episode included)."""
+def _episode_columns(per_episode: list[dict], starts: np.ndarray, files: Sequence[int], task: str) -> dict[str, list]:
+    """meta/episodes' columns, as lerobot 0.4.4 writes them (``per_episode``: each episode's stats per feature)."""
     n = len(files)
     cols: dict[str, list] = {
         "episode_index": list(range(n)),
@@ -200,8 +235,7 @@ def _episode_columns(frames: dict, starts: np.ndarray, files: Sequence[int], tas
         "dataset_from_index": starts[:-1].tolist(),
         "dataset_to_index": starts[1:].tolist(),
     }
-    per_episode = [{c: _stats(v[starts[e]:starts[e + 1]]) for c, v in frames.items()} for e in range(n)]
-    for c in frames:
+    for c in per_episode[0]:
         for s in per_episode[0][c]:
             cols[f"stats/{c}/{s}"] = [ep[c][s] for ep in per_episode]
     cols["meta/episodes/chunk_index"] = [0] * n
@@ -220,15 +254,67 @@ def _stats(values: np.ndarray) -> dict[str, list]:
 
 
 def _arrow_table(columns: Mapping[str, Any]):
-    """A pyarrow table: 2-D arrays become fixed-size lists (what LeRobot's 1-D features are), the rest as given."""
+    """A pyarrow table: 2-D arrays become fixed-size lists (what LeRobot's 1-D features are), PNG bytes
+    image structs, the rest as given."""
     pa, _, _ = _pyarrow()
     arrays = {}
     for name, v in columns.items():
-        if isinstance(v, np.ndarray) and v.ndim == 2:
+        if isinstance(v, np.ndarray) and v.dtype == object:
+            arrays[name] = _image_structs(v, columns["frame_index"])
+        elif isinstance(v, np.ndarray) and v.ndim == 2:
             arrays[name] = pa.FixedSizeListArray.from_arrays(pa.array(v.reshape(-1)), v.shape[1])
         else:
             arrays[name] = pa.array(v)
     return pa.table(arrays)
+
+
+def _image_structs(pngs: np.ndarray, frame_index: np.ndarray):
+    """PNG bytes as the struct of HF datasets' ``Image`` feature, with the file name LeRobot's embedding keeps."""
+    pa, _, _ = _pyarrow()
+    paths = [f"frame-{i:06d}.png" for i in frame_index.tolist()]
+    return pa.StructArray.from_arrays([pa.array(list(pngs), pa.binary()), pa.array(paths, pa.string())],
+                                      names=["bytes", "path"])
+
+
+def _png(frame: np.ndarray) -> bytes:
+    """One frame as PNG, at the compression level LeRobot saves image features with (6)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(frame).save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+def _sample_indices(n: int) -> np.ndarray:
+    """The frames LeRobot's compute_stats samples from an episode of ``n`` (all below 100, then ~n**0.75)."""
+    k = n if n < 100 else max(100, min(int(n**0.75), 10_000))
+    return np.round(np.linspace(0, n - 1, k)).astype(int)
+
+
+def _image_stats(frames: np.ndarray) -> dict[str, list]:
+    """LeRobot's statistics of an episode's images: per channel, over the sampled frames (downsampled past
+    300 pixels), pixels scaled to [0, 1], each statistic of shape [3, 1, 1]; count = frames sampled."""
+    sample = frames[_sample_indices(len(frames))]
+    h, w = sample.shape[1:3]
+    if max(h, w) > 300:
+        step = int(w / 150) if w > h else int(h / 150)
+        sample = sample[:, ::step, ::step]
+    per_channel = _stats(sample.reshape(-1, 3).astype(np.float64) / 255.0)
+    out = {k: np.asarray(v).reshape(3, 1, 1).tolist() for k, v in per_channel.items() if k != "count"}
+    return {**out, "count": [len(sample)]}
+
+
+def _aggregate_stats(episodes: list[dict]) -> dict[str, list]:
+    """The dataset's statistics from its episodes', as LeRobot's aggregate_feature_stats: count-weighted means,
+    variances and quantiles (the spread of the episode means included), extreme min / max."""
+    counts = np.array([s["count"][0] for s in episodes], dtype=np.float64)
+    weights = (counts / counts.sum())[:, None, None, None]
+    get = {k: np.array([s[k] for s in episodes], dtype=np.float64) for k in episodes[0] if k != "count"}
+    mean = (weights * get["mean"]).sum(0)
+    var = (weights * (get["std"] ** 2 + (get["mean"] - mean) ** 2)).sum(0)
+    out = {k: (weights * v).sum(0) for k, v in get.items() if k.startswith("q")}
+    out.update(min=get["min"].min(0), max=get["max"].max(0), mean=mean, std=np.sqrt(var))
+    return {**{k: v.tolist() for k, v in out.items()}, "count": [int(counts.sum())]}
 
 
 def _tasks_table(task: str):

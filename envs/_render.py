@@ -16,6 +16,12 @@ def make_renderer(model, height: int, width: int) -> mujoco.Renderer:
     return r
 
 
+def ensure_offscreen_size(model, height: int, width: int) -> None:
+    """Grow the model's offscreen buffer to fit a frame (mujoco.Renderer refuses larger frames)."""
+    model.vis.global_.offwidth = max(model.vis.global_.offwidth, width)
+    model.vis.global_.offheight = max(model.vis.global_.offheight, height)
+
+
 def close_renderer(r) -> None:
     if r is None:
         return

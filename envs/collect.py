@@ -23,6 +23,7 @@ import numpy as np
 
 from asd_policy.config import ConfigError, TaskConfig, check_choice, coerce_nested
 
+from .cameras import STATE_KEY, image_key
 from .dataset import RobomimicWriter
 from .registry import get_task, make_env, make_expert
 
@@ -55,10 +56,12 @@ class CollectConfig:
         _check_output(self.output_path(), self.format)
 
     def output_path(self) -> str:
-        """``output`` (``~`` expanded), else ``data/<task>.hdf5`` or, for LeRobot, ``data/<task>``."""
+        """``output`` (``~`` expanded), else ``data/<task>.hdf5`` or, for LeRobot, ``data/<task>``
+        (``<task>_image`` with cameras, so that images never overwrite a state-only collection)."""
         if self.output:
             return os.path.expanduser(self.output)
-        return os.path.join("data", f"{self.task.name}.hdf5" if self.format == "hdf5" else str(self.task.name))
+        name = f"{self.task.name}_image" if self.task.cameras else str(self.task.name)
+        return os.path.join("data", f"{name}.hdf5" if self.format == "hdf5" else name)
 
 
 def _check_output(output: str, format: str) -> None:
@@ -101,26 +104,32 @@ class CollectSummary:
         return d
 
 
+def _obs_dict(sim, obs) -> dict[str, np.ndarray]:
+    """The per-key observation to record: the task's keys, plus the camera frames of a Dict observation."""
+    images = {k: v for k, v in obs.items() if k != STATE_KEY} if isinstance(obs, dict) else {}
+    return {**sim.get_obs_dict(), **images}
+
+
 def run_expert_episode(env, expert, seed: int, rng: np.random.Generator) -> dict[str, Any]:
     """One expert episode from ``env.reset(seed=seed)``; stops at the first success (the
     recorded episode ends on the step that solves the task, as in robomimic's datasets) or at
-    the time limit."""
+    the time limit. With cameras, each recorded observation holds the frames too."""
     sim = env.unwrapped
     obs, info = env.reset(seed=seed)
     expert.reset(rng=rng)
     # robosuite rebuilds its MJCF at reset: robomimic keeps it per demo (``model_file``)
     model_file = sim.model_xml() if hasattr(sim, "model_xml") else None
-    obs_dicts = [sim.get_obs_dict()]
+    obs_dicts = [_obs_dict(sim, obs)]
     actions, rewards, states = [], [], []
     success = False
     step_time = 0.0
     while True:
         states.append(sim.get_state())
-        action = expert.act(obs)
+        action = expert.act(obs[STATE_KEY] if isinstance(obs, dict) else obs)
         t0 = time.perf_counter()
         obs, reward, terminated, truncated, info = env.step(action)
         step_time += time.perf_counter() - t0
-        obs_dicts.append(sim.get_obs_dict())
+        obs_dicts.append(_obs_dict(sim, obs))
         actions.append(np.asarray(action, dtype=np.float64))
         rewards.append(float(reward))
         success = bool(info.get("is_success", False))
@@ -154,7 +163,8 @@ def collect(
 ) -> CollectSummary:
     """Collect ``num_demos`` successful expert episodes (trying at most ``max_attempts``
     episodes, default ``2 * num_demos + 10``) into ``output`` in ``format`` (see :data:`FORMATS`).
-    ``num_demos=100 max_attempts=100`` measures the expert's success rate over exactly 100 seeded episodes."""
+    ``num_demos=100 max_attempts=100`` measures the expert's success rate over exactly 100 seeded episodes.
+    ``env_overrides`` with ``cameras`` (``TaskConfig.env_overrides()``) records their frames as well."""
     if num_demos < 1:
         raise ValueError(f"num_demos must be >= 1, got {num_demos}")
     check_choice("format", format, FORMATS)
@@ -179,7 +189,8 @@ def collect(
     t_start = time.perf_counter()
     kept = episodes = successes = steps = 0
     step_time, step_count = 0.0, 0
-    with _open_writer(format, output, spec, env_args, valid_fraction, seed) as w:
+    cameras = list(overrides.get("cameras") or [])
+    with _open_writer(format, output, spec, env_args, valid_fraction, seed, cameras) as w:
         while kept < num_demos and episodes < max_attempts:
             ep = run_expert_episode(env, expert, seed + episodes, np.random.default_rng([seed, episodes]))
             episodes += 1
@@ -205,14 +216,16 @@ def collect(
     )
 
 
-def _open_writer(format: str, output: str, spec, env_args: dict, valid_fraction: float, seed: int):
-    if format == "hdf5":
+def _open_writer(format: str, output: str, spec, env_args: dict, valid_fraction: float, seed: int,
+                 cameras: list[str]):
+    if format == "hdf5":  # the frames are obs/<camera>_image, as in robomimic's image datasets
         return RobomimicWriter(output, env_args, spec.name, spec.obs_keys, valid_fraction, split_seed=seed)
     from asd_policy.lerobot_export import LeRobotWriter  # pyarrow only when asked for
 
     return LeRobotWriter(output, spec.obs_keys, spec.state_keys, fps=spec.control_hz, task_name=spec.name,
                          env_args=env_args, task_description=spec.description or spec.name, robot_type=spec.name,
-                         valid_fraction=valid_fraction, split_seed=seed)
+                         valid_fraction=valid_fraction, split_seed=seed,
+                         image_keys=[image_key(c) for c in cameras])
 
 
 def _add_episode(writer, ep: dict[str, Any]) -> None:

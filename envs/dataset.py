@@ -4,7 +4,8 @@ Layout written (the one robomimic's ``SequenceDataset`` and the real robomimic d
 
     data/                       attrs: total (int), env_args (JSON str), asd_task, asd_obs_keys (JSON list)
       demo_0/                   attrs: num_samples (int)[, model_file (robosuite MJCF xml)]
-        obs/<key>               [T, ...]  observation at step t
+        obs/<key>               [T, ...]  observation at step t; camera frames as obs/<camera>_image,
+                                          uint8 [T, H, W, 3] (gzip-compressed), as robomimic's image datasets
         next_obs/<key>          [T, ...]  observation after action t
         actions                 [T, A]
         rewards                 [T]
@@ -51,6 +52,10 @@ class RobomimicWriter:
         self.total = 0
 
     def _ds(self, group: h5py.Group, name: str, arr: np.ndarray) -> None:
+        if arr.dtype == np.uint8 and arr.ndim == 4:  # camera frames [T, H, W, 3]: rendered scenes compress well
+            group.create_dataset(name, data=arr, track_times=False, chunks=(1, *arr.shape[1:]),
+                                 compression="gzip", compression_opts=4)
+            return
         group.create_dataset(name, data=arr, track_times=False)
 
     def add_episode(

@@ -21,6 +21,12 @@ OBS_KEYS = ("observation", "achieved_goal", "desired_goal")
 OBS_KEY_DIMS = (25, 3, 3)
 GYM_IDS = {"fetch_push": "FetchPush-v4", "fetch_pick_place": "FetchPickAndPlace-v4"}
 CONTROL_HZ = 25.0
+CAMERAS = {
+    "front": {"lookat": (1.3, 0.75, 0.42), "distance": 1.0, "azimuth": 180.0, "elevation": -50.0},
+    "external_camera_0": "external_camera_0",
+    "head_camera_rgb": "head_camera_rgb",
+    "gripper_camera_rgb": "gripper_camera_rgb",
+}
 MAX_EPISODE_STEPS = 50
 
 
@@ -36,6 +42,8 @@ def _import():
 
 class FetchEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": int(CONTROL_HZ)}
+    #: cameras for image observations (asd_envs.cameras): the scene's own, plus a fixed free camera
+    CAMERAS = CAMERAS
 
     def __init__(self, gym_id: str, render_mode: str | None = "rgb_array",
                  render_size: tuple[int, int] | int = 480, terminate_on_success: bool = True,
@@ -63,6 +71,11 @@ class FetchEnv(gym.Env):
     # -- privileged state / dataset hooks --------------------------------------------------------
     def get_obs_dict(self) -> dict[str, np.ndarray]:
         return {k: v.copy() for k, v in self._last.items()}
+
+    def mujoco_scene(self):
+        # gymnasium-robotics moves the goal marker (site target0) to the goal only when it renders
+        self.inner._render_callback()
+        return self.inner.model, self.inner.data
 
     def get_state(self) -> np.ndarray:
         """[time, qpos, qvel, mocap_pos, mocap_quat, goal] (float64)."""

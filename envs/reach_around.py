@@ -42,6 +42,8 @@ SUCCESS_RADIUS = 0.03
 
 class ReachAroundEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": int(CONTROL_HZ)}
+    #: cameras for image observations (asd_envs.cameras): the MJCF's overhead camera sees the whole arena
+    CAMERAS = {"top": "top"}
 
     def __init__(
         self,
@@ -89,6 +91,9 @@ class ReachAroundEnv(gym.Env):
     @property
     def obstacle_pos(self) -> np.ndarray:
         return self.model.body_pos[self._obstacle_body, :2].copy()
+
+    def mujoco_scene(self) -> tuple[mujoco.MjModel, mujoco.MjData]:
+        return self.model, self.data
 
     def get_state(self) -> np.ndarray:
         """Flat simulator state: [time, qpos(2), qvel(2), goal(2), obstacle(2)] (float64)."""

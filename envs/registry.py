@@ -34,6 +34,7 @@ class TaskSpec:
     entry_point: str = ""  # "module:function" building the unwrapped env from (spec, **overrides)
     expert_entry_point: str = ""  # "module:Class" of the scripted expert
     state_keys: tuple[str, ...] = ()  # a prefix of obs_keys: the agent's own state
+    cameras: tuple[str, ...] = ()  # cameras make_env(cameras=[...]) can render (asd_envs.cameras), first the default
     env_kwargs: dict = field(default_factory=dict, hash=False, compare=False)
 
     @property
@@ -79,13 +80,35 @@ def make_env(task_name: str, **overrides: Any) -> gym.Env:
     order), Box action in [-1, 1], ``info["is_success"]`` on every step, wrapped in a TimeLimit.
 
     ``overrides`` go to the task's constructor (e.g. ``render_mode``, ``max_episode_steps``,
-    ``render_size``; see docs/tasks.md for each task's options).
+    ``render_size``; see docs/tasks.md for each task's options), except ``cameras`` (names from
+    ``TaskSpec.cameras``) and ``image_size`` (default 84): with cameras, the observation is a
+    ``Dict`` of ``"state"`` (the flat vector) and ``"<camera>_image"`` (uint8 HxWx3) per camera.
     """
     spec = get_task(task_name)
     max_steps = int(overrides.pop("max_episode_steps", spec.max_episode_steps))
-    env = _load(spec.entry_point)(spec, **overrides)
-    env = gym.wrappers.TimeLimit(env, max_episode_steps=max_steps)
-    return env
+    return gym.wrappers.TimeLimit(_build(spec, overrides), max_episode_steps=max_steps)
+
+
+def _build(spec: TaskSpec, overrides: dict[str, Any]) -> gym.Env:
+    """The task's env from its entry point, wrapped in CameraObservation when cameras are asked for."""
+    from .cameras import check_cameras
+
+    cameras, image_size = _pop_cameras(overrides)
+    check_cameras(spec.name, cameras, spec.cameras, image_size)  # before the (slow) simulator starts
+    return _with_cameras(_load(spec.entry_point)(spec, **overrides), spec.name, cameras, image_size)
+
+
+def _pop_cameras(overrides: dict[str, Any]) -> tuple[list[str], Any]:
+    """Take ``cameras`` and ``image_size`` out of an env's keyword arguments (they are the wrapper's)."""
+    from .cameras import DEFAULT_IMAGE_SIZE
+
+    return list(overrides.pop("cameras", None) or []), overrides.pop("image_size", DEFAULT_IMAGE_SIZE)
+
+
+def _with_cameras(env: gym.Env, name: str, cameras: list[str], image_size: Any) -> gym.Env:
+    from .cameras import CameraObservation
+
+    return CameraObservation(env, name, cameras, image_size) if cameras else env
 
 
 def make_expert(task_name: str, env: gym.Env, rng: Any = None):
@@ -112,6 +135,7 @@ def make_env_from_metadata(env_meta: dict, obs_keys=None, max_episode_steps: int
     a file written by our collector). robosuite envs (type 1) of any name are supported (e.g.
     ``TwoArmTransport``, ``ToolHang``), with robosuite 1.4-style controller configs converted;
     files from our collector (``asd_task`` recorded) rebuild that task with the stored kwargs.
+    ``cameras`` / ``image_size`` add camera observations as in :func:`make_env`.
     ``obs_keys`` default to robomimic's low-dim keys for every robot plus ``object``."""
     meta = dict(env_meta)
     task = meta.get("asd_task")
@@ -128,15 +152,16 @@ def make_env_from_metadata(env_meta: dict, obs_keys=None, max_episode_steps: int
         )
     from .robomimic_tasks import HORIZONS, RobomimicEnv
 
+    cameras, image_size = _pop_cameras(overrides)  # any of robosuite's cameras in the scene (env.CAMERAS)
     env = RobomimicEnv(meta["env_name"], env_meta=meta, obs_keys=obs_keys, **overrides)
+    env = _with_cameras(env, meta["env_name"], cameras, image_size)
     steps = max_episode_steps or HORIZONS.get(meta["env_name"], 400)
     return gym.wrappers.TimeLimit(env, max_episode_steps=steps)
 
 
 def _gym_entry(task_name: str, **overrides: Any) -> gym.Env:
     """Entry point of the ``asd_envs/<task>-v0`` gymnasium ids (gymnasium adds the TimeLimit)."""
-    spec = get_task(task_name)
-    return _load(spec.entry_point)(spec, **overrides)
+    return _build(get_task(task_name), overrides)
 
 
 def register_gymnasium_ids() -> None:

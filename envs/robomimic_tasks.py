@@ -24,11 +24,12 @@ import io
 from typing import Sequence
 
 import gymnasium as gym
+import mujoco
 import numpy as np
 from gymnasium import spaces
 
 from . import compat
-from ._render import close_renderer, make_renderer
+from ._render import close_renderer, ensure_offscreen_size, make_renderer
 
 # The one table of robomimic's benchmark tasks: our task name -> robosuite env name, the size of
 # the "object" observation, robomimic's rollout horizon. Tasks with an object size are registered
@@ -39,6 +40,12 @@ ROBOMIMIC_TASKS = {
     "square": ("NutAssemblySquare", 14, 400),
     "transport": ("TwoArmTransport", None, 700),
     "tool_hang": ("ToolHang", None, 700),
+}
+#: robosuite's cameras in each task's scene (asd_envs.cameras renders them); PickPlaceCan has no sideview
+CAMERAS = {
+    "lift": ("agentview", "robot0_eye_in_hand", "frontview", "birdview", "sideview", "robot0_robotview"),
+    "can": ("agentview", "robot0_eye_in_hand", "frontview", "birdview", "robot0_robotview"),
+    "square": ("agentview", "robot0_eye_in_hand", "frontview", "birdview", "sideview", "robot0_robotview"),
 }
 ENV_NAME_TO_TASK = {env: task for task, (env, _, _) in ROBOMIMIC_TASKS.items()}
 HORIZONS = {env: horizon for env, _, horizon in ROBOMIMIC_TASKS.values()}
@@ -131,6 +138,9 @@ class RobomimicEnv(gym.Env):
         adim = self._env.action_dimension
         self.action_space = spaces.Box(-1.0, 1.0, shape=(adim,), dtype=np.float32)
         self._last_obs: dict[str, np.ndarray] = obs
+        model = self.rs.sim.model._model
+        names = [mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_CAMERA, i) for i in range(model.ncam)]
+        self.CAMERAS = {name: name for name in names}  # robosuite's cameras, drawn by asd_envs.cameras
 
     # -- privileged access / dataset hooks ----------------------------------------------------
     @property
@@ -150,6 +160,10 @@ class RobomimicEnv(gym.Env):
 
     def get_obs_dict(self) -> dict[str, np.ndarray]:
         return {k: np.asarray(v) for k, v in self._last_obs.items()}
+
+    def mujoco_scene(self):
+        """(MjModel, MjData) of the current sim: robosuite replaces both at every hard reset."""
+        return self.rs.sim.model._model, self.rs.sim.data._data
 
     def _flat(self, obs: dict) -> np.ndarray:
         return np.concatenate([np.asarray(obs[k], dtype=np.float64).reshape(-1) for k in self.obs_keys]).astype(
@@ -192,8 +206,7 @@ class RobomimicEnv(gym.Env):
         if self._renderer is None or self._renderer_model is not model:
             self.close()
             h, w = self.render_size
-            model.vis.global_.offwidth = max(model.vis.global_.offwidth, w)
-            model.vis.global_.offheight = max(model.vis.global_.offheight, h)
+            ensure_offscreen_size(model, h, w)
             self._renderer = make_renderer(model, h, w)
             self._renderer_model = model
         self._renderer.update_scene(self.rs.sim.data._data, camera=self.render_camera)

@@ -17,6 +17,7 @@ register_task(
         entry_point="asd_envs.reach_around:make",
         expert_entry_point="asd_envs.reach_around:ReachAroundExpert",
         state_keys=("agent_pos", "agent_vel"),
+        cameras=tuple(_ra.ReachAroundEnv.CAMERAS),
     )
 )
 
@@ -42,6 +43,7 @@ for _name, _expert, _desc in [
             entry_point="asd_envs.robomimic_tasks:make",
             expert_entry_point=f"asd_envs.robomimic_experts:{_expert}",
             state_keys=_rm.LOW_DIM_KEYS,
+            cameras=_rm.CAMERAS[_name],
         )
     )
 
@@ -65,5 +67,6 @@ for _name, _expert, _desc in [
             entry_point="asd_envs.fetch_tasks:make",
             expert_entry_point=f"asd_envs.fetch_tasks:{_expert}",
             state_keys=("observation",),  # gripper and block; the goals are the environment state
+            cameras=tuple(_ft.CAMERAS),
         )
     )

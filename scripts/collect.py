@@ -34,7 +34,7 @@ def main(cfg: DictConfig) -> None:
             num_demos=c.num_demos,
             seed=c.seed,
             output=hydra.utils.to_absolute_path(c.output_path()),
-            env_overrides=c.task.env_kwargs,
+            env_overrides=c.task.env_overrides(),
             max_attempts=c.max_attempts,
             valid_fraction=c.valid_fraction,
             progress=c.progress,

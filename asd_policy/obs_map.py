@@ -20,7 +20,7 @@ import numpy as np
 
 from asd_policy.config import ConfigError, did_you_mean
 
-__all__ = ["obs_map_index", "MappedObservation", "mapped_env_fn"]
+__all__ = ["obs_map_index", "key_index", "MappedObservation", "mapped_env_fn"]
 
 
 def obs_map_index(obs_map: Mapping[str, Sequence[str]], spec: Any, features: Sequence[Mapping[str, Any]] | None) -> np.ndarray:
@@ -60,16 +60,36 @@ def obs_map_index(obs_map: Mapping[str, Sequence[str]], spec: Any, features: Seq
     return np.concatenate(index)
 
 
+def key_index(keys: Sequence[str], spec: Any) -> np.ndarray:
+    """The index into the task's flat observation that gathers ``keys`` (e.g. a camera policy's
+    agent-only ``obs_keys``), in that order; a ConfigError naming a key the task lacks."""
+    slices = spec.obs_slices()
+    missing = [k for k in keys if k not in slices]
+    if missing:
+        raise ConfigError(f"the policy reads observation keys {missing}, which task {spec.name!r} lacks"
+                          f"{did_you_mean(missing[0], list(slices))}; its keys are {list(spec.obs_keys)}")
+    return np.concatenate([np.arange(slices[k].start, slices[k].stop) for k in keys])
+
+
 class MappedObservation(gym.ObservationWrapper):
-    """The env's flat observation gathered at ``index`` (the policy's feature order)."""
+    """The env's flat observation gathered at ``index`` (the policy's feature order); with a camera
+    task's dict observation, its ``"state"`` so gathered and the frames as they are."""
 
     def __init__(self, env: gym.Env, index: np.ndarray):
         super().__init__(env)
         self.index = np.asarray(index, dtype=np.int64)
         space = env.observation_space
-        self.observation_space = gym.spaces.Box(space.low[..., self.index], space.high[..., self.index], dtype=space.dtype)
+        if isinstance(space, gym.spaces.Dict):
+            self.observation_space = gym.spaces.Dict({**space.spaces, "state": self._gathered(space.spaces["state"])})
+        else:
+            self.observation_space = self._gathered(space)
 
-    def observation(self, observation: np.ndarray) -> np.ndarray:
+    def _gathered(self, space: gym.spaces.Box) -> gym.spaces.Box:
+        return gym.spaces.Box(space.low[..., self.index], space.high[..., self.index], dtype=space.dtype)
+
+    def observation(self, observation: Any) -> Any:
+        if isinstance(observation, Mapping):
+            return {**observation, "state": np.asarray(observation["state"])[..., self.index]}
         return np.asarray(observation)[..., self.index]
 
 

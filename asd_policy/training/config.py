@@ -40,6 +40,12 @@ def _positive(where: str, names: tuple[str, ...], config: Any, minimum: int = 1)
             raise ConfigError(f"{where}{name}={value!r} is not valid; use an integer >= {minimum}")
 
 
+def _vision_defaults() -> dict[str, Any]:
+    from asd_policy.vision import VisionConfig
+
+    return VisionConfig(backbone="conv").to_dict()
+
+
 @dataclass
 class PolicySpec:
     """The policy to train: U-Net size, horizons, noise schedule and the sampler stored with it."""
@@ -52,18 +58,18 @@ class PolicySpec:
     sampler: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SAMPLER))  # predict_action's default
     # Cameras the policy sees (the dataset's <camera>_image frames); empty: a state-only policy.
     cameras: list[str] = field(default_factory=list)
-    # The image encoder (asd_policy.vision.VisionConfig fields); the small conv trunk trains on a CPU.
-    vision: dict[str, Any] = field(default_factory=lambda: {"backbone": "conv"})
+    # The image encoder: every asd_policy.vision.VisionConfig field, so that each is a plain override
+    # (policy.vision.crop_shape=[76,76]); the small conv trunk trains on a CPU.
+    vision: dict[str, Any] = field(default_factory=lambda: _vision_defaults())
 
     def __post_init__(self) -> None:
         self.schedule = dict(self.schedule or {})
         self.sampler = dict(self.sampler or {})
         self.cameras = [str(c) for c in self.cameras or []]
-        self.vision = dict(self.vision or {})
         try:
             from asd_policy.vision import VisionConfig
 
-            VisionConfig.from_dict(self.vision)
+            self.vision = VisionConfig.from_dict({**_vision_defaults(), **dict(self.vision or {})}).to_dict()
         except ValueError as e:
             raise ConfigError(f"policy.vision: {e}") from None
         if self.size not in UNET_SIZES:
@@ -115,7 +121,7 @@ class TrainConfig:
 
     dataset: str | None = None  # robomimic hdf5 or LeRobot v3.0 dataset dir; None -> data/<task.name>.hdf5
     out: str | None = None  # run directory; None -> runs/train/<task.name>_<policy.size>
-    obs_keys: list[str] | None = None  # None -> the file's keys
+    obs_keys: list[str] | None = None  # None -> the file's keys (a camera policy: the task's own state_keys)
     task: TaskConfig = field(default_factory=TaskConfig)  # names the task in the checkpoint; rollouts run in it
     policy: PolicySpec = field(default_factory=PolicySpec)
     # optimisation
@@ -151,6 +157,8 @@ class TrainConfig:
             raise ConfigError(f"adam_betas={list(self.adam_betas)} is not valid; give two numbers, e.g. [0.95, 0.999]")
         if self.obs_keys is not None:
             self.obs_keys = [str(k) for k in self.obs_keys]
+        if not self.policy.cameras and self.task.cameras:  # task=<task>_image trains a camera policy on its cameras
+            self.policy.cameras = list(self.task.cameras)
         check_choice("amp", self.amp, AMP_MODES)
         check_choice("logger", self.logger, LOGGERS)
         _positive("", ("steps", "warmup_steps", "val_every", "ckpt_every"), self, minimum=0)
@@ -160,11 +168,11 @@ class TrainConfig:
 
     def dataset_path(self) -> str:
         """The demonstrations: ``dataset`` (``~`` expanded; an hdf5 file or a LeRobot dataset directory), else
-        ``data/<task.name>.hdf5``."""
+        ``data/<task.name>.hdf5`` (``data/<task.name>_image.hdf5`` with cameras, where the collector writes them)."""
         if self.dataset:
             return os.path.expanduser(self.dataset)
         if self.task.name:
-            return os.path.join("data", f"{self.task.name}.hdf5")
+            return os.path.join("data", f"{self.task.name}{'_image' if self.policy.cameras else ''}.hdf5")
         raise ConfigError("give a dataset (dataset=path/to/demos.hdf5) or a task (task=<name>, reads data/<task>.hdf5)")
 
     def run_dir(self) -> str:

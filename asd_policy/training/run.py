@@ -68,11 +68,21 @@ def _image_features(cameras: list[str], episodes: list, path: str) -> list[dict]
     return features
 
 
+def _camera_policy_keys(cfg: TrainConfig) -> list[str] | None:
+    """A camera policy's default observation keys: the robot's own state (the task's ``state_keys``),
+    as robomimic's image policies read it; where the goal and the objects are comes from the cameras."""
+    if not cfg.policy.cameras or not cfg.task.name:
+        return None
+    import asd_envs
+
+    return list(asd_envs.get_task(cfg.task.name).state_keys) or None
+
+
 def load_data(cfg: TrainConfig, device: torch.device) -> TrainData:
     from asd_policy.data import load_demonstrations
 
     path = cfg.dataset_path()
-    demos = load_demonstrations(path, obs_keys=cfg.obs_keys)
+    demos = load_demonstrations(path, obs_keys=cfg.obs_keys or _camera_policy_keys(cfg))
     train_eps = demos.train_episodes or demos.episodes
     valid_eps = demos.valid_episodes
     spec = cfg.policy

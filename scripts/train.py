@@ -21,6 +21,10 @@ from asd_policy.config import unknown_override
 from asd_policy.training import TrainConfig, rollout_callback, train
 
 ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+# configs/train.yaml's run directory: <task>_<size>, <task>_image_<size> for a task with cameras (a camera
+# run must never resume a state run's train_state, nor overwrite its checkpoint)
+OmegaConf.register_new_resolver(
+    "run_name", lambda task, task_cameras, cameras, size: f"{task}{'_image' if task_cameras or cameras else ''}_{size}")
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")

@@ -76,3 +76,12 @@ def test_a_camera_the_dataset_lacks_is_named(demos, tmp_path):
         train(camera_cfg(demos, tmp_path / "bad", policy={"size": "tiny", "cameras": ["front"]}))
     with pytest.raises(ConfigError, match="policy.vision"):
         camera_cfg(demos, tmp_path / "bad2", policy={"size": "tiny", "cameras": ["top"], "vision": {"backbone": "vgg"}})
+
+
+def test_a_camera_task_trains_a_camera_policy_in_a_run_directory_of_its_own():
+    cfg = TrainConfig(task={"name": "reach_around", "cameras": ["top"]})
+    assert cfg.policy.cameras == ["top"]
+    assert cfg.dataset_path() == "data/reach_around_image.hdf5"
+    assert cfg.run_dir().endswith("reach_around_image_small")
+    state = TrainConfig(task={"name": "reach_around"})
+    assert state.policy.cameras == [] and state.run_dir().endswith("reach_around_small")

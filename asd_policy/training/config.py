@@ -176,11 +176,12 @@ class TrainConfig:
         raise ConfigError("give a dataset (dataset=path/to/demos.hdf5) or a task (task=<name>, reads data/<task>.hdf5)")
 
     def run_dir(self) -> str:
-        """The run directory: ``out``, else ``runs/train/<task.name>_<policy.size>`` (the dataset's name without a task)."""
+        """The run directory: ``out``, else ``runs/train/<task.name>_<policy.size>`` (the dataset's name without a
+        task; ``<task.name>_image_<policy.size>`` for a camera policy, apart from the state runs)."""
         if self.out:
             return os.path.expanduser(self.out)
         name = self.task.name or (Path(self.dataset).stem if self.dataset else "run")
-        return os.path.join("runs", "train", f"{name}_{self.policy.size}")
+        return os.path.join("runs", "train", f"{name}{'_image' if self.policy.cameras else ''}_{self.policy.size}")
 
     def to_dict(self) -> dict:
         return to_dict(self)

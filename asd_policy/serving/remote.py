@@ -93,6 +93,21 @@ class RemotePolicy:
                           f"{', '.join(offered)} (start it with +presets.<name>={{...}} to add one)")
 
     # ---- the policy interface --------------------------------------------------------------
+    def _histories(self, obs_history: Any) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(the state histories [B, n_obs_steps, obs_dim], a camera policy's frame histories by camera)."""
+        def host(x: Any) -> np.ndarray:
+            return np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x)
+
+        frames: dict[str, np.ndarray] = {}
+        if isinstance(obs_history, Mapping):
+            frames = {k: host(v) for k, v in obs_history.items() if k != "state"}
+            obs_history = obs_history["state"]
+        obs = host(obs_history).astype(np.float32)
+        if obs.ndim != 3 or obs.shape[1:] != (self.n_obs_steps, self.obs_dim):
+            raise ValueError(f"obs_history must be [B, n_obs_steps={self.n_obs_steps}, obs_dim={self.obs_dim}], "
+                             f"got {list(obs.shape)}")
+        return obs, frames
+
     def predict_action(
         self,
         obs_history: torch.Tensor | np.ndarray,
@@ -111,17 +126,14 @@ class RemotePolicy:
         ``torch.Generator().manual_seed(seed)``. ``known_actions`` ``[B, horizon, action_dim]``
         (environment units, NaN where free) are held fixed, as in-process (inpainting).
         """
-        obs = np.asarray(obs_history.detach().cpu() if isinstance(obs_history, torch.Tensor) else obs_history,
-                         dtype=np.float32)
-        if obs.ndim != 3 or obs.shape[1:] != (self.n_obs_steps, self.obs_dim):
-            raise ValueError(f"obs_history must be [B, n_obs_steps={self.n_obs_steps}, obs_dim={self.obs_dim}], "
-                             f"got {list(obs.shape)}")
+        obs, frames = self._histories(obs_history)
         name = sampler or self.sampler_for(method, options)
         seeds = self._seeds(obs.shape[0], seed, generator)
         known = None if known_actions is None else np.asarray(
             known_actions.detach().cpu() if isinstance(known_actions, torch.Tensor) else known_actions, dtype=np.float32)
         for b in range(obs.shape[0]):  # pipelined: the server batches them
-            request: dict[str, Any] = {"observation": obs[b], "sampler": name}
+            observation = {"state": obs[b], **{k: v[b] for k, v in frames.items()}} if frames else obs[b]
+            request: dict[str, Any] = {"observation": observation, "sampler": name}
             if seeds[b] is not None:
                 request["seed"] = seeds[b]
             if known is not None:

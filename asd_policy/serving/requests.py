@@ -13,6 +13,10 @@ A request is a map ``{"observation": ..., "reset": bool, "sampler": str, "seed":
 * a map ``{key: array}`` over the task's ``obs_keys``: concatenated in ``obs_keys`` order into
   the flat vector.
 
+A camera policy takes a map holding each camera's frame by name (uint8 ``[H, W, 3]``, or
+``[k, H, W, 3]`` with a state history) next to the state, sent as ``"state"`` (one of the forms
+above) or as its named features / obs_keys; the connection keeps ``n_obs_steps`` frames per camera.
+
 Every problem is a :class:`RequestError` whose message names the field and the fix.
 """
 from __future__ import annotations
@@ -46,11 +50,14 @@ class PolicyShape:
     action_dim: int
     obs_keys: tuple[str, ...] = ()
     obs_key_dims: tuple[int, ...] = ()  # empty when the task is not registered here
+    cameras: tuple[tuple[str, tuple[int, int, int]], ...] = ()  # (name, (H, W, C)) of a camera policy's frames
 
 
 @dataclass(frozen=True)
 class Request:
-    observation: np.ndarray  # float32 [obs_dim] (one step) or [n_obs_steps, obs_dim] (a history)
+    # float32 [obs_dim] (one step) or [n_obs_steps, obs_dim] (a history); a camera policy's:
+    # {"state": that, <camera>: uint8 [H, W, C] or [n_obs_steps, H, W, C]}
+    observation: np.ndarray | dict[str, np.ndarray]
     reset: bool
     sampler: str
     seed: int | None
@@ -75,6 +82,34 @@ def _key_map(obs: Mapping, shape: PolicyShape) -> np.ndarray:
             raise RequestError(f"observation[{key!r}] has {part.size} values, expected {shape.obs_key_dims[i]}")
         parts.append(part)
     return np.concatenate(parts)
+
+
+def _frames(obs: Mapping, shape: PolicyShape, history: bool) -> dict[str, np.ndarray]:
+    """Each camera's uint8 frame, or (with a state history) its newest ``n_obs_steps`` frames, checked."""
+    missing = [name for name, _ in shape.cameras if name not in obs]
+    if missing:
+        raise RequestError(f"the observation lacks camera {missing[0]!r}; this policy sees "
+                           f"{[name for name, _ in shape.cameras]}, each a uint8 [H, W, 3] frame in the observation map")
+    frames = {}
+    for name, hwc in shape.cameras:
+        arr = np.asarray(obs[name])
+        ok = arr.shape[1:] == hwc and arr.shape[0] >= shape.n_obs_steps if history else arr.shape == hwc
+        if arr.dtype != np.uint8 or not ok:
+            want = f"[k >= {shape.n_obs_steps}, {', '.join(map(str, hwc))}]" if history else str(list(hwc))
+            raise RequestError(f"observation[{name!r}] is {arr.dtype} {list(arr.shape)}; send uint8 {want} "
+                               f"(camera frames as they come, HWC{', with the state history' if history else ''})")
+        frames[name] = arr[-shape.n_obs_steps:] if history else arr
+    return frames
+
+
+def _camera_observation(obs: Any, shape: PolicyShape) -> dict[str, np.ndarray]:
+    if not isinstance(obs, Mapping):
+        raise RequestError(f"this policy sees cameras {[n for n, _ in shape.cameras]}: send the observation as a map "
+                           f"of its state ('state', or its named features) and each camera's uint8 frame")
+    names = {n for n, _ in shape.cameras}
+    rest = {k: v for k, v in obs.items() if k not in names}
+    state = _observation(rest["state"] if set(rest) == {"state"} else rest, shape)
+    return {"state": state, **_frames(obs, shape, history=state.ndim == 2)}
 
 
 def _observation(obs: Any, shape: PolicyShape) -> np.ndarray:
@@ -135,25 +170,35 @@ def parse_request(message: Any, shape: PolicyShape, samplers: Sequence[str], def
     seed = message.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED):
         raise RequestError(f"seed must be an int in [0, 2**64), got {seed!r}")
-    return Request(_observation(message["observation"], shape), bool(reset), str(sampler),
+    observe = _camera_observation if shape.cameras else _observation
+    return Request(observe(message["observation"], shape), bool(reset), str(sampler),
                    None if seed is None else int(seed), _known_actions(message.get("known_actions"), shape))
 
 
 class Session:
-    """One connection's observation history, padded after a reset exactly as the control loop pads it."""
+    """One connection's observation history, padded after a reset exactly as the control loop pads it;
+    a camera policy's holds ``n_obs_steps`` frames per camera too, and nothing older."""
 
     def __init__(self, shape: PolicyShape):
-        self.history = ObsHistory(shape.n_obs_steps, 1, shape.obs_dim)
+        if shape.cameras:
+            keys = {"state": ((shape.obs_dim,), np.float32), **{n: (hwc, np.uint8) for n, hwc in shape.cameras}}
+            self.history = ObsHistory(shape.n_obs_steps, 1, keys=keys)
+        else:
+            self.history = ObsHistory(shape.n_obs_steps, 1, shape.obs_dim)
         self.started = False
 
-    def history_for(self, request: Request) -> np.ndarray:
-        """The ``[n_obs_steps, obs_dim]`` history this request is answered from (and kept)."""
+    def history_for(self, request: Request) -> np.ndarray | dict[str, np.ndarray]:
+        """The ``[n_obs_steps, ...]`` history this request is answered from (and kept)."""
         obs = request.observation
-        if obs.ndim == 2:
-            self.history.buf[0] = obs
+        state = obs["state"] if isinstance(obs, dict) else obs
+        if state.ndim == 2:  # a whole history: its newest steps become the connection's
+            parts = obs if isinstance(obs, dict) else {None: obs}
+            for k, v in parts.items():
+                self.history.buffers[k][0] = v
         elif request.reset or not self.started:
             self.history.reset(0, obs)
         else:
             self.history.push(0, obs)
         self.started = True
-        return self.history.get()[0]
+        got = self.history.get()
+        return {k: v[0] for k, v in got.items()} if isinstance(got, dict) else got[0]

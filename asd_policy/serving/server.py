@@ -66,12 +66,15 @@ class PolicyServer:
         else:
             keys = tuple(pc.obs_keys or ())
             dims = tuple(task.obs_key_dims) if task is not None and tuple(task.obs_keys) == keys else ()
-        self.shape = PolicyShape(pc.obs_dim, pc.n_obs_steps, pc.horizon, pc.action_dim, keys, dims)
+        cameras = tuple((f["name"], (f["shape"][1], f["shape"][2], f["shape"][0])) for f in pc.image_features or [])
+        self.shape = PolicyShape(pc.obs_dim, pc.n_obs_steps, pc.horizon, pc.action_dim, keys, dims, cameras)
         self.metadata = {
             "protocol": PROTOCOL,
             "task": pc.task_name or (task.name if task is not None else None),
             "obs_keys": list(keys),
             "obs_features": pc.obs_features,  # the named features of a LeRobot policy, in concatenation order
+            # a camera policy's frames: each a uint8 [H, W, C] entry of the observation map, by name
+            "cameras": [{"name": n, "shape": list(hwc), "dtype": "uint8"} for n, hwc in cameras],
             "origin": getattr(policy, "origin", None),
             "obs_dim": pc.obs_dim,
             "action_dim": pc.action_dim,
@@ -94,7 +97,9 @@ class PolicyServer:
     # ---- inference (on the batcher's worker thread) -----------------------------------------
     def run_batch(self, sampler: str, jobs: list[Job]) -> list[dict[str, Any]]:
         """Sample one chunk per job in one batched call, each chain from its own seed."""
-        obs = np.stack([j.history for j in jobs])
+        first = jobs[0].history
+        obs = ({k: np.stack([j.history[k] for j in jobs]) for k in first} if isinstance(first, dict)
+               else np.stack([j.history for j in jobs]))
         generators = [torch.Generator(device=self.device).manual_seed(j.seed) for j in jobs]
         known = np.stack([j.known for j in jobs]) if jobs[0].known is not None else None  # a batch has all or none
         policy = PolicyCall(self.policy, known, self.device) if known is not None else self.policy
@@ -159,7 +164,8 @@ class PolicyServer:
             return "error: requests are binary msgpack frames; text frames are the server's error replies"
         if len(frame) > self.config.max_message_bytes:
             return (f"error: the request is {len(frame)} bytes; this server takes at most {self.config.max_message_bytes} "
-                    f"(max_message_bytes): send one observation, not images or long histories")
+                    f"(max_message_bytes): send one observation (with this step's camera frames), not long "
+                    f"histories, or start the server with a larger max_message_bytes")
         try:
             request = parse_request(unpackb(frame), self.shape, list(self.samplers), self.config.sampler)
         except (WireError, RequestError) as exc:

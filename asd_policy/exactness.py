@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from asd_policy.config import HELD_OUT_SEED, ConfigError, TaskConfig
-from asd_policy.obs_map import mapped_env_fn, obs_map_index
+from asd_policy.obs_map import policy_env_fn
 from asd_policy.rollout import ObsHistory, infer_chunk, policy_device
 from asd_policy.sampler_config import SamplerConfig, resolve_samplers
 from asd_policy.schedule import VARIANCE_TYPES, NoiseSchedule
@@ -158,8 +158,8 @@ def resolve_check_samplers(names: Sequence[str], presets: Mapping[str, Mapping[s
 
 # ---- observations ----------------------------------------------------------------------------
 def observations_for(policy: Any, env_fn: Callable[[], Any], resets: int, rollout_states: int,
-                     seed: int = HELD_OUT_SEED) -> list[tuple[str, np.ndarray]]:
-    """(label, history [n_obs_steps, obs_dim]) at resets from seeds ``seed + i``, then after each of the
+                     seed: int = HELD_OUT_SEED) -> list[tuple[str, Any]]:
+    """(label, history [n_obs_steps, obs_dim], a camera policy's: a dict with its frames) at resets from seeds ``seed + i``, then after each of the
     first ``rollout_states`` chunks of a DDPM rollout from seed ``seed + resets`` (history as
     ``rollout.ObsHistory`` keeps it: after a reset, the first observation repeated)."""
     out, env = [], env_fn()
@@ -167,10 +167,12 @@ def observations_for(policy: Any, env_fn: Callable[[], Any], resets: int, rollou
     try:
         for i in range(resets):
             obs, _ = env.reset(seed=seed + i)
-            out.append((f"reset seed {seed + i}", np.repeat(np.asarray(obs, np.float32)[None], steps, 0)))
+            hist = ObsHistory.like(steps, 1, obs)
+            hist.reset(0, obs)
+            out.append((f"reset seed {seed + i}", _first(hist.get())))
         if rollout_states:
-            hist = ObsHistory(steps, 1, policy.config.obs_dim)
             obs, _ = env.reset(seed=seed + resets)
+            hist = ObsHistory.like(steps, 1, obs)
             hist.reset(0, obs)
             g = torch.Generator().manual_seed(seed + resets)
             for k in range(rollout_states):
@@ -180,10 +182,15 @@ def observations_for(policy: Any, env_fn: Callable[[], Any], resets: int, rollou
                     hist.push(0, obs)
                     if terminated or truncated:
                         return out
-                out.append((f"rollout seed {seed + resets} step {(k + 1) * len(actions)}", hist.get()[0]))
+                out.append((f"rollout seed {seed + resets} step {(k + 1) * len(actions)}", _first(hist.get())))
     finally:
         env.close()
     return out
+
+
+def _first(history: Any) -> Any:
+    """Element 0 of a batched history (an array, or a camera policy's dict of them)."""
+    return {k: v[0] for k, v in history.items()} if isinstance(history, dict) else history[0]
 
 
 # ---- draws and comparisons -------------------------------------------------------------------
@@ -193,7 +200,8 @@ def _seed(*parts: Any) -> int:
 
 def draw(policy: Any, obs: np.ndarray, sampler: SamplerConfig, n: int, seed: int) -> tuple[torch.Tensor, dict]:
     """N normalised chunks [N, horizon, action_dim] from one observation, in one batched call."""
-    hist = torch.as_tensor(obs, dtype=torch.float32, device=policy.device)[None].expand(n, -1, -1)
+    hist = ({k: torch.as_tensor(v, device=policy.device)[None].expand(n, *v.shape) for k, v in obs.items()}
+            if isinstance(obs, dict) else torch.as_tensor(obs, dtype=torch.float32, device=policy.device)[None].expand(n, -1, -1))
     g = torch.Generator(device=policy.device).manual_seed(seed)
     start = time.perf_counter()
     out = policy.predict_action(hist, method=sampler.method, generator=g, **sampler.options)
@@ -287,7 +295,9 @@ def latency_ms(policy: Any, obs: np.ndarray, samplers: Sequence[SamplerConfig], 
         times = []
         for r in range(repeats + 1):
             g = torch.Generator(device=device).manual_seed(_seed(seed, "latency", s.name, r))
-            times.append(infer_chunk(policy, np.asarray(obs, dtype=np.float32)[None], s, g, device).latency_s * 1e3)
+            batch = ({k: np.asarray(v)[None] for k, v in obs.items()} if isinstance(obs, dict)
+                     else np.asarray(obs, dtype=np.float32)[None])
+            times.append(infer_chunk(policy, batch, s, g, device).latency_s * 1e3)
         out[s.name] = float(np.median(times[1:])) if repeats else float("nan")
     return out
 
@@ -395,10 +405,9 @@ def check(cfg: ExactnessConfig, log: Callable[[str], None] | None = None) -> dic
     permutations = cfg.permutations or math.ceil(4 * family / cfg.alpha)
     check_sizes(cfg.chunks, m, permutations, family, cfg.alpha)
     start = time.perf_counter()
-    env_fn = lambda: asd_envs.make_env(task, render_mode=None)  # noqa: E731
-    if cfg.task.obs_map:  # the task's keys in the policy's feature order
-        index = obs_map_index(cfg.task.obs_map, asd_envs.get_task(task), policy.config.obs_features)
-        env_fn = mapped_env_fn(env_fn, index)
+    # the task's env as the policy sees it: its cameras, its keys in its order (task.obs_map)
+    env_fn = policy_env_fn(cfg.task, asd_envs.get_task(task), policy,
+                           lambda kwargs: lambda: asd_envs.make_env(task, render_mode=None, **kwargs))
     obs = observations_for(policy, env_fn, cfg.resets, cfg.rollout_states, cfg.seed)
     report = fidelity(policy, obs, samplers, cfg.chunks, permutations, cfg.alpha, cfg.seed, log if cfg.progress else None)
     timed = [s for s in samplers if s.name != NULL]

@@ -20,7 +20,7 @@ import numpy as np
 
 from asd_policy.config import ConfigError, did_you_mean
 
-__all__ = ["obs_map_index", "key_index", "MappedObservation", "mapped_env_fn"]
+__all__ = ["obs_map_index", "key_index", "MappedObservation", "mapped_env_fn", "policy_env_fn"]
 
 
 def obs_map_index(obs_map: Mapping[str, Sequence[str]], spec: Any, features: Sequence[Mapping[str, Any]] | None) -> np.ndarray:
@@ -100,3 +100,22 @@ def mapped_env_fn(env_fn: Callable[..., Any], index: np.ndarray) -> Callable[...
         return MappedObservation(env_fn(*args, **kwargs), index)
 
     return make
+
+
+def policy_env_fn(task: Any, spec: Any, policy: Any, env_fn_for: Callable[[dict], Callable[..., Any]]) -> Callable[..., Any]:
+    """The env factory ``policy`` runs in on ``task`` (a TaskConfig; ``spec`` its TaskSpec).
+
+    ``env_fn_for(make_env keyword arguments)`` makes the task's env factory. A camera policy gets
+    the task's cameras (``task.env_overrides()``), a state policy the state env even on a camera
+    task (no rendering to pay for). The observation is gathered in the policy's order:
+    ``task.obs_map`` for a policy's named features, or the policy's own ``obs_keys`` where they are
+    not the task's (a camera policy reads the robot's own state). A ConfigError names what does not fit.
+    """
+    config = getattr(policy, "config", None)
+    env_fn = env_fn_for(task.env_overrides() if getattr(config, "image_features", None) else dict(task.env_kwargs))
+    if task.obs_map:
+        return mapped_env_fn(env_fn, obs_map_index(task.obs_map, spec, getattr(config, "obs_features", None)))
+    keys = getattr(config, "obs_keys", None)
+    if keys and list(keys) != list(spec.obs_keys):
+        return mapped_env_fn(env_fn, key_index(list(keys), spec))
+    return env_fn

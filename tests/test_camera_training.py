@@ -30,8 +30,13 @@ def camera_cfg(demos, out, **kw) -> TrainConfig:
     return TrainConfig(**{**base, **kw})
 
 
-def test_a_camera_policy_trains_checkpoints_and_evaluates_on_the_camera_task(demos, tmp_path):
-    res = train(camera_cfg(demos, tmp_path / "run"))
+@pytest.fixture(scope="module")
+def trained(demos, tmp_path_factory):
+    return train(camera_cfg(demos, tmp_path_factory.mktemp("camera_run")))
+
+
+def test_a_camera_policy_trains_checkpoints_and_evaluates_on_the_camera_task(trained, tmp_path):
+    res = trained
     policy = load_policy(res.checkpoint)
     assert [f["name"] for f in policy.config.image_features] == ["top_image"]
     assert policy.config.image_features[0]["shape"] == [3, SIZE, SIZE] and policy.config.vision["backbone"] == "conv"
@@ -85,3 +90,14 @@ def test_a_camera_task_trains_a_camera_policy_in_a_run_directory_of_its_own():
     assert cfg.run_dir().endswith("reach_around_image_small")
     state = TrainConfig(task={"name": "reach_around"})
     assert state.policy.cameras == [] and state.run_dir().endswith("reach_around_small")
+
+
+def test_check_exactness_runs_on_a_camera_policy_from_the_camera_tasks_frames(trained):
+    from asd_policy.exactness import ExactnessConfig, check
+
+    report = check(ExactnessConfig(checkpoint=str(trained.checkpoint), task=TaskConfig("reach_around", cameras=["top"],
+                                                                                        image_size=SIZE),
+                                   samplers=["asd16"], chunks=40, resets=1, rollout_states=1, latency_repeats=1,
+                                   progress=False))
+    assert report["observations"][0] == "reset seed 1000" and len(report["observations"]) == 2
+    assert "asd16" in report["verdict"]["asd_samplers"] and report["latency_ms"]["asd16"] > 0

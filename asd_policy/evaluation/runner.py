@@ -27,7 +27,7 @@ from asd_policy.evaluation.tables import format_table
 from asd_policy.evaluation.wandb_log import log_to_wandb
 from asd_policy.io import write_json
 from asd_policy.checkpoint import read_metadata
-from asd_policy.obs_map import key_index, mapped_env_fn, obs_map_index
+from asd_policy.obs_map import policy_env_fn
 from asd_policy.realtime import run_realtime, run_realtime_batch
 from asd_policy.rollout import (EpisodeResult, infer_chunk, latency_summary, policy_device, rollout_episodes,
                                 zero_history)
@@ -120,17 +120,13 @@ def _prepare(cfg: EvalConfig, policy: Any, env_fn: Callable[..., Any] | None, ou
         policy = load_checked_policy(checkpoint, task, cfg.device,
                                      obs_dim=spec_task.obs_dim if spec_task and not mapped else None,
                                      action_dim=spec_task.action_dim if spec_task else None)
-    if from_task and getattr(getattr(policy, "config", None), "image_features", None):
-        # a camera policy sees the task's cameras (task=<task>_image); a state policy runs the state env
-        # even there, without paying for the rendering
-        spec_task, env_fn = task_env_fn(task, cfg.task.env_overrides())
-    if cfg.task.obs_map:
-        env_fn = _mapped(cfg, policy, spec_task, env_fn)
-    elif spec_task is not None and _policy_keys(policy) not in (None, list(spec_task.obs_keys)):
-        try:  # a policy reading some of the task's keys (a camera policy's agent state) gets those
-            env_fn = mapped_env_fn(env_fn, key_index(_policy_keys(policy), spec_task))
+    if from_task:
+        try:
+            env_fn = policy_env_fn(cfg.task, spec_task, policy, lambda kwargs: task_env_fn(task, kwargs)[1])
         except ConfigError as exc:
             raise EvalError(str(exc)) from None
+    elif cfg.task.obs_map:
+        raise EvalError("task.obs_map needs a registered task (task=<name>), whose observation keys it names")
     stored = getattr(getattr(policy, "config", None), "sampler", None) or getattr(policy, "stored_sampler", None)
     specs = resolve_samplers(cfg.samplers, cfg.presets, stored=stored if isinstance(stored, Mapping) else None)
     pool = EnvPool(env_fn, 1 if cfg.realtime == "wall" else cfg.num_envs, cfg.vector_env, cfg.videos > 0, task)
@@ -151,11 +147,6 @@ def _prepare(cfg: EvalConfig, policy: Any, env_fn: Callable[..., Any] | None, ou
     return _Run(cfg, policy, specs, pool, control_hz, checkpoint, out, latency, recorder=recorder)
 
 
-def _policy_keys(policy: Any) -> list[str] | None:
-    keys = getattr(getattr(policy, "config", None), "obs_keys", None)
-    return list(keys) if keys else None
-
-
 def _reads_other_keys(checkpoint: str, spec_task: Any) -> bool:
     """Whether the checkpoint records observation keys other than the task's (cheap: its JSON only)."""
     if spec_task is None:
@@ -165,17 +156,6 @@ def _reads_other_keys(checkpoint: str, spec_task: Any) -> bool:
     except Exception:  # noqa: BLE001 - an unreadable checkpoint is reported, with its fix, by the load
         return False
     return bool(keys) and list(keys) != list(spec_task.obs_keys)
-
-
-def _mapped(cfg: EvalConfig, policy: Any, spec_task: Any, env_fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``env_fn`` with its observations in the policy's feature order (``task.obs_map``)."""
-    if spec_task is None:
-        raise EvalError("task.obs_map needs a registered task (task=<name>), whose observation keys it names")
-    features = getattr(getattr(policy, "config", None), "obs_features", None)
-    try:
-        return mapped_env_fn(env_fn, obs_map_index(cfg.task.obs_map, spec_task, features))
-    except ConfigError as exc:
-        raise EvalError(str(exc)) from None
 
 
 def _fidelity_recorder(cfg: EvalConfig, policy: Any, specs: list[SamplerConfig]) -> fidelity.ObsRecorder | None:

@@ -321,7 +321,8 @@ def rollout_episodes(
     one batch. Executes ``n_action_steps`` (default: the policy's) actions per chunk, then
     re-plans. An episode ends at termination or truncation (the env's TimeLimit) or after
     ``max_steps``. An env that raises ends its episode as failed, with the error recorded.
-    ``record_frames`` keeps ``render()`` frames of the first slot (env must render rgb arrays).
+    ``record_frames`` keeps frames of the first slot: its first camera's (a camera task: what the
+    policy saw), else ``render()``'s (the env must render rgb arrays).
     """
     import gymnasium as gym
 
@@ -452,6 +453,10 @@ class _Lockstep:
 
     def grab_frame(self) -> None:
         r = self.results[0]
+        cameras = [k for k in (self.history.keys or []) if k.endswith("_image")] if self.history else []
+        if cameras:  # a camera task: the GIF is what the policy saw, its first camera's newest frame
+            r.frames.append(self.history.buffers[cameras[0]][0, -1].copy())
+            return
         try:
             frame = self.envs.render() if self.is_vector else self.envs[0].render()
             if self.is_vector and isinstance(frame, (tuple, list)):

@@ -110,3 +110,13 @@ def test_camera_episodes_on_the_simulated_clock_batch_as_they_run_alone(tmp_path
     keys = ("seed", "success", "steps", "chunks")
     assert [{k: e[k] for k in keys} for e in alone["episodes"]] == [{k: e[k] for k in keys} for e in together["episodes"]]
     assert alone["samplers"]["asd"]["realtime"]["delay_ticks_mean"] == 2.0
+
+
+def test_episode_frames_are_what_the_policy_saw():
+    from asd_policy.rollout import rollout_episodes
+
+    env = make_toy_camera()
+    (r,) = rollout_episodes([env], camera_policy(obs_dim=4), seeds=[7], record_frames=True, max_steps=6,
+                            generator=torch.Generator().manual_seed(0))
+    first, _ = make_toy_camera().reset(seed=7)
+    assert len(r.frames) == r.steps + 1 and np.array_equal(r.frames[0], first["front_image"])

@@ -164,6 +164,34 @@ def test_a_long_run_keeps_flat_memory(transition):
     assert rep.max_records == MAX_RECORDS and len(rep.within_chunk_jumps) < MAX_RECORDS
 
 
+class DictCameraPolicy(CameraPolicy):
+    """CameraPolicy for a camera task's dict observation: the state and an 84x84 uint8 frame (21 KB)."""
+
+    def predict_action(self, obs_history, known_actions=None, **kw):
+        assert obs_history["top_image"].dtype == torch.uint8 and obs_history["top_image"].shape[1] == 2
+        return super().predict_action(obs_history["state"], known_actions, **kw)
+
+
+def test_a_long_run_with_camera_frames_keeps_flat_memory():
+    # as above, with what a camera task sends: a dict of the state and a new 84x84 frame every tick
+    ctrl = RealtimeController(DictCameraPolicy(), 20.0, clock="sim", latency=80.0, warmup=False)
+    frame = np.zeros((84, 84, 3), np.uint8)
+    ctrl.reset({"state": np.zeros(4, np.float32), "top_image": frame})
+    tracemalloc.start()
+    try:
+        for k in range(12_000):
+            if k == 6_000:
+                ctrl.report()
+                mark = tracemalloc.get_traced_memory()[0]
+            ctrl.act({"state": np.full(4, k % 97, np.float32), "top_image": np.full((84, 84, 3), k % 251, np.uint8)})
+        ctrl.report()
+        grown = tracemalloc.get_traced_memory()[0] - mark
+    finally:
+        tracemalloc.stop()
+        ctrl.close()
+    assert grown < 64 * 1024, f"grew {grown / 1024:.0f} KiB over 6 000 ticks of camera frames"
+
+
 def test_the_window_never_changes_the_actions(monkeypatch):
     # what the controller acts on (the latency estimate from the last 8 latencies, inpainting's past
     # actions) is kept apart from what it reports, so a window of 3 gives the same actions and

@@ -175,6 +175,10 @@ class TaskConfig:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
 
+    def default_checkpoint(self) -> str | None:
+        """The shipped checkpoint for this task: ``checkpoints/<name>``, ``checkpoints/<name>_image`` with cameras."""
+        return None if self.name is None else f"checkpoints/{self.name}{'_image' if self.cameras else ''}"
+
     def env_overrides(self) -> dict[str, Any]:
         """The keyword arguments for ``asd_envs.make_env(name, ...)``: ``env_kwargs`` plus the cameras, if any."""
         if not self.cameras:

@@ -66,12 +66,12 @@ def _resume_dir(cfg: EvalConfig, run_dir: Path) -> Path:
 
 
 def _config(cfg: DictConfig) -> EvalConfig:
-    """The validated EvalConfig, its checkpoint an absolute path (default checkpoints/<task>,
-    none when a policy_server serves the policy)."""
+    """The validated EvalConfig, its checkpoint an absolute path (default checkpoints/<task>, or
+    checkpoints/<task>_image for a task with cameras; none when a policy_server serves the policy)."""
     config = from_hydra(cfg)
     if config.policy_server:
         return config  # the server's checkpoint is the policy
-    checkpoint = config.checkpoint or f"checkpoints/{config.task.name}"
+    checkpoint = config.checkpoint or config.task.default_checkpoint()
     return dataclasses.replace(config, checkpoint=to_absolute_path(checkpoint))
 
 

@@ -90,6 +90,9 @@ def test_a_camera_task_trains_a_camera_policy_in_a_run_directory_of_its_own():
     assert cfg.run_dir().endswith("reach_around_image_small")
     state = TrainConfig(task={"name": "reach_around"})
     assert state.policy.cameras == [] and state.run_dir().endswith("reach_around_small")
+    # and evaluating the camera task picks the shipped camera checkpoint
+    assert cfg.task.default_checkpoint() == "checkpoints/reach_around_image"
+    assert state.task.default_checkpoint() == "checkpoints/reach_around"
 
 
 def test_check_exactness_runs_on_a_camera_policy_from_the_camera_tasks_frames(trained):

@@ -37,7 +37,7 @@ class EvalConfig:
     """An evaluation: every sampler runs episodes ``0..episodes-1``, episode ``i`` from env seed ``seed + i``."""
 
     task: TaskConfig = field(default_factory=lambda: TaskConfig(name="reach_around"))
-    checkpoint: str | None = None  # a checkpoint directory; None: checkpoints/<task.name>
+    checkpoint: str | None = None  # a checkpoint directory; None: checkpoints/<task.name> (<task.name>_image with cameras)
     policy_server: str | None = None  # ws://host:port of scripts/serve.py: evaluate the policy it serves instead
     samplers: list[str] = field(default_factory=lambda: ["ddpm", "asd", "ddim"])  # preset names, in order
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)  # add or change presets, e.g. {asd8L: {method: asd, speculation_length: 8}}

@@ -112,7 +112,7 @@ def _prepare(cfg: EvalConfig, policy: Any, env_fn: Callable[..., Any] | None, ou
     if policy is None and cfg.policy_server:
         policy = connect_policy_server(cfg.policy_server, task)
     elif policy is None:
-        checkpoint = checkpoint or (f"checkpoints/{task}" if task else None)
+        checkpoint = checkpoint or cfg.task.default_checkpoint()
         if checkpoint is None:
             raise EvalError("give checkpoint=<path> (or a policy object)")
         # the task's vector is then not the policy's: checked once mapped (obs_map, or the policy's own keys)

@@ -42,6 +42,10 @@ class CollectConfig:
     format: str = "hdf5"  # hdf5 (robomimic layout) | lerobot (LeRobot v3.0 dataset, needs pyarrow)
     max_attempts: int | None = None  # episodes to try at most; None -> 2 * num_demos + 10
     valid_fraction: float = 0.1  # share of demos in the validation split (hdf5: mask/valid)
+    # steps the expert keeps acting after the first success, recorded too (0: the episode ends there,
+    # as in robomimic); the env must not end the episode on success (reach_around:
+    # ++task.env_kwargs.terminate_on_success=false). A policy then sees how to stay at the goal.
+    hold_steps: int = 0
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -51,6 +55,8 @@ class CollectConfig:
             raise ConfigError(f"num_demos={self.num_demos!r} is not valid; use an integer >= 1")
         if not 0 <= self.valid_fraction < 1:
             raise ConfigError(f"valid_fraction={self.valid_fraction!r} is not valid; use a share in [0, 1)")
+        if isinstance(self.hold_steps, bool) or not isinstance(self.hold_steps, int) or self.hold_steps < 0:
+            raise ConfigError(f"hold_steps={self.hold_steps!r} is not valid; use an integer >= 0")
         if not self.task.name:
             raise ConfigError("give a task: task=<name> (a configs/task/<name>.yaml)")
         _check_output(self.output_path(), self.format)
@@ -110,10 +116,11 @@ def _obs_dict(sim, obs) -> dict[str, np.ndarray]:
     return {**sim.get_obs_dict(), **images}
 
 
-def run_expert_episode(env, expert, seed: int, rng: np.random.Generator) -> dict[str, Any]:
-    """One expert episode from ``env.reset(seed=seed)``; stops at the first success (the
-    recorded episode ends on the step that solves the task, as in robomimic's datasets) or at
-    the time limit. With cameras, each recorded observation holds the frames too."""
+def run_expert_episode(env, expert, seed: int, rng: np.random.Generator, hold_steps: int = 0) -> dict[str, Any]:
+    """One expert episode from ``env.reset(seed=seed)``; stops ``hold_steps`` steps after the first
+    success (0: the recorded episode ends on the step that solves the task, as in robomimic's
+    datasets), when the env ends it, or at the time limit. With cameras, each recorded observation
+    holds the frames too."""
     sim = env.unwrapped
     obs, info = env.reset(seed=seed)
     expert.reset(rng=rng)
@@ -121,7 +128,7 @@ def run_expert_episode(env, expert, seed: int, rng: np.random.Generator) -> dict
     model_file = sim.model_xml() if hasattr(sim, "model_xml") else None
     obs_dicts = [_obs_dict(sim, obs)]
     actions, rewards, states = [], [], []
-    success = False
+    success, held = False, 0
     step_time = 0.0
     while True:
         states.append(sim.get_state())
@@ -132,8 +139,10 @@ def run_expert_episode(env, expert, seed: int, rng: np.random.Generator) -> dict
         obs_dicts.append(_obs_dict(sim, obs))
         actions.append(np.asarray(action, dtype=np.float64))
         rewards.append(float(reward))
-        success = bool(info.get("is_success", False))
-        if success or terminated or truncated:
+        if success:
+            held += 1
+        success = success or bool(info.get("is_success", False))
+        if (success and held >= hold_steps) or terminated or truncated:
             break
     T = len(actions)
     dones = np.zeros(T, dtype=np.int64)
@@ -160,6 +169,7 @@ def collect(
     valid_fraction: float = 0.1,
     progress: bool = True,
     format: str = "hdf5",
+    hold_steps: int = 0,
 ) -> CollectSummary:
     """Collect ``num_demos`` successful expert episodes (trying at most ``max_attempts``
     episodes, default ``2 * num_demos + 10``) into ``output`` in ``format`` (see :data:`FORMATS`).
@@ -192,7 +202,7 @@ def collect(
     cameras = list(overrides.get("cameras") or [])
     with _open_writer(format, output, spec, env_args, valid_fraction, seed, cameras) as w:
         while kept < num_demos and episodes < max_attempts:
-            ep = run_expert_episode(env, expert, seed + episodes, np.random.default_rng([seed, episodes]))
+            ep = run_expert_episode(env, expert, seed + episodes, np.random.default_rng([seed, episodes]), hold_steps)
             episodes += 1
             step_time += ep["step_time"]
             step_count += len(ep["actions"])

@@ -39,6 +39,7 @@ def main(cfg: DictConfig) -> None:
             valid_fraction=c.valid_fraction,
             progress=c.progress,
             format=c.format,
+            hold_steps=c.hold_steps,
         )
     except ValueError as e:  # a bad setting or output: one clear line, no traceback
         print(f"error: {e}", file=sys.stderr)

@@ -87,3 +87,23 @@ def test_script(tmp_path):
     assert "[collect] task=reach_around demos kept=3 expert success=3/3" in r.stdout
     with h5py.File(out, "r") as f:
         assert len([k for k in f["data"].keys()]) == 3
+
+
+def test_hold_steps_record_the_expert_staying_at_the_goal(tmp_path):
+    from asd_policy.data import load_demonstrations
+
+    plain, held = tmp_path / "plain.hdf5", tmp_path / "held.hdf5"
+    collect("reach_around", num_demos=3, seed=0, output=str(plain), progress=False)
+    collect("reach_around", num_demos=3, seed=0, output=str(held), progress=False, hold_steps=5,
+            env_overrides={"terminate_on_success": False})
+    a, b = load_demonstrations(plain), load_demonstrations(held)
+    for e, h in zip(a.episodes, b.episodes):
+        assert len(h) == len(e) + 5  # the same expert run, then 5 more steps at the goal
+        np.testing.assert_array_equal(h.obs[: len(e)], e.obs)
+        goal_rel = h.obs[len(e):, 8:10]  # reach_around's goal_rel: within the 3 cm success radius
+        assert (np.linalg.norm(goal_rel, axis=1) < 0.03).all()
+    from asd_envs.collect import CollectConfig
+    from asd_policy.config import ConfigError
+
+    with pytest.raises(ConfigError, match="hold_steps"):
+        CollectConfig(task={"name": "reach_around"}, hold_steps=-1)

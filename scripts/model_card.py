@@ -73,6 +73,12 @@ def card(checkpoint: Path, results: dict | None, target: float | None, note: str
         f"(torch {training.get('torch', '?')}); final train loss {training.get('train_loss', float('nan')):.4f}, "
         f"validation loss {training.get('val_loss', float('nan')):.4f}.",
     ]
+    if config.get("image_features"):
+        vision = config.get("vision") or {}
+        cams = ", ".join(f"`{f['name']}` {f['shape'][1]}x{f['shape'][2]}" for f in config["image_features"])
+        lines.insert(3, f"- **Cameras**: {cams} (uint8 frames), encoded once per chunk by the {vision.get('backbone')} "
+                        f"encoder ({vision.get('keypoints')} spatial-softmax keypoints, crop {vision.get('crop_shape')}); "
+                        f"the observation keys above are the robot's own state, the scene comes from the images.")
     if training.get("weights"):
         lines.append(f"- **Weights**: {training['weights']}.")
     if training.get("note"):

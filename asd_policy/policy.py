@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import Any, Mapping, NamedTuple
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping, NamedTuple
 
 import numpy as np
 import torch
@@ -252,24 +253,17 @@ class DiffusionPolicy(nn.Module):
         """
         device = self.device
         obs, images = self.split_observation(obs_history)
-        was_training = self.training
-        self.eval()  # the encoder's centre crop, the networks' inference mode
-        t0 = time.perf_counter()
-        try:
+        with self._evaluating():
+            t0 = time.perf_counter()
             cond = self._cond(obs, images)
-        finally:
-            self.train(was_training)
-        encode_s = None
-        if self.cameras is not None:  # the encoder's share of the chunk's latency, reported apart
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            encode_s = time.perf_counter() - t0
-        known = self._known(known_actions, obs.shape[0]) if known_actions is not None else None
-        noise = sampler_kwargs.pop("noise", None)
-        method, kwargs = self.sampler_kwargs(method, **sampler_kwargs)
-        was_training = self.model.training
-        self.model.eval()
-        try:
+            encode_s = None
+            if self.cameras is not None:  # the encoder's share of the chunk's latency, reported apart
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                encode_s = time.perf_counter() - t0
+            known = self._known(known_actions, obs.shape[0]) if known_actions is not None else None
+            noise = sampler_kwargs.pop("noise", None)
+            method, kwargs = self.sampler_kwargs(method, **sampler_kwargs)
             x, stats = sample(
                 self.model,
                 self.schedule,
@@ -282,13 +276,25 @@ class DiffusionPolicy(nn.Module):
                 known=known,
                 **kwargs,
             )
-        finally:
-            self.model.train(was_training)
         stats.encode_s = encode_s
         action_pred = self.action_normalizer.unnormalize(x.float())
         start = self.n_obs_steps - 1
         actions = action_pred[:, start : start + self.n_action_steps]
         return PolicyOutput(actions, action_pred, stats)
+
+    @contextmanager
+    def _evaluating(self) -> Iterator[None]:
+        """The networks (U-Net, image encoder: centre crops) in inference mode, each back in its own
+        mode afterwards (a training run's EMA copy stays in eval, the trained one in train)."""
+        nets = [self.model] + ([self.cameras.rgb_encoder] if self.cameras is not None else [])
+        modes = [n.training for n in nets]
+        for n in nets:
+            n.eval()
+        try:
+            yield
+        finally:
+            for n, mode in zip(nets, modes):
+                n.train(mode)
 
     def _known(self, known_actions: Tensor | np.ndarray, batch: int) -> Known:
         """Environment-unit known actions (NaN = free) -> the sampler's mask and normalised values."""

@@ -45,6 +45,20 @@ def test_the_encoder_runs_once_per_chunk_not_once_per_denoising_step():
     assert not torch.allclose(a, b)
 
 
+def test_sampling_leaves_each_network_in_its_own_mode():
+    # a training run's EMA copy (policy module in train mode, its networks in eval) must stay in eval:
+    # its validation loss would otherwise take random crops after a rollout
+    policy = camera_policy()
+    policy.train()
+    policy.model.eval()
+    policy.cameras.eval()
+    policy.predict_action(observation(), method="ddim")
+    assert not policy.model.training and not policy.cameras.rgb_encoder.training
+    policy.networks().train()  # and the trained networks stay in train
+    policy.predict_action(observation(), method="ddim")
+    assert policy.model.training and policy.cameras.rgb_encoder.training
+
+
 def test_a_camera_checkpoint_round_trips(tmp_path):
     policy = camera_policy()
     with torch.no_grad():  # statistics of its own, so a dropped image normaliser would show

@@ -31,7 +31,7 @@ import torch
 
 from asd_policy.config import HELD_OUT_SEED, ConfigError, TaskConfig
 from asd_policy.obs_map import policy_env_fn
-from asd_policy.rollout import ObsHistory, infer_chunk, policy_device
+from asd_policy.rollout import ObsHistory, element, infer_chunk, policy_device, stack_histories
 from asd_policy.sampler_config import SamplerConfig, resolve_samplers
 from asd_policy.schedule import VARIANCE_TYPES, NoiseSchedule
 from asd_policy.twosample import (
@@ -169,7 +169,7 @@ def observations_for(policy: Any, env_fn: Callable[[], Any], resets: int, rollou
             obs, _ = env.reset(seed=seed + i)
             hist = ObsHistory.like(steps, 1, obs)
             hist.reset(0, obs)
-            out.append((f"reset seed {seed + i}", _first(hist.get())))
+            out.append((f"reset seed {seed + i}", element(hist.get(), 0)))
         if rollout_states:
             obs, _ = env.reset(seed=seed + resets)
             hist = ObsHistory.like(steps, 1, obs)
@@ -182,15 +182,10 @@ def observations_for(policy: Any, env_fn: Callable[[], Any], resets: int, rollou
                     hist.push(0, obs)
                     if terminated or truncated:
                         return out
-                out.append((f"rollout seed {seed + resets} step {(k + 1) * len(actions)}", _first(hist.get())))
+                out.append((f"rollout seed {seed + resets} step {(k + 1) * len(actions)}", element(hist.get(), 0)))
     finally:
         env.close()
     return out
-
-
-def _first(history: Any) -> Any:
-    """Element 0 of a batched history (an array, or a camera policy's dict of them)."""
-    return {k: v[0] for k, v in history.items()} if isinstance(history, dict) else history[0]
 
 
 # ---- draws and comparisons -------------------------------------------------------------------
@@ -295,9 +290,7 @@ def latency_ms(policy: Any, obs: np.ndarray, samplers: Sequence[SamplerConfig], 
         times = []
         for r in range(repeats + 1):
             g = torch.Generator(device=device).manual_seed(_seed(seed, "latency", s.name, r))
-            batch = ({k: np.asarray(v)[None] for k, v in obs.items()} if isinstance(obs, dict)
-                     else np.asarray(obs, dtype=np.float32)[None])
-            times.append(infer_chunk(policy, batch, s, g, device).latency_s * 1e3)
+            times.append(infer_chunk(policy, stack_histories([obs]), s, g, device).latency_s * 1e3)
         out[s.name] = float(np.median(times[1:])) if repeats else float("nan")
     return out
 

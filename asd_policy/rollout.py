@@ -127,6 +127,14 @@ class ObsHistory:
         for buf, value in self._parts(obs):
             buf[i, :] = value
 
+    def set(self, i: int, history: Any) -> None:
+        """Element ``i``'s whole history ``[n_obs_steps, ...]`` (an array, or a dict of them), as given."""
+        if self.keys is None:
+            self.buffers[None][i] = history
+            return
+        for k in self.keys:
+            self.buffers[k][i] = history[k]
+
     def push(self, i: int, obs: Any) -> None:
         for buf, value in self._parts(obs):
             buf[i, :-1] = buf[i, 1:]
@@ -157,6 +165,13 @@ def batch_size(obs_history: Any) -> int:
     """B of an observation history ``[B, T, ...]`` or a dict of them."""
     first = next(iter(obs_history.values())) if isinstance(obs_history, Mapping) else obs_history
     return int(np.shape(first)[0])
+
+
+def stack_histories(histories: Sequence[Any]) -> Any:
+    """Single-env histories ``[T, ...]`` (arrays, or dicts of them) stacked into a batch ``[B, T, ...]``."""
+    if isinstance(histories[0], Mapping):
+        return {k: np.stack([h[k] for h in histories]) for k in histories[0]}
+    return np.stack(histories)
 
 
 def concat_histories(histories: Sequence[Any]) -> Any:

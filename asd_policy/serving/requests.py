@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from asd_policy.config import did_you_mean
-from asd_policy.rollout import ObsHistory
+from asd_policy.rollout import ObsHistory, element
 
 __all__ = ["RequestError", "PolicyShape", "Request", "parse_request", "Session", "REQUEST_KEYS"]
 
@@ -191,14 +191,11 @@ class Session:
         """The ``[n_obs_steps, ...]`` history this request is answered from (and kept)."""
         obs = request.observation
         state = obs["state"] if isinstance(obs, dict) else obs
-        if state.ndim == 2:  # a whole history: its newest steps become the connection's
-            parts = obs if isinstance(obs, dict) else {None: obs}
-            for k, v in parts.items():
-                self.history.buffers[k][0] = v
+        if state.ndim == 2:  # a whole history (its newest steps): it becomes the connection's
+            self.history.set(0, obs)
         elif request.reset or not self.started:
             self.history.reset(0, obs)
         else:
             self.history.push(0, obs)
         self.started = True
-        got = self.history.get()
-        return {k: v[0] for k, v in got.items()} if isinstance(got, dict) else got[0]
+        return element(self.history.get(), 0)

@@ -30,7 +30,7 @@ from websockets.exceptions import ConnectionClosed
 
 from asd_policy.config import ConfigError, did_you_mean
 from asd_policy.devices import describe_device
-from asd_policy.rollout import infer_chunk, policy_device
+from asd_policy.rollout import infer_chunk, policy_device, stack_histories
 from asd_policy.sampler_config import POLICY_PRESET, SAMPLER_PRESETS, resolve_samplers
 from asd_policy.serving.batcher import Batcher, Job
 from asd_policy.serving.config import ServeConfig
@@ -97,9 +97,7 @@ class PolicyServer:
     # ---- inference (on the batcher's worker thread) -----------------------------------------
     def run_batch(self, sampler: str, jobs: list[Job]) -> list[dict[str, Any]]:
         """Sample one chunk per job in one batched call, each chain from its own seed."""
-        first = jobs[0].history
-        obs = ({k: np.stack([j.history[k] for j in jobs]) for k in first} if isinstance(first, dict)
-               else np.stack([j.history for j in jobs]))
+        obs = stack_histories([j.history for j in jobs])
         generators = [torch.Generator(device=self.device).manual_seed(j.seed) for j in jobs]
         known = np.stack([j.known for j in jobs]) if jobs[0].known is not None else None  # a batch has all or none
         policy = PolicyCall(self.policy, known, self.device) if known is not None else self.policy

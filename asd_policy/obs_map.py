@@ -20,7 +20,7 @@ import numpy as np
 
 from asd_policy.config import ConfigError, did_you_mean
 
-__all__ = ["obs_map_index", "key_index", "MappedObservation", "mapped_env_fn", "policy_env_fn"]
+__all__ = ["obs_map_index", "key_index", "MappedObservation", "mapped_env_fn", "policy_env_fn", "reads_other_keys"]
 
 
 def obs_map_index(obs_map: Mapping[str, Sequence[str]], spec: Any, features: Sequence[Mapping[str, Any]] | None) -> np.ndarray:
@@ -116,6 +116,11 @@ def policy_env_fn(task: Any, spec: Any, policy: Any, env_fn_for: Callable[[dict]
     if task.obs_map:
         return mapped_env_fn(env_fn, obs_map_index(task.obs_map, spec, getattr(config, "obs_features", None)))
     keys = getattr(config, "obs_keys", None)
-    if keys and list(keys) != list(spec.obs_keys):
+    if reads_other_keys(keys, spec):
         return mapped_env_fn(env_fn, key_index(list(keys), spec))
     return env_fn
+
+
+def reads_other_keys(keys: Sequence[str] | None, spec: Any) -> bool:
+    """Whether a policy recording ``keys`` reads other observation keys than the task's (None: the task's)."""
+    return bool(keys) and list(keys) != list(spec.obs_keys)

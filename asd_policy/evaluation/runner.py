@@ -27,7 +27,7 @@ from asd_policy.evaluation.tables import format_table
 from asd_policy.evaluation.wandb_log import log_to_wandb
 from asd_policy.io import write_json
 from asd_policy.checkpoint import read_metadata
-from asd_policy.obs_map import policy_env_fn
+from asd_policy.obs_map import policy_env_fn, reads_other_keys
 from asd_policy.realtime import run_realtime, run_realtime_batch
 from asd_policy.rollout import (EpisodeResult, infer_chunk, latency_summary, policy_device, rollout_episodes,
                                 zero_history)
@@ -155,7 +155,7 @@ def _reads_other_keys(checkpoint: str, spec_task: Any) -> bool:
         keys = read_metadata(checkpoint)["config"].get("obs_keys")
     except Exception:  # noqa: BLE001 - an unreadable checkpoint is reported, with its fix, by the load
         return False
-    return bool(keys) and list(keys) != list(spec_task.obs_keys)
+    return reads_other_keys(keys, spec_task)
 
 
 def _fidelity_recorder(cfg: EvalConfig, policy: Any, specs: list[SamplerConfig]) -> fidelity.ObsRecorder | None:

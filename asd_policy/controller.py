@@ -165,7 +165,8 @@ class RealtimeController:
                            self.device)
 
     def _record(self, res: ChunkInference) -> None:
-        self.records.add_chunk(res.latency_s, res.sequential_calls, res.nfe)
+        encode_s = None if self.latency.fixed else res.encode_s  # a modelled latency has no measured part
+        self.records.add_chunk(res.latency_s, res.sequential_calls, res.nfe, encode_s)
         self._recent_latency.append(res.latency_s)
 
     def _as_chunk(self, res: ChunkInference, tick: int) -> _Chunk:
@@ -316,6 +317,12 @@ class RealtimeController:
         """Inference latency of the chunks so far (ms; the last ``max_records``), in arrival order
         (the model's latency on the simulated clock with a fixed latency model)."""
         return [x * 1e3 for x in self.records.latency_s]
+
+    @property
+    def chunk_encode_ms(self) -> list[float]:
+        """Of each chunk's latency, the camera encoder's (ms; same order as :attr:`chunk_latency_ms`);
+        empty without cameras or with a fixed latency model."""
+        return [x * 1e3 for x in self.records.encode_s]
 
     @property
     def chunk_actions(self) -> list[int]:

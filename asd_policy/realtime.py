@@ -113,6 +113,7 @@ class _Episode:
         ep.wall_s = ep.report.wall_s or 0.0
         ep.chunk_latency_ms = ctrl.chunk_latency_ms
         ep.chunk_actions = ctrl.chunk_actions
+        ep.chunk_encode_ms = ctrl.chunk_encode_ms
         ep.sequential_calls = list(ctrl.records.seq)
         ep.nfe = list(ctrl.records.nfe)
         return ep

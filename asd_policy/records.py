@@ -44,19 +44,24 @@ class ChunkRecords:
     """A real-time controller's record since its reset: per chunk (in arrival order, the first one
     included) its latency, sequential calls, NFE and the actions executed from it; per chunk after
     the first its delay and inpainted prefix; per tick the executed action and the chunk it came
-    from (for the jumps). Each keeps the last ``max_records`` entries; ``chunks`` counts them all."""
+    from (for the jumps); a camera policy's chunks also their encoder time, when the latency is
+    measured (a fixed latency model has no encoder part to split off). Each keeps the last
+    ``max_records`` entries; ``chunks`` counts them all."""
 
     def __init__(self, max_records: int | None):
         self.max_records = check_max_records(max_records)
         self.latency_s, self.seq, self.nfe, self.executed = (window(max_records) for _ in range(4))
+        self.encode_s = window(max_records)
         self.delay_ticks, self.inpaint_prefix = window(max_records), window(max_records)
         self.actions, self.sources = window(max_records), window(max_records)
         self.chunks = 0
 
-    def add_chunk(self, latency_s: float, sequential_calls: Any, nfe: Any) -> int:
+    def add_chunk(self, latency_s: float, sequential_calls: Any, nfe: Any, encode_s: float | None = None) -> int:
         """Records a chunk that arrived; its index (its number among the chunks recorded)."""
         self.executed.append(0)
         self.latency_s.append(latency_s)
+        if encode_s is not None:
+            self.encode_s.append(encode_s)
         if sequential_calls is not None:
             self.seq.append(float(sequential_calls))
         if nfe is not None:

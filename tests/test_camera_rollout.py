@@ -112,6 +112,22 @@ def test_camera_episodes_on_the_simulated_clock_batch_as_they_run_alone(tmp_path
     assert alone["samplers"]["asd"]["realtime"]["delay_ticks_mean"] == 2.0
 
 
+def test_real_time_episodes_split_measured_latency_into_encoder_and_sampler(tmp_path):
+    """On the simulated clock with measured latency (realtime=sim, no latency model) each chunk's
+    latency is split as in synchronous runs; a fixed latency model has no measured encoder part."""
+    measured = evaluate(policy=camera_policy(obs_dim=4), env_fn=make_toy_camera, task=None, samplers=["asd"],
+                        episodes=1, realtime="sim", control_hz=10.0, out_dir=tmp_path / "measured",
+                        logger="none", progress=False, verbose=False)
+    s, ep = measured["samplers"]["asd"], measured["episodes"][0]
+    assert ep["chunks"] > 1 and ep["chunk_encode_ms_mean"] > 0
+    assert 0 < s["encode_ms"]["mean"] < s["chunk_latency_ms"]["mean"]
+    assert s["sampler_ms"]["mean"] == pytest.approx(s["chunk_latency_ms"]["mean"] - s["encode_ms"]["mean"], rel=1e-6)
+    modelled = evaluate(policy=camera_policy(obs_dim=4), env_fn=make_toy_camera, task=None, samplers=["asd"],
+                        episodes=1, realtime="sim", control_hz=10.0, latency_ms={"asd": 120.0},
+                        out_dir=tmp_path / "modelled", logger="none", progress=False, verbose=False)
+    assert "encode_ms" not in modelled["samplers"]["asd"] and "chunk_encode_ms_mean" not in modelled["episodes"][0]
+
+
 def test_episode_frames_are_what_the_policy_saw():
     from asd_policy.rollout import rollout_episodes
 

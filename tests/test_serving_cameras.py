@@ -76,3 +76,22 @@ def test_remote_policy_takes_dict_histories_as_in_process(served, policy):
         want = policy.predict_action({k: v[b : b + 1] for k, v in obs.items()}, method="ddim",
                                      generator=torch.Generator().manual_seed(seed)).actions
         torch.testing.assert_close(torch.as_tensor(got[b : b + 1]), want, atol=1e-5, rtol=0)
+
+
+def test_scripts_eval_runs_a_served_camera_policy_on_the_camera_task(tmp_path):
+    """policy_server= with a camera checkpoint: the env comes with the served policy's cameras and
+    state keys (from the server's metadata), and the server reports its encoder share of each chunk."""
+    from asd_policy.checkpoint import load_policy
+    from asd_policy.evaluation import evaluate
+
+    thread = ServerThread(PolicyServer(load_policy("checkpoints/reach_around_image"),
+                                       ServeConfig(checkpoint="checkpoints/reach_around_image", port=0)))
+    url = thread.start()
+    try:
+        results = evaluate(task={"name": "reach_around", "cameras": ["top"]}, policy_server=url, samplers=["ddim"], episodes=1, max_steps=16,
+                           logger="none", progress=False, verbose=False, out_dir=tmp_path)
+    finally:
+        thread.stop()
+    row = results["samplers"]["ddim"]
+    assert row["episodes"] == 1 and not row["errors"]
+    assert 0 < row["server_encode_ms"]["p50"] < row["server_infer_ms"]["p50"] <= row["chunk_latency_ms"]["p50"]

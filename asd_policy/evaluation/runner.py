@@ -53,7 +53,8 @@ class _Run:
     warmed: set[str] = field(default_factory=set)
     videos: dict[str, Path] = field(default_factory=dict)
     recorder: fidelity.ObsRecorder | None = None  # fidelity=true: the observations the episodes visit
-    server_infer_ms: dict[str, list[float]] = field(default_factory=dict)  # policy_server: the server's own timing
+    # policy_server: the server's own timing per sampler: infer_ms (and a camera policy's encode_ms) per chunk
+    server_timing: dict[str, dict[str, list[float]]] = field(default_factory=dict)
 
     @property
     def device(self) -> torch.device:
@@ -269,9 +270,11 @@ def _add_server_timing(run: _Run, results: dict) -> None:
     results["policy_server"] = {"url": run.cfg.policy_server, "weights_sha256": meta.get("weights_sha256"),
                                 "device": meta.get("device"),
                                 "note": "chunk_latency_ms is measured at this client (network included); "
-                                        "server_infer_ms is the server's sampling time of the same chunks"}
-    for name, values in run.server_infer_ms.items():
-        results["samplers"][name]["server_infer_ms"] = latency_summary(values)
+                                        "server_infer_ms is the server's sampling time of the same chunks "
+                                        "(server_encode_ms: a camera policy's encoder share of it)"}
+    for name, timing in run.server_timing.items():
+        for key, values in timing.items():
+            results["samplers"][name][f"server_{key}"] = latency_summary(values)
 
 
 def _run_episodes(run: _Run, store: EpisodeStore, bar: Any) -> None:
@@ -286,8 +289,11 @@ def _run_episodes(run: _Run, store: EpisodeStore, bar: Any) -> None:
             timed = len(getattr(run.policy, "server_timing", ()))
             results = _run_batch(run, spec, todo)
             if cfg.policy_server:
-                run.server_infer_ms.setdefault(spec.name, []).extend(
-                    t["infer_ms"] for t in run.policy.server_timing[timed:])
+                timing = run.server_timing.setdefault(spec.name, {})
+                for t in run.policy.server_timing[timed:]:
+                    for key in ("infer_ms", "encode_ms"):
+                        if key in t:
+                            timing.setdefault(key, []).append(t[key])
             for e, r in zip(todo, results):
                 store.append(episode_row(spec.name, e, r))
                 _keep_video(run, spec.name, e, r)

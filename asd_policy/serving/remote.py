@@ -27,7 +27,7 @@ from asd_policy.records import MAX_RECORDS, window
 from asd_policy.serving.config import API_KEY_ENV
 from asd_policy.serving.wire import packb, unpackb
 
-__all__ = ["RemotePolicy", "RemoteError", "RemoteStats"]
+__all__ = ["RemotePolicy", "RemoteError", "RemoteStats", "ServedPolicyConfig"]
 
 
 class RemoteError(RuntimeError):
@@ -42,6 +42,28 @@ class RemoteStats:
     nfe: np.ndarray  # [B]
     acceptance_rate: list[float | None]
     server_timing: list[dict[str, float]]
+
+
+@dataclass(frozen=True)
+class ServedPolicyConfig:
+    """What the server's metadata says of the policy it serves, in the fields of a checkpoint's
+    :class:`~asd_policy.policy_config.PolicyConfig` that choose the env it runs in: its task, the
+    state keys it reads (None for a LeRobot policy's named features, which ``obs_features`` holds)
+    and its cameras (``image_features``, ``[C, H, W]`` shapes as a checkpoint stores them)."""
+
+    task_name: str | None
+    obs_keys: list[str] | None
+    obs_features: list[dict] | None
+    image_features: list[dict] | None
+    sampler: dict
+
+    @classmethod
+    def from_metadata(cls, meta: Mapping[str, Any]) -> "ServedPolicyConfig":
+        features = meta.get("obs_features") or None
+        cameras = [{"name": c["name"], "shape": [c["shape"][2], c["shape"][0], c["shape"][1]]}
+                   for c in meta.get("cameras") or []]
+        return cls(meta.get("task"), None if features else list(meta.get("obs_keys") or []) or None,
+                   features, cameras or None, dict(meta["samplers"]["policy"]))
 
 
 class RemotePolicy:
@@ -70,6 +92,7 @@ class RemotePolicy:
             setattr(self, key, int(self.metadata[key]))
         self.task_name: str | None = self.metadata.get("task")
         self.stored_sampler: dict = dict(self.metadata["samplers"]["policy"])  # the checkpoint's own sampler
+        self.config = ServedPolicyConfig.from_metadata(self.metadata)  # the env it runs in: keys, cameras
         # the server's action scaling: real-time jumps are reported in normalised units, as in-process
         self.action_normalizer = normalizer_from_dict(self.metadata["action_normalizer"])
         self.device = torch.device("cpu")

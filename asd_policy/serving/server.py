@@ -115,7 +115,8 @@ class PolicyServer:
                 "seed": job.seed,
                 "sampler": sampler,
                 "server_timing": {"infer_ms": infer_ms, "queue_ms": 1000.0 * (started - job.received),
-                                  "batch_size": len(jobs)},
+                                  "batch_size": len(jobs),
+                                  **({} if res.encode_s is None else {"encode_ms": 1000.0 * res.encode_s})},
                 "sampler_stats": {"sequential_calls": float(row.sequential_calls), "nfe": float(row.nfe),
                                   "acceptance_rate": acceptance},
             })

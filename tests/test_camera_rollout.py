@@ -128,6 +128,25 @@ def test_real_time_episodes_split_measured_latency_into_encoder_and_sampler(tmp_
     assert "encode_ms" not in modelled["samplers"]["asd"] and "chunk_encode_ms_mean" not in modelled["episodes"][0]
 
 
+def test_fidelity_compares_a_camera_policys_chunks_on_recorded_frames(tmp_path):
+    """fidelity=true on a camera policy: the recorded histories keep their frames (uint8) and state,
+    ASD's chunks match DDPM's on them, and a resumed run reads the saved camera histories back."""
+    def run(**kw):
+        return evaluate(policy=camera_policy(obs_dim=4), env_fn=make_toy_camera, task=None, samplers=["ddpm", "asd"],
+                        episodes=1, max_steps=8, out_dir=tmp_path, logger="none", progress=False, verbose=False,
+                        fidelity=True, fidelity_chunks=24, fidelity_observations=2, **kw)
+
+    first = run()
+    assert first["fidelity"]["source"] == "ddpm episodes" and len(first["fidelity"]["observations"]) == 2
+    assert first["samplers"]["asd"]["fidelity"]["p_value"] > 0.01
+    saved = np.load(tmp_path / "fidelity_observations.npz")
+    assert saved["histories.front_image"].dtype == np.uint8 and saved["histories.front_image"].shape == (2, 2, H, W, 3)
+    assert saved["histories.state"].shape == (2, 2, 4)
+    again = run(resume=True)
+    assert again["fidelity"]["source"] == "ddpm episodes (saved)"
+    assert again["samplers"]["asd"]["fidelity"]["p_value"] == first["samplers"]["asd"]["fidelity"]["p_value"]
+
+
 def test_episode_frames_are_what_the_policy_saw():
     from asd_policy.rollout import rollout_episodes
 

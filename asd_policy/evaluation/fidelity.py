@@ -22,6 +22,7 @@ import torch
 
 from asd_policy import exactness as ex
 from asd_policy.evaluation.config import EvalError
+from asd_policy.rollout import batch_size, element
 from asd_policy.sampler_config import SamplerConfig
 
 __all__ = ["OBSERVATIONS_NAME", "check_policy", "reference_samplers", "recording_sampler", "ObsRecorder",
@@ -69,13 +70,45 @@ class _Recording:
 
         @functools.wraps(policy.predict_action)  # the signature too (inpainting checks known_actions)
         def predict_action(obs_history: Any, *args: Any, **kwargs: Any) -> Any:
-            keep(torch.as_tensor(obs_history).detach().clone())
+            keep(_copy(obs_history))
             return policy.predict_action(obs_history, *args, **kwargs)
 
         self.predict_action = predict_action
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._policy, name)
+
+
+def _copy(obs_history: Any) -> Any:
+    """A copy of a history (a tensor or array, or a camera policy's dict of them), on its own device."""
+    if isinstance(obs_history, Mapping):
+        return {k: torch.as_tensor(v).detach().clone() for k, v in obs_history.items()}
+    return torch.as_tensor(obs_history).detach().clone()
+
+
+def _host(history: Any) -> Any:
+    """One recorded history as host arrays: float32 state, camera frames in their own dtype (uint8)."""
+    if isinstance(history, Mapping):
+        return {k: v.cpu().numpy() if k != "state" else v.cpu().numpy().astype(np.float32) for k, v in history.items()}
+    return history.cpu().numpy().astype(np.float32)
+
+
+def _save(path: Path, labels: list[str], histories: list[Any]) -> None:
+    """``fidelity_observations.npz``: labels and histories (a camera policy's as ``histories.<key>``)."""
+    if isinstance(histories[0], Mapping):
+        arrays = {f"histories.{k}": np.stack([h[k] for h in histories]) for k in histories[0]}
+    else:
+        arrays = {"histories": np.stack(histories)}
+    np.savez(path, labels=np.array(labels), **arrays)
+
+
+def _load(path: Path) -> list[tuple[str, Any]]:
+    saved = np.load(path, allow_pickle=False)
+    labels = [str(s) for s in saved["labels"]]
+    if "histories" in saved.files:
+        return list(zip(labels, saved["histories"]))
+    keys = [f.removeprefix("histories.") for f in saved.files if f.startswith("histories.")]
+    return [(label, {k: saved[f"histories.{k}"][i] for k in keys}) for i, label in enumerate(labels)]
 
 
 class ObsRecorder:
@@ -92,9 +125,10 @@ class ObsRecorder:
         calls = [0]
         where = f"episode {episodes[0]}" if len(episodes) == 1 else f"episodes {episodes[0]}-{episodes[-1]}"
 
-        def keep(obs: torch.Tensor) -> None:
-            for j, row in enumerate(obs):
-                self.records.append((f"{where} chunk {calls[0]}" + (f" env {j}" if len(obs) > 1 else ""), row))
+        def keep(obs: Any) -> None:
+            n = batch_size(obs)
+            for j in range(n):
+                self.records.append((f"{where} chunk {calls[0]}" + (f" env {j}" if n > 1 else ""), element(obs, j)))
             calls[0] += 1
 
         return _Recording(policy, keep)
@@ -103,7 +137,7 @@ class ObsRecorder:
         """``m`` records evenly spaced (the middle of ``m`` equal parts), or all when fewer."""
         n = len(self.records)
         idx = sorted({int((i + 0.5) * n / self.m) for i in range(self.m)}) if n > self.m else range(n)
-        return [(self.records[i][0], self.records[i][1].cpu().numpy().astype(np.float32)) for i in idx]
+        return [(self.records[i][0], _host(self.records[i][1])) for i in idx]
 
     def observations(self, out: Path, env_fn: Callable[[], Any], policy: Any, seed: int
                      ) -> tuple[list[tuple[str, np.ndarray]], str]:
@@ -113,11 +147,10 @@ class ObsRecorder:
         path = Path(out) / OBSERVATIONS_NAME
         if self.records:
             obs = self.picked()
-            np.savez(path, labels=np.array([label for label, _ in obs]), histories=np.stack([h for _, h in obs]))
+            _save(path, [label for label, _ in obs], [h for _, h in obs])
             return obs, f"{self.sampler} episodes"
         if path.exists():
-            saved = np.load(path)
-            return list(zip((str(s) for s in saved["labels"]), saved["histories"])), f"{self.sampler} episodes (saved)"
+            return _load(path), f"{self.sampler} episodes (saved)"
         return ex.observations_for(policy, env_fn, resets=self.m, rollout_states=0, seed=seed), "resets"
 
 

@@ -104,3 +104,22 @@ def test_check_exactness_runs_on_a_camera_policy_from_the_camera_tasks_frames(tr
                                    progress=False))
     assert report["observations"][0] == "reset seed 1000" and len(report["observations"]) == 2
     assert "asd16" in report["verdict"]["asd_samplers"] and report["latency_ms"]["asd16"] > 0
+
+
+def test_init_from_starts_a_run_from_a_checkpoints_networks(trained, demos, tmp_path):
+    """Fine-tuning: init_from loads the checkpoint's U-Net and encoder (zero steps leave them as
+    they were); a checkpoint of other networks is refused with the settings to match."""
+    import torch
+
+    from asd_policy.checkpoint import policy_state
+
+    source = policy_state(load_policy(trained.checkpoint))
+    res = train(camera_cfg(demos, tmp_path / "tuned", init_from=str(trained.checkpoint), steps=0))
+    tuned = policy_state(load_policy(res.checkpoint))
+    assert tuned.keys() == source.keys() and any(k.startswith("rgb_encoder.") for k in tuned)
+    assert all(torch.equal(tuned[k], source[k]) for k in source)
+    fresh = policy_state(load_policy(train(camera_cfg(demos, tmp_path / "fresh", steps=0)).checkpoint))
+    assert not all(torch.equal(fresh[k], source[k]) for k in source)  # without init_from: random weights
+    with pytest.raises(ConfigError, match="init_from=.*another shape"):
+        train(camera_cfg(demos, tmp_path / "other", init_from=str(trained.checkpoint), steps=0,
+                         policy={"size": "small", "cameras": ["top"]}))

@@ -124,6 +124,9 @@ class TrainConfig:
     obs_keys: list[str] | None = None  # None -> the file's keys (a camera policy: the task's own state_keys)
     task: TaskConfig = field(default_factory=TaskConfig)  # names the task in the checkpoint; rollouts run in it
     policy: PolicySpec = field(default_factory=PolicySpec)
+    # a checkpoint whose weights start the run (fine-tuning on more or other data): its networks must
+    # be the ones this config builds; normalisers, optimiser and schedule are this run's. None: random init
+    init_from: str | None = None
     # optimisation
     steps: int = 20000  # gradient steps
     batch_size: int = 256  # global (split over DDP ranks)

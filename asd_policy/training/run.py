@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from asd_policy.checkpoint import load_policy, load_policy_state, policy_state
 from asd_policy.io import write_json
 from asd_policy.config import ConfigError
 from asd_policy.normalizer import AffineNormalizer, MinMaxNormalizer
@@ -171,6 +172,8 @@ def _build(cfg: TrainConfig, dist: Dist, device: torch.device, t_start: float) -
                                 vision=spec.vision if data.image_features else None)
     img_norm = _image_normalizer(data.image_features)
     policy = DiffusionPolicy(config, data.obs_normalizer, data.action_normalizer, image_normalizer=img_norm).to(device)
+    if cfg.init_from:
+        _init_weights(policy, cfg.init_from)
     networks = policy.networks().train()
     ema = EMA(networks, cfg.ema_power, cfg.ema_max_decay)
     ema_policy = DiffusionPolicy(policy.config, data.obs_normalizer, data.action_normalizer,
@@ -180,6 +183,19 @@ def _build(cfg: TrainConfig, dist: Dist, device: torch.device, t_start: float) -
     amp = precision(cfg.amp, device)
     gen = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + dist.rank)
     return TrainRun(cfg, dist, device, Path(cfg.out), data, policy, networks, ema, ema_policy, opt, amp, gen, t_start)
+
+
+def _init_weights(policy: DiffusionPolicy, path: str) -> None:
+    """Fine-tuning: the networks of checkpoint ``path`` (U-Net, and a camera policy's encoder) into
+    ``policy``; a :class:`ConfigError` when they are not the networks this run's settings build."""
+    source = load_policy(path)  # CheckpointError (a ValueError) names a missing or corrupt checkpoint
+    try:
+        load_policy_state(policy, {k: v.to(dtype=torch.float32) for k, v in policy_state(source).items()})
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise ConfigError(f"init_from={path!r} holds networks of another shape than this run's policy ({first}); "
+                          f"train with its settings (policy size, horizons, cameras, vision: see its policy.json), "
+                          f"or drop init_from") from None
 
 
 def _resume(run: TrainRun) -> None:

@@ -58,7 +58,7 @@ def publish_timing(merged: dict, root: Path, gpu: str, variant: str, session: st
              f"all rows: [bench/latency-{gpu}-trained.md](bench/latency-{gpu}-trained.md)):\n\n")
     write_section(root / "docs" / "benchmarks.md", "gpu-trained", where + benchmarks_table(merged, variant))
     write_section(root / "README.md", "gpu-trained",
-                  f"Trained policies on the same kind of GPU, batch 1, {variant} ({session}; the stand-in rows above are "
+                  f"Trained policies, {merged['meta'].get('device_description')}, batch 1, {variant} ({session}; the stand-in rows above are "
                   f"not trained):\n\n" + readme_table(merged, variant))
 
 
@@ -97,11 +97,11 @@ def realtime_points(profs: dict, merged: dict, root: Path, gpu: str, args) -> No
                  f"episodes={args.realtime_episodes}", f"num_envs={min(10, args.realtime_episodes)}", "realtime=sim",
                  f"control_hz={hz}", f"latency_profile={profile}", "logger=none", "progress=false",
                  f"hydra.run.dir={base / f'{hz:g}hz_switch'}"])
-        run_roots.append(base)
+        run_roots.append((task, base))
     if run_roots:
         body = (f"**Measured on the GPU ({gpu}).** Each sampler's chunk takes the trained policy's own median batch-1 latency "
-                f"measured there (`docs/bench/latency-profile-{gpu}-trained-<checkpoint>.json`):\n\n"
-                + realtime_markdown(load_runs(run_roots)))
+                f"measured there (`docs/bench/latency-profile-{gpu}-trained-<checkpoint>.json`).\n\n"
+                + "\n\n".join(f"{task}:\n\n{realtime_markdown(load_runs([base]))}" for task, base in run_roots))
         write_section(root / "docs" / "results-realtime.md", "gpu-trained-realtime", body)
 
 
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.skip_eval:
         verdicts = [evaluate_and_ship(c, args.root, gpu, args) for c in sorted((work / "checkpoints").glob("*/")) if (c / "policy.json").is_file()]
     (args.root / "docs" / "bench" / f"gpu-session-{gpu}.json").write_text(json.dumps({**manifest, "verdicts": verdicts}, indent=2) + "\n")
-    print("\n".join(verdicts) or "no trained checkpoint came back")
+    print("\n".join(verdicts) or ("evaluation skipped" if args.skip_eval else "no trained checkpoint came back"))
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ else
     BATCH="1 16"; REPEATS=5; LS="16 32"; ROWS="1 2 4 8 16 32 64 128 256 512"; VARIANT=graph
     SERVE="--clients 1 4 16 64 --samplers asd ddpm --warmup 1 --window 4 --overhead-chunks 20"
     TESTS="tests/test_fast.py tests/test_sampling.py"
-    SQUARE_TASK=square; SQUARE_STEPS=${SQUARE_STEPS:-8000}; CHI_STEPS=${CHI_STEPS:-3000}; TRAIN="--batch-size 256 --ckpt-every 500"
+    SQUARE_TASK=square; SQUARE_STEPS=${SQUARE_STEPS:-6000}; CHI_STEPS=${CHI_STEPS:-1500}; TRAIN="--batch-size 256 --ckpt-every 500"
     IMAGE_TASK=lift; IMAGE_CAMERAS="agentview robot0_eye_in_hand"; IMAGE_SIZE=84; IMAGE_DEMOS=${IMAGE_DEMOS:-50}; IMAGE_STEPS=${IMAGE_STEPS:-3000}
     IMAGE_TRAIN="--batch-size 64 --ckpt-every 250"; VISION='{}'
 fi
@@ -89,7 +89,7 @@ if want timing; then
     for ck in $CKPTS; do
         name=$(basename "$ck"); cond=()
         [ -f "$CARRY/cond/$name.pt" ] && cond=(--cond "$CARRY/cond/$name.pt")
-        part "timing-$name" "$(( $(left) < 60 ? $(left) : 60 ))" python3 scripts/bench_latency.py --device "$DEV" --checkpoint "$ck" \
+        part "timing-$name" "$(( $(left) < 45 ? $(left) : 45 ))" python3 scripts/bench_latency.py --device "$DEV" --checkpoint "$ck" \
             "${cond[@]}" --models random --batch $BATCH --L $LS --anchors reuse --repeats "$REPEATS" --row-cost $ROWS \
             --json "$work/timing/$name.json" --markdown "$work/timing/$name.md"
     done

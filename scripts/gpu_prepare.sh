@@ -26,17 +26,19 @@ python3 -m pip wheel -q --no-deps -w "$CARRY/wheels" "hydra-core==$(version hydr
 if [ ! -f "$CARRY/data/square.hdf5" ]; then
     python3 scripts/collect.py task=square num_demos="${SQUARE_DEMOS:-100}" seed=0 output="$CARRY/data/square-raw.hdf5" progress=false &&
     python3 - "$CARRY/data/square-raw.hdf5" "$CARRY/data/square.hdf5" <<'PY' && rm "$CARRY/data/square-raw.hdf5"
-# the same file with every array gzip-compressed (h5py reads it as it is): the carry limit counts bytes
-import sys, h5py
+# what training reads, nothing more (the carry limit counts bytes): each demo's actions, rewards, dones and
+# the task's observation keys (data attribute asd_obs_keys), the train/valid masks, the attributes but each
+# demo's 48 kB MuJoCo model; not next_obs, states or the other observation keys
+import json, sys, h5py
 with h5py.File(sys.argv[1], "r") as src, h5py.File(sys.argv[2], "w") as dst:
-    def copy(name, obj):
-        if isinstance(obj, h5py.Dataset):
-            opts = dict(compression="gzip", compression_opts=6, shuffle=True) if obj.shape else {}
-            dst.create_dataset(name, data=obj[()], **opts).attrs.update(obj.attrs)
-        else:
-            dst.require_group(name).attrs.update(obj.attrs)
-    dst.attrs.update(src.attrs)
-    src.visititems(copy)
+    src.copy("mask", dst)
+    data = dst.require_group("data")
+    data.attrs.update(src["data"].attrs)
+    for demo, group in src["data"].items():
+        out = data.require_group(demo)
+        out.attrs.update({k: v for k, v in group.attrs.items() if k != "model_file"})
+        for name in ("actions", "rewards", "dones", *(f"obs/{k}" for k in json.loads(src["data"].attrs["asd_obs_keys"]))):
+            src.copy(group[name], out, name=name)
 PY
 fi
 

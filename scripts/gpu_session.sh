@@ -39,7 +39,7 @@ if [ "$TINY" = 1 ]; then  # toy sizes on the CPU: rehearses every part and the p
     BATCH="1"; REPEATS=1; LS="16"; ROWS="1 4"; VARIANT=eager
     SERVE="--clients 1 2 --samplers asd --warmup 0.2 --window 0.5 --overhead-chunks 2"
     TESTS="tests/test_fast.py"
-    SQUARE_TASK=reach_around; SQUARE_STEPS=${SQUARE_STEPS:-4}; CHI_STEPS=${CHI_STEPS:-0}; TRAIN="--size tiny --batch-size 8 --ckpt-every 2"
+    SQUARE_TASK=${SQUARE_TASK:-reach_around}; SQUARE_STEPS=${SQUARE_STEPS:-4}; CHI_STEPS=${CHI_STEPS:-0}; TRAIN="--size tiny --batch-size 8 --ckpt-every 2"
     IMAGE_TASK=reach_around; IMAGE_CAMERAS=top; IMAGE_SIZE=32; IMAGE_DEMOS=${IMAGE_DEMOS:-2}; IMAGE_STEPS=3
     IMAGE_TRAIN="--size tiny --batch-size 4 --ckpt-every 2"; VISION='{"crop_shape": [28, 28], "conv_channels": [16, 32, 32], "keypoints": 8}'
 else

@@ -88,9 +88,42 @@ def test_the_tiny_session_runs_every_part_packs_what_a_call_brings_back_and_is_p
 
 
 def test_a_training_run_cut_by_its_timeout_still_brings_back_its_last_checkpoint(tmp_path):
-    out, manifest = _session(tmp_path, "cut", PARTS="train", SQUARE_STEPS="100000", BUDGET_S="42")
+    # 58 s of budget: about 30 s of it for training after the device check, the toy demos and the 25 s kept for
+    # packing, which a loaded 2-core box needs to start and reach the first checkpoint (every 2 steps)
+    out, manifest = _session(tmp_path, "cut", PARTS="train", SQUARE_STEPS="100000", BUDGET_S="58")
     assert _statuses(manifest)["train-reach_around_small"] == "timeout"
-    assert (out / "checkpoint-reach_around_small.tar.gz").is_file()
+    import tarfile
+
+    from asd_policy.checkpoint import load_policy
+
+    with tarfile.open(out / "checkpoint-reach_around_small.tar.gz") as tar:
+        tar.extractall(tmp_path / "back", filter="data")
+    assert load_policy(tmp_path / "back" / "reach_around_small").config.task_name == "reach_around"
+
+
+def test_sigterm_stops_training_after_its_step_with_a_consistent_checkpoint(tmp_path):
+    """timeout's SIGTERM used to kill a run mid-save, leaving weights that do not match policy.json."""
+    import signal
+    import time
+
+    from asd_envs.collect import collect
+    from asd_policy.checkpoint import load_policy, load_training_info
+
+    collect("reach_around", 2, seed=0, output=str(tmp_path / "d.hdf5"), progress=False)
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "asd_policy.training", "--dataset", str(tmp_path / "d.hdf5"), "--out", str(out),
+                             "--task", "reach_around", "--steps", "100000", "--size", "tiny", "--batch-size", "8", "--ckpt-every", "3",
+                             "--device", "cpu", "--logger", "none", "--no-progress"],
+                            env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not (out / "checkpoint" / "policy.json").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # while it trains and saves every 3 steps
+    log = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0, log[-2000:]
+    steps = load_training_info(out / "checkpoint")["steps"]
+    assert f"SIGTERM: stopping at step {steps} of 100000" in log
+    assert load_policy(out / "checkpoint") is not None  # weights and JSON agree
 
 
 def test_the_cuda_exactness_tests_import_without_the_simulators():

@@ -96,15 +96,19 @@ if want timing; then
 fi
 
 # ---- 2. serving, alone on the GPU: batching across 1..64 clients ------------------------------
+pids=()
 if want serving; then
     part serving "$(( $(left) < 130 ? $(left) : 130 ))" python3 scripts/bench_serving.py --device "$DEV" --checkpoint checkpoints/lift \
-        $SERVE --json "$work/serving/serving-lift.json"
+        $SERVE --json "$work/serving/serving-lift.json" &
+    pids+=($!)
+    if [ "$TINY" != 1 ]; then wait "${pids[@]}"; pids=(); fi  # alone on the GPU; a CPU rehearsal times nothing worth keeping apart
 fi
 
 # ---- 3.-5. training and the CUDA exactness tests share the GPU for the time that is left ------
 train_run() {  # train_run NAME DATASET TASK STEPS EXTRA...: python -m asd_policy.training, no hydra
     local name=$1 data=$2 task=$3 steps=$4; shift 4
-    python3 -m asd_policy.training --dataset "$data" --out "$work/train/$name" --task "$task" --steps "$steps" \
+    # exec: timeout's SIGTERM then reaches the training itself, which saves the step it is on and stops
+    exec python3 -m asd_policy.training --dataset "$data" --out "$work/train/$name" --task "$task" --steps "$steps" \
         --device "$DEV" --logger none --no-progress --log-every 50 --val-every 500 "$@"
 }
 image_run() {  # collect the camera demos here (the simulator renders on the GPU), then train on them
@@ -123,7 +127,6 @@ if [ "$TINY" = 1 ] && want train && [ ! -f "$square_data" ]; then  # the toy run
     python3 -c "from asd_envs.collect import collect; collect('$SQUARE_TASK', 2, seed=0, output='$square_data', progress=False)" \
         >"$work/logs/collect-tiny.log" 2>&1
 fi
-pids=()
 if want exactness; then part exactness "$(left)" python3 -m pytest -q -p no:cacheprovider $TESTS & pids+=($!); fi
 if want train; then
     if [ -f "$square_data" ]; then

@@ -19,8 +19,8 @@ import torch
 
 from asd_policy.analytic import GaussianMixtureDenoiser, two_mode_mixture
 from asd_policy.devices import describe_device
-from asd_policy.fast import GraphedSampler
-from asd_policy.sampler_config import SamplerConfig
+from asd_policy.fast import FAST_METHODS, GraphedSampler
+from asd_policy.sampler_config import SAMPLER_PRESETS, SamplerConfig
 from asd_policy.sampling import NoiseSchedule, sample
 
 
@@ -61,10 +61,41 @@ def case(method: str, **options) -> Case:
     return Case(SamplerConfig(label, method, o))
 
 
-def default_cases(speculation_lengths=(4, 8, 16, 32), anchors=("reuse", "fresh"), paradigms: bool = False) -> list[Case]:
-    """DDPM, DDIM and ParaDiGMS at their sampler functions' defaults, then ASD over L and anchors."""
+def default_cases(speculation_lengths=(4, 8, 16, 32), anchors=("reuse", "fresh"), paradigms: bool = False,
+                  presets: tuple[str, ...] = ()) -> list[Case]:
+    """DDPM, DDIM and ParaDiGMS at their sampler functions' defaults, then ASD over L and anchors, then
+    the named ``presets`` (``SAMPLER_PRESETS`` names, e.g. a draft-tree preset) as they are set."""
     cases = [case("ddpm"), case("ddim")] + ([case("paradigms")] if paradigms else [])
-    return cases + [case("asd", speculation_length=L, anchor=a) for a in anchors for L in speculation_lengths]
+    cases += [case("asd", speculation_length=L, anchor=a) for a in anchors for L in speculation_lengths]
+    return cases + [Case(SamplerConfig.from_dict(name, SAMPLER_PRESETS[name]).resolved()) for name in presets]
+
+
+def tree_presets() -> list[str]:
+    """The draft-tree presets that exist (issue 24's; none until they land), so that a benchmark
+    times them without being edited."""
+    return [name for name, p in SAMPLER_PRESETS.items() if "tree" in name or "tree" in str(p.get("method"))]
+
+
+def policy_conditions(policy, task: str | None, rows: int) -> torch.Tensor:
+    """``rows`` conditioning rows of a trained policy from its task's held-out observations: half at
+    resets, half along a DDPM rollout (exactness.observations_for), as predict_action builds them."""
+    import asd_envs
+
+    from asd_policy.config import TaskConfig
+    from asd_policy.exactness import observations_for
+    from asd_policy.obs_map import policy_env_fn
+    from asd_policy.rollout import stack_histories
+
+    name = policy.config.task_name or task
+    if name is None:
+        raise ValueError("the checkpoint records no task; give --task")
+    images = policy.config.image_features or []
+    cfg = TaskConfig(name=name, cameras=[f["name"].removesuffix("_image") for f in images],
+                     image_size=images[0]["shape"][-1] if images else TaskConfig.image_size)
+    env_fn = policy_env_fn(cfg, asd_envs.get_task(name), policy,
+                           lambda kwargs: lambda: asd_envs.make_env(name, render_mode=None, **kwargs))
+    observations = observations_for(policy, env_fn, rows - rows // 2, rows // 2)
+    return policy.conditioning(stack_histories([h for _, h in observations])).cpu()
 
 
 def bench_schedule() -> NoiseSchedule:
@@ -144,6 +175,25 @@ def forward_time(model, shape: tuple[int, int, int], cond_dim: int, device: torc
     return statistics.median(timed(call) for _ in range(repeats))
 
 
+def condition_rows(conds: torch.Tensor | None, batch: int, cond_dim: int, device: torch.device) -> torch.Tensor | None:
+    """``batch`` rows of conditioning: recorded ones (a trained policy's, from real observations;
+    cycled) when given, else standard-normal rows, None for an unconditioned model."""
+    if conds is not None:
+        return conds[torch.arange(batch) % conds.shape[0]].to(device)
+    return torch.randn(batch, cond_dim, device=device) if cond_dim else None
+
+
+@torch.no_grad()
+def row_cost_curve(model: torch.nn.Module, horizon: int, action_dim: int, cond_dim: int, rows: list[int],
+                   device: torch.device, graph: bool, repeats: int = 20) -> list[dict]:
+    """The network's cost against rows per call (rows -> median ms of one forward), the curve that
+    says how far a batched ASD round (B x L rows) stays as cheap as one sequential step."""
+    model = model.to(device).eval()
+    return [{"rows": n, "graph": graph and device.type == "cuda",
+             "forward_ms": 1000 * forward_time(model, (n, horizon, action_dim), cond_dim, device, graph, repeats)}
+            for n in rows]
+
+
 @torch.no_grad()
 def run_grid(
     models: dict[str, tuple[torch.nn.Module, int]],
@@ -158,22 +208,24 @@ def run_grid(
     warmup: int = 1,
     autocast_dtype: torch.dtype | None = None,
     progress: Callable[[str], None] = print,
+    conds: dict[str, torch.Tensor] | None = None,
 ) -> list[dict]:
-    """Time every cell; `models` maps a name to (model, cond_dim). Returns one plain dict per cell."""
+    """Time every cell; `models` maps a name to (model, cond_dim), `conds` a name to recorded
+    conditioning rows [N, cond_dim] (else random rows). Returns one plain dict per cell."""
     rows = []
     timed = _timer(device)
     for model_name, (model, cond_dim) in models.items():
         model = model.to(device).eval()
         for batch in batches:
             shape = (batch, horizon, action_dim)
-            cond = torch.randn(batch, cond_dim, device=device) if cond_dim else None
+            cond = condition_rows((conds or {}).get(model_name), batch, cond_dim, device)
             fwd_cache: dict[tuple[int, bool], float] = {}
             for variant in variants:
                 graph = variant == "graph"
                 baseline_ms = None
                 for case in cases:
-                    if graph and case.method == "paradigms":
-                        continue  # no fixed-shape fast path for ParaDiGMS: compare it with the eager rows
+                    if graph and case.method not in FAST_METHODS:
+                        continue  # no fixed-shape fast path (ParaDiGMS): compare it with the eager rows
                     if not graph and case.capture:
                         continue  # capture modes exist only for the fixed-shape fast path
                     if graph:

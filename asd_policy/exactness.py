@@ -30,7 +30,6 @@ import numpy as np
 import torch
 
 from asd_policy.config import HELD_OUT_SEED, ConfigError, TaskConfig
-from asd_policy.obs_map import policy_env_fn
 from asd_policy.rollout import ObsHistory, element, infer_chunk, policy_device, stack_histories
 from asd_policy.sampler_config import SamplerConfig, resolve_samplers
 from asd_policy.schedule import VARIANCE_TYPES, NoiseSchedule
@@ -387,6 +386,8 @@ def load_checked(checkpoint: str, device: str = "cpu", task: str | None = None) 
 def check(cfg: ExactnessConfig, log: Callable[[str], None] | None = None) -> dict:
     """Load, collect observations, draw, test, time: the report (JSON-serialisable) with its verdict."""
     import asd_envs
+
+    from asd_policy.obs_map import policy_env_fn  # gymnasium: not needed by the sampler tests that import this module
 
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)

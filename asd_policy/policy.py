@@ -220,6 +220,14 @@ class DiffusionPolicy(nn.Module):
             low = torch.cat([low[..., :k], feats, low[..., k:]], dim=-1)
         return low.reshape(obs.shape[0], -1)
 
+    @torch.no_grad()
+    def conditioning(self, obs_history: Any) -> Tensor:
+        """The U-Net's conditioning rows ``[B, cond_dim]`` for observation histories, as
+        :meth:`predict_action` builds them (a camera policy's encoder in inference mode)."""
+        obs, images = self.split_observation(obs_history)
+        with self._evaluating():
+            return self._cond(obs, images)
+
     # ---- inference -------------------------------------------------------------------------
     @torch.no_grad()
     def predict_action(

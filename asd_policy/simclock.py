@@ -35,7 +35,7 @@ from asd_policy.config import ConfigError
 from asd_policy.rollout import concat_histories
 
 __all__ = ["Rate", "delay_ticks", "LatencyModel", "SimInference", "SimBatch", "SimRequest", "BatchedSimInference",
-           "ThreadedInference", "check_latency_ms", "load_latency_profile", "profile_from_results", "latency_for_samplers",
+           "ThreadedInference", "check_latency_ms", "load_latency_profile", "profile_from_results", "profile_from_bench", "latency_for_samplers",
            "load_avg"]
 
 #: Float slack so that a latency of exactly m periods (e.g. 0.3 s at 10 Hz) counts as m ticks.
@@ -131,6 +131,30 @@ def profile_from_results(results: Mapping[str, Any], stat: str = "mean") -> dict
         if value is None:
             raise ConfigError(f"sampler {name!r} has no chunk_latency_ms.{stat} (no chunk was timed); rerun its episodes")
         out[str(name)] = round(_number(f"{name}.chunk_latency_ms.{stat}", value), 1)
+    return out
+
+
+def profile_from_bench(bench: Mapping[str, Any], model: str, variant: str = "graph", batch: int = 1,
+                       stored: Mapping[str, Any] | None = None) -> dict[str, float]:
+    """A latency profile ``{sampler: ms}`` from scripts/bench_latency.py's JSON: the median chunk
+    latency of ``model``'s rows at ``batch`` in ``variant`` (graph: CUDA-graph replay), under each
+    row's own label (``asd-L32-reuse``) and under every preset name whose settings (resolved against
+    the policy's ``stored`` sampler) it timed, so that ``samplers=[ddpm,asd,ddim]`` find theirs."""
+    from asd_policy.sampler_config import SAMPLER_PRESETS, SamplerConfig
+
+    rows = [r for r in bench.get("rows", []) if (r.get("model"), r.get("variant"), r.get("batch")) == (model, variant, batch)]
+    if not rows:
+        known = sorted({(r.get("model"), r.get("variant"), r.get("batch")) for r in bench.get("rows", [])})
+        raise ConfigError(f"no {variant} rows of model {model!r} at batch {batch} in this benchmark; it has {known}")
+    timed = {}
+    for r in rows:
+        timed.setdefault(r["sampler"], r)  # a DDPM captured per step before its whole-chunk graph: the first one
+    out = {label: round(_number(f"{label}.median_ms", r["median_ms"]), 1) for label, r in timed.items()}
+    for name, preset in SAMPLER_PRESETS.items():
+        want = SamplerConfig.from_dict(name, preset).resolved(stored)
+        match = next((r for r in timed.values() if r["method"] == want.method and dict(r["kwargs"]) == dict(want.options)), None)
+        if match is not None:
+            out[name] = round(float(match["median_ms"]), 1)
     return out
 
 

@@ -8,6 +8,15 @@ denoiser's answers ("exact@network"), so acceptance is that of a perfectly train
 ParaDiGMS (approximate) runs with window 16 and tolerance 0.1; it has no graph-captured variant.
 
     python scripts/bench_latency.py --size chi --batch 1 8 28 --json docs/bench/latency-gpu.json --markdown docs/bench/latency-gpu.md
+
+A trained policy (--checkpoint) is best timed on its own conditioning: --save-cond records the
+network's conditioning rows at held-out starts of its task (needs the task's simulator; a camera
+policy's rows hold its image features), --cond replays them where the simulator is absent (a GPU
+machine), so acceptance and calls per chunk are the policy's own. --row-cost adds the network's
+cost against rows per call.
+
+    python scripts/bench_latency.py --checkpoint checkpoints/lift --save-cond cond/lift.pt
+    python scripts/bench_latency.py --checkpoint checkpoints/lift --cond cond/lift.pt --batch 1 16 --L 16 32 --anchors reuse --models random
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -26,7 +36,10 @@ from asd_policy.benchmark import (
     default_cases,
     describe_machine,
     markdown_table,
+    policy_conditions,
+    row_cost_curve,
     run_grid,
+    tree_presets,
     write_results,
 )
 from asd_policy.model import build_unet
@@ -46,6 +59,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variants", nargs="+", default=None, help="eager and/or graph (default: both on CUDA, eager on CPU)")
     parser.add_argument("--models", nargs="+", default=["random", "exact"], choices=["random", "exact"])
     parser.add_argument("--bf16", action="store_true", help="run the network under bf16 autocast in the graph variant")
+    parser.add_argument("--presets", nargs="*", default=None,
+                        help="sampler presets timed as they are set (default: the draft-tree presets that exist)")
+    parser.add_argument("--cond", help="conditioning rows recorded by --save-cond (a trained policy's own)")
+    parser.add_argument("--save-cond", help="record --checkpoint's conditioning rows at held-out starts of its task, then stop")
+    parser.add_argument("--task", help="the task of a checkpoint that records none (LeRobot), for --save-cond")
+    parser.add_argument("--cond-rows", type=int, default=16, help="rows --save-cond records (half resets, half rollout states)")
+    parser.add_argument("--row-cost", type=int, nargs="*", default=[], help="rows per call for the network's cost curve")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--json")
@@ -62,32 +82,51 @@ def main(argv: list[str] | None = None) -> None:
         from asd_policy.checkpoint import load_policy
 
         policy = load_policy(args.checkpoint)
-        network, name = policy.model, f"{policy.config.task_name or 'policy'}-{policy.config.unet.get('size') or 'custom'}"
+        # named after the checkpoint's folder: reach_around and reach_around_image are both reach_around's
+        network, name = policy.model, f"{Path(args.checkpoint).resolve().name}-{policy.config.unet.get('size') or 'custom'}"
         args.horizon, args.action_dim = policy.config.horizon, policy.config.action_dim
-        cond_dim = policy.config.n_obs_steps * policy.config.obs_dim
+        cond_dim = policy.model.config.cond_dim  # a camera policy's holds its image features
         schedule = policy.schedule
+        if args.save_cond:
+            rows = policy_conditions(policy, args.task, args.cond_rows)
+            torch.save(rows, args.save_cond)
+            print(f"{args.save_cond}: {tuple(rows.shape)} conditioning rows of {args.checkpoint}")
+            return
     else:
         cond_dim = 2 * args.obs_dim
         network, name = build_unet(args.size, args.action_dim, cond_dim), f"unet-{args.size}"
+    if args.save_cond:
+        parser.error("--save-cond needs --checkpoint")
+    conds = torch.load(args.cond) if args.cond else None
+    if conds is not None and conds.shape[1] != cond_dim:
+        parser.error(f"--cond {args.cond} holds rows of width {conds.shape[1]}; this network takes {cond_dim}")
     models = {}
     if "random" in args.models:
         models[f"{name}{'' if args.checkpoint else '-random'}"] = (network, cond_dim)
     if "exact" in args.models:
         exact = analytic_chunk_model(schedule, args.horizon, args.action_dim)
         models[f"exact@{name}"] = (ExactAnswersAtNetworkCost(network, exact), cond_dim)
-    cases = default_cases(tuple(args.L), tuple(args.anchors), paradigms=True)
+    presets = tuple(tree_presets() if args.presets is None else args.presets)
+    cases = default_cases(tuple(args.L), tuple(args.anchors), paradigms=True, presets=presets)
     cases.insert(1, Case(cases[0].sampler, capture="chunk"))
     paradigms = next(c for c in cases if c.method == "paradigms").sampler.options
 
     print(f"device: {describe_machine(device)}", flush=True)
     start = time.time()
     meta = {"device_description": describe_machine(device), "command": "python " + " ".join(sys.argv), "script": "bench_latency",
-            "bf16": args.bf16, "paradigms_tolerance": paradigms["tolerance"], "paradigms_window": paradigms["window"]}
+            "bf16": args.bf16, "paradigms_tolerance": paradigms["tolerance"], "paradigms_window": paradigms["window"],
+            "checkpoint": args.checkpoint, "conditioning": args.cond or "random"}
+    if args.row_cost:  # the network alone, eager and (on CUDA) graph-replayed
+        meta["row_cost"] = [r for graph in sorted({v == "graph" for v in variants})
+                            for r in row_cost_curve(network, args.horizon, args.action_dim, cond_dim, args.row_cost, device, graph)]
+        for r in meta["row_cost"]:
+            print(f"row cost: {r['rows']} rows, {'graph' if r['graph'] else 'eager'}: {r['forward_ms']:.2f} ms", flush=True)
     rows = []
     for batch in args.batch:  # smallest first; results are written after each batch size, so a cut-off run keeps them
         for name, model in models.items():
             rows += run_grid({name: model}, schedule, args.horizon, args.action_dim, [batch], cases, variants, device, args.repeats,
-                             autocast_dtype=torch.bfloat16 if args.bf16 else None, progress=lambda line: print(line, flush=True))
+                             autocast_dtype=torch.bfloat16 if args.bf16 else None, progress=lambda line: print(line, flush=True),
+                             conds={name: conds} if conds is not None else None)
             write_results(rows, meta, args.json, args.markdown)
     print(f"\n{len(rows)} cells in {time.time() - start:.0f}s\n")
     print(markdown_table(rows))

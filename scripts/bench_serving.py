@@ -40,9 +40,10 @@ ROOT = Path(__file__).resolve().parents[1]
 class ServerProcess:
     """scripts/serve.py on a free loopback port, in its own process."""
 
-    def __init__(self, checkpoint: str, threads: int, max_batch: int, max_wait_ms: float, task: str | None = None):
+    def __init__(self, checkpoint: str, threads: int, max_batch: int, max_wait_ms: float, task: str | None = None,
+                 device: str = "cpu"):
         cmd = [sys.executable, str(ROOT / "scripts" / "serve.py"), f"checkpoint={checkpoint}", "port=0",
-               f"torch_threads={threads}", f"max_batch={max_batch}", f"max_wait_ms={max_wait_ms}"]
+               f"torch_threads={threads}", f"max_batch={max_batch}", f"max_wait_ms={max_wait_ms}", f"device={device}"]
         if task:  # a LeRobot checkpoint records no task
             cmd.append(f"task={task}")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -70,7 +71,7 @@ def overhead(args, policy, histories: np.ndarray) -> dict:
     """Paired in-process vs remote latency of the same seeded batch-1 chunks."""
     method, options = policy.sampler_kwargs(args.overhead_sampler)
     local, remote_ms, server_ms = [], [], []
-    with ServerProcess(args.checkpoint, args.threads, 1, 0.0, args.task) as url, RemotePolicy(url) as remote:
+    with ServerProcess(args.checkpoint, args.threads, 1, 0.0, args.task, args.device) as url, RemotePolicy(url) as remote:
         remote.predict_action(histories[:1], seed=[0], sampler=args.overhead_sampler)  # warm-up
         policy.predict_action(torch.as_tensor(histories[:1]), method=method, **options)
         for i in range(args.overhead_chunks):
@@ -124,6 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint", default="checkpoints/lift")
     parser.add_argument("--task", help="the task a LeRobot checkpoint runs on (ours record it)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, in-process and in the server")
+    parser.add_argument("--device", default="cpu", help="where the policy runs, in-process and in the server (cuda on a GPU)")
     parser.add_argument("--overhead-sampler", default="asd")
     parser.add_argument("--overhead-chunks", type=int, default=40)
     parser.add_argument("--samplers", nargs="+", default=["asd", "ddpm"])
@@ -136,12 +138,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    policy = load_policy(args.checkpoint)
+    policy = load_policy(args.checkpoint, device=args.device)
     rng = np.random.default_rng(0)
     # observation histories inside the normaliser's range, as the task produces them
     unit = rng.uniform(-0.8, 0.8, size=(64, policy.n_obs_steps, policy.obs_dim)).astype(np.float32)
-    histories = policy.obs_normalizer.unnormalize(torch.as_tensor(unit)).numpy().astype(np.float32)
-    results = {"machine": describe_machine(torch.device("cpu")), "checkpoint": args.checkpoint,
+    histories = policy.obs_normalizer.unnormalize(torch.as_tensor(unit, device=policy.device)).cpu().numpy().astype(np.float32)
+    results = {"machine": describe_machine(torch.device(args.device)), "checkpoint": args.checkpoint,
                "chunk": [policy.horizon, policy.action_dim], "threads": args.threads, "load_before": os.getloadavg()[0],
                "command": " ".join(["python scripts/bench_serving.py", *sys.argv[1:]])}
     results["overhead"] = overhead(args, policy, histories)
@@ -153,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
 
     rows = []
     for batching, max_batch in (("on", args.max_batch), ("off", 1)):
-        with ServerProcess(args.checkpoint, args.threads, max_batch, args.max_wait_ms, args.task) as url:
+        with ServerProcess(args.checkpoint, args.threads, max_batch, args.max_wait_ms, args.task, args.device) as url:
             for sampler in args.samplers:
                 for clients in args.clients:
                     row = {"batching": batching, **throughput(url, sampler, clients, histories, args.warmup, args.window)}

@@ -15,6 +15,11 @@ from pathlib import Path
 from asd_policy.evaluation.tables import CARD_COLUMNS, markdown_table
 
 
+def _or_nan(value: float | None) -> float:
+    """A loss the run recorded, NaN where it recorded none (a run cut before its first validation)."""
+    return float("nan") if value is None else value
+
+
 def lerobot_header(checkpoint: Path, results: dict | None, note: str | None) -> list[str]:
     """The card's first lines for a LeRobot diffusion checkpoint (config.json, train_config.json)."""
     from asd_policy.checkpoint import load_policy
@@ -70,8 +75,8 @@ def card(checkpoint: Path, results: dict | None, target: float | None, note: str
         f"{training.get('num_valid_demos', '?')} validation episodes: `{training.get('dataset', '?')}`.",
         f"- **Training**: {training.get('steps', '?')} steps, batch {training.get('batch_size', '?')}, lr {training.get('lr', '?')}, "
         f"AMP {training.get('amp', '?')}, seed {training.get('seed', '?')}, {training.get('wall_time_s', 0):.0f} s on {training.get('device', '?')} "
-        f"(torch {training.get('torch', '?')}); final train loss {training.get('train_loss', float('nan')):.4f}, "
-        f"validation loss {training.get('val_loss', float('nan')):.4f}.",
+        f"(torch {training.get('torch', '?')}); final train loss {_or_nan(training.get('train_loss')):.4f}, "
+        f"validation loss {_or_nan(training.get('val_loss')):.4f}.",
     ]
     if config.get("image_features"):
         vision = config.get("vision") or {}

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -189,16 +191,37 @@ def _close(run: TrainRun) -> None:
     finish_distributed(run.dist)
 
 
-def _loop(run: TrainRun, rollout_fn: RolloutCallback | None) -> int:
+@contextlib.contextmanager
+def _stop_on_sigterm(enabled: bool):
+    """An event set by SIGTERM (``timeout``, a scheduler's pre-emption): the loop then ends after the
+    step in progress and saves it like a last step, instead of the process dying mid-save with a
+    checkpoint whose weights and JSON disagree. Single-process runs only (DDP ranks would stop at
+    different steps), and only where signal handlers can be set (the main thread)."""
+    stop = threading.Event()
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _loop(run: TrainRun, rollout_fn: RolloutCallback | None, stop: threading.Event) -> int:
     cfg, main = run.cfg, run.dist.is_main
+    final = max(cfg.steps, run.start_step)
     for step in range(run.start_step, cfg.steps):
         loss, lr, grad_norm = _step(run, step)
         if main:
             _after_step(run, step, loss, lr, grad_norm, rollout_fn)
         done = step + 1
+        if stop.is_set():
+            note(f"SIGTERM: stopping at step {done} of {cfg.steps}; saving it")
+            final = done
+            break
         if cfg.ckpt_every > 0 and done % cfg.ckpt_every == 0 and done != cfg.steps:
             save(run, done)
-    final = max(cfg.steps, run.start_step)
     if cfg.steps == 0 and run.data.valid is not None and main:
         _validate(run)
     save(run, final)
@@ -215,7 +238,8 @@ def train(cfg: TrainConfig, rollout_fn: RolloutCallback | None = None, logger: A
     """
     run = setup(cfg, logger)
     try:
-        final = _loop(run, rollout_fn)
+        with _stop_on_sigterm(not run.dist.enabled) as stop:
+            final = _loop(run, rollout_fn, stop)
     finally:
         _close(run)
     wall = run.wall_time()

@@ -15,8 +15,8 @@ policy's rows hold its image features), --cond replays them where the simulator 
 machine), so acceptance and calls per chunk are the policy's own. --row-cost adds the network's
 cost against rows per call.
 
-    python scripts/bench_latency.py --checkpoint checkpoints/lift --save-cond cond/lift.pt
-    python scripts/bench_latency.py --checkpoint checkpoints/lift --cond cond/lift.pt --batch 1 16 --L 16 32 --anchors reuse --models random
+    python scripts/bench_latency.py --checkpoint checkpoints/lift --save-cond cond/lift.safetensors
+    python scripts/bench_latency.py --checkpoint checkpoints/lift --cond cond/lift.safetensors --batch 1 16 --L 16 32 --anchors reuse --models random
 """
 
 from __future__ import annotations
@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     variants = args.variants or (["eager", "graph"] if device.type == "cuda" else ["eager"])
     schedule = bench_schedule()
+    from safetensors.torch import load_file, save_file
     if args.checkpoint:
         from asd_policy.checkpoint import load_policy
 
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         schedule = policy.schedule
         if args.save_cond:
             rows = policy_conditions(policy, args.task, args.cond_rows)
-            torch.save(rows, args.save_cond)
+            save_file({"rows": rows.contiguous()}, args.save_cond)  # safetensors: nothing to unpickle
             print(f"{args.save_cond}: {tuple(rows.shape)} conditioning rows of {args.checkpoint}")
             return
     else:
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
         network, name = build_unet(args.size, args.action_dim, cond_dim), f"unet-{args.size}"
     if args.save_cond:
         parser.error("--save-cond needs --checkpoint")
-    conds = torch.load(args.cond) if args.cond else None
+    conds = load_file(args.cond)["rows"] if args.cond else None
     if conds is not None and conds.shape[1] != cond_dim:
         parser.error(f"--cond {args.cond} holds rows of width {conds.shape[1]}; this network takes {cond_dim}")
     models = {}

@@ -45,8 +45,8 @@ fi
 for ck in checkpoints/*/; do
     name=$(basename "$ck")
     task=(); [[ $name == *_lerobot ]] && task=(--task "${name%_lerobot}")  # a LeRobot checkpoint records no task
-    [ -f "$CARRY/cond/$name.pt" ] || python3 scripts/bench_latency.py --checkpoint "$ck" "${task[@]}" \
-        --save-cond "$CARRY/cond/$name.pt" --cond-rows "${COND_ROWS:-16}" || echo "warning: no conditioning rows for $name"
+    [ -f "$CARRY/cond/$name.safetensors" ] || python3 scripts/bench_latency.py --checkpoint "$ck" "${task[@]}" \
+        --save-cond "$CARRY/cond/$name.safetensors" --cond-rows "${COND_ROWS:-16}" || echo "warning: no conditioning rows for $name"
 done
 
 # what one device call sends: tracked files, untracked files git does not ignore, and the carry

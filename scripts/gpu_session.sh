@@ -88,7 +88,7 @@ nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv >"$work/lo
 if want timing; then
     for ck in $CKPTS; do
         name=$(basename "$ck"); cond=()
-        [ -f "$CARRY/cond/$name.pt" ] && cond=(--cond "$CARRY/cond/$name.pt")
+        [ -f "$CARRY/cond/$name.safetensors" ] && cond=(--cond "$CARRY/cond/$name.safetensors")
         part "timing-$name" "$(( $(left) < 45 ? $(left) : 45 ))" python3 scripts/bench_latency.py --device "$DEV" --checkpoint "$ck" \
             "${cond[@]}" --models random --batch $BATCH --L $LS --anchors reuse --repeats "$REPEATS" --row-cost $ROWS \
             --json "$work/timing/$name.json" --markdown "$work/timing/$name.md"

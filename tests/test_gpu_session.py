@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from asd_policy import benchmark
 from asd_policy.benchmark import Case, case, default_cases, run_grid, tree_presets
@@ -49,7 +50,7 @@ def test_the_tiny_session_runs_every_part_packs_what_a_call_brings_back_and_is_p
     from asd_policy.checkpoint import load_policy
 
     recorded = benchmark.policy_conditions(load_policy(REPO / "checkpoints" / "reach_around"), None, 2)
-    torch.save(recorded, carry / "reach_around.pt")
+    save_file({"rows": recorded.contiguous()}, carry / "reach_around.safetensors")
     # a checkpoint that does not exist: its part fails, the others run and are packed all the same
     out, manifest = _session(tmp_path, "out", CKPTS="checkpoints/reach_around checkpoints/no_such_policy")
     status = _statuses(manifest)
@@ -73,7 +74,7 @@ def test_the_tiny_session_runs_every_part_packs_what_a_call_brings_back_and_is_p
 
     bench = json.loads((root / "docs/bench/latency-cpu-tiny-trained.json").read_text())
     asd = next(r for r in bench["rows"] if r["sampler"] == "asd-L16-reuse")
-    assert asd["model"] == "reach_around-small" and asd["conditioning"].endswith("reach_around.pt")  # the recorded rows
+    assert asd["model"] == "reach_around-small" and asd["conditioning"].endswith("reach_around.safetensors")  # the recorded rows
     assert [r["rows"] for r in bench["row_cost"]["reach_around-small"]] == [1, 4]
     profile = json.loads((root / "docs/bench/latency-profile-cpu-tiny-trained-reach_around.json").read_text())
     assert profile["asd"] == round(asd["median_ms"], 1) and set(profile) >= {"ddpm", "asd", "ddim"}

@@ -55,6 +55,6 @@ carry=$(du -sb "$CARRY" | cut -f1)
 limit=$((64 * 1024 * 1024))
 echo "working tree $((tree / 1048576)) MiB + $CARRY $((carry / 1048576)) MiB = $(((tree + carry) / 1048576)) MiB of the 64 MiB one call takes"
 if [ $((tree + carry)) -gt $limit ]; then
-    echo "TOO LARGE for one device call: make the tree smaller first (see docs/gpu-session.md, 'What travels')"
+    echo "TOO LARGE for one device call: run 'bash scripts/gpu_slim.sh on' first (and 'off' after the call; docs/gpu-session.md, 'What travels')"
     exit 3
 fi

@@ -182,3 +182,28 @@ def test_a_marked_section_is_replaced_in_place_or_appended_once():
     assert replace_section(new, "s", "new rows") == new
     appended = replace_section("# t\n", "s", "rows")
     assert appended == "# t\n\n<!-- s:begin -->\nrows\n<!-- s:end -->\n" and replace_section(appended, "s", "rows") == appended
+
+
+def test_slim_makes_the_tree_that_travels_fit_one_call_and_off_restores_it(tmp_path):
+    """scripts/gpu_slim.sh on: what a device call sends (tracked + untracked-not-ignored files) plus
+    the ~5 MiB carry fits 64 MiB; off: the index is HEAD's again and no file on disk was touched."""
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+
+    def travelling_bytes() -> int:
+        listed = subprocess.run("(git ls-files -z; git ls-files -z --others --exclude-standard)", shell=True,
+                                cwd=clone, check=True, capture_output=True).stdout.split(b"\0")
+        return sum((clone / f.decode()).stat().st_size for f in listed if f and (clone / f.decode()).is_file())
+
+    def slim(arg: str) -> str:
+        return subprocess.run(["bash", "scripts/gpu_slim.sh", arg], cwd=clone, check=True, capture_output=True,
+                              text=True).stdout
+
+    before = travelling_bytes()
+    slim("on")
+    assert travelling_bytes() < (64 - 8) * 2**20 < before  # room for gpu-carry (5 MiB measured)
+    assert "do not travel" in slim("status") and (clone / "checkpoints/reach_around_lerobot/model.safetensors").is_file()
+    slim("off")
+    assert slim("status").strip() == "not slim" and travelling_bytes() == before
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=clone, check=True, capture_output=True, text=True)
+    assert status.stdout == ""

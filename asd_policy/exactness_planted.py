@@ -33,6 +33,7 @@ import asd_policy.draft_tree as draft_tree
 import asd_policy.sampling as sampling
 from asd_policy import exactness as ex
 from asd_policy.sampler_config import SamplerConfig
+from asd_policy.sampling import ASD_METHODS
 
 __all__ = ["BUGS", "planted", "bugged_draw", "power"]
 
@@ -123,7 +124,7 @@ def bugged_draw(bug: str | None, clean_cache: dict | None = None):
     sampler, N, seed), which is the key; only use one cache with one policy."""
 
     def draw_fn(policy: Any, obs: np.ndarray, sampler: SamplerConfig, n: int, seed: int):
-        if bug is not None and sampler.method == "asd":
+        if bug is not None and sampler.method in ASD_METHODS:
             with planted(policy, bug):
                 return ex.draw(policy, obs, sampler, n, seed)
         if clean_cache is None:

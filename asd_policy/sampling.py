@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 
-from asd_policy.draft_tree import DEFAULT_REJECTION, DraftTree, best_tree, check_tree_options
 from asd_policy.inpaint import Known, KnownInputs, known_inputs, pin_known
 from asd_policy.paradigms import sample_paradigms
 from asd_policy.sampler_core import (  # noqa: F401 - SamplerStats and Model are part of this module's interface
@@ -28,9 +27,10 @@ from asd_policy.sampler_core import (  # noqa: F401 - SamplerStats and Model are
     _rand, _randn, _take_rows,
 )
 from asd_policy.schedule import NoiseSchedule
-from asd_policy.tree_sampler import sample_tree
+from asd_policy.tree_sampler import sample_asd_tree
 
-__all__ = ["NoiseSchedule", "Known", "SamplerStats", "sample", "sample_ddpm", "sample_ddim", "sample_asd", "sample_paradigms", "accept_or_reflect"]
+__all__ = ["NoiseSchedule", "Known", "SamplerStats", "sample", "sample_ddpm", "sample_ddim", "sample_asd", "sample_asd_tree",
+           "sample_paradigms", "accept_or_reflect"]
 
 ANCHORS = ("reuse", "fresh")
 
@@ -171,19 +171,11 @@ def sample_asd(
     generator: Generators = None,
     speculation_length: int = 16,
     anchor: str = "reuse",
-    row_budget: int | None = None,
-    tree: str = "best",
-    tree_profile: float | tuple[float, ...] = DEFAULT_REJECTION,
     stats: SamplerStats | None = None,
     known: KnownInputs | None = None,
 ) -> torch.Tensor:
     """Exact DDPM sampling with autospeculative decoding (Hu et al. 2025); design note section 3.
-
-    row_budget=None: one draft per step, a chain of speculation_length (below). row_budget=R: a
-    tree of drafts per round with R rows per chain (section 8, asd_policy/tree_sampler.py):
-    tree="best" is the shape with the most expected steps per round under tree_profile (one-draft
-    rejection rate, one number or one per schedule step), tree="chain" the chain of R rows
-    (draw for draw the one-draft sampler with speculation_length=R).
+    (Several drafts per step: method "asd_tree", asd_policy/tree_sampler.py.)
 
     Each round, for every unfinished chain at step t with anchor m_a:
       1. draft L steps with the anchor as the model output (no model call);
@@ -199,12 +191,7 @@ def sample_asd(
     accept test runs over the free coordinates only.
     """
     L = _check_asd_arguments(speculation_length, anchor)
-    profile = check_tree_options(row_budget, tree, tree_profile)
     stats = stats or SamplerStats("asd", x.shape[0])
-    if row_budget is not None:
-        fresh = anchor == "fresh"
-        shape = (lambda t: DraftTree.chain(row_budget)) if tree == "chain" else (lambda t: best_tree(row_budget, t, profile, fresh))
-        return sample_tree(model, schedule, x, cond, generator, shape, anchor, stats, known)
     device, T = x.device, schedule.num_steps
     t = torch.full((x.shape[0],), T - 1, dtype=torch.long, device=device)  # -1 once finished
     m_anchor = torch.zeros_like(x)
@@ -353,7 +340,8 @@ def sample(
     """Draw a batch of samples of `shape` = (B, H, D) from the model's reverse diffusion.
 
     method: "ddpm" (T sequential calls), "ddim" (num_inference_steps=10, eta=0.0) or
-    "asd" (speculation_length=16, anchor="reuse"; exactly DDPM's distribution), or
+    "asd" (speculation_length=16, anchor="reuse"; exactly DDPM's distribution), "asd_tree" (ASD
+    with a tree of drafts per round: row_budget=64, tree="best"; exact too), or
     "paradigms" (window=16, tolerance=0.1; approximate parallel Picard baseline).
     cond: conditioning with one row per batch element (Tensor or mapping of Tensors), or None.
     generator: one torch.Generator for the batch, or a sequence of B, one per chain (design note
@@ -404,5 +392,6 @@ def sample(
     return x, stats
 
 
-SAMPLERS = {"ddpm": sample_ddpm, "ddim": sample_ddim, "asd": sample_asd, "paradigms": sample_paradigms}
+SAMPLERS = {"ddpm": sample_ddpm, "ddim": sample_ddim, "asd": sample_asd, "asd_tree": sample_asd_tree, "paradigms": sample_paradigms}
 METHODS = tuple(SAMPLERS)
+ASD_METHODS = ("asd", "asd_tree")  # exact speculative samplers: what the exactness check tests

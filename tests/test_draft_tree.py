@@ -112,11 +112,11 @@ def test_best_tree_spends_its_budget_and_beats_the_chain():
 
 def test_tree_options_are_checked():
     with pytest.raises(ValueError, match="row_budget"):
-        sample(MIXTURE, SCHEDULE, (2, 4, 2), method="asd", row_budget=0)
+        sample(MIXTURE, SCHEDULE, (2, 4, 2), method="asd_tree", row_budget=0)
     with pytest.raises(ValueError, match="tree="):
-        sample(MIXTURE, SCHEDULE, (2, 4, 2), method="asd", row_budget=4, tree="bush")
+        sample(MIXTURE, SCHEDULE, (2, 4, 2), method="asd_tree", row_budget=4, tree="bush")
     with pytest.raises(ValueError, match="tree_profile"):
-        sample(MIXTURE, SCHEDULE, (2, 4, 2), method="asd", row_budget=4, tree_profile=1.5)
+        sample(MIXTURE, SCHEDULE, (2, 4, 2), method="asd_tree", row_budget=4, tree_profile=1.5)
 
 
 # ---- one draft per node is one-draft ASD ------------------------------------------------------
@@ -127,7 +127,7 @@ def test_tree_options_are_checked():
 def test_a_chain_tree_is_one_draft_asd_draw_for_draw(anchor, L):
     for batch, known in ((1, None), (5, None), (5, known_prefix(5))):
         a, sa = sample(MIXTURE, SCHEDULE, (batch, 4, 2), method="asd", generator=seeded(L), speculation_length=L, anchor=anchor, known=known)
-        b, sb = sample(MIXTURE, SCHEDULE, (batch, 4, 2), method="asd", generator=seeded(L), row_budget=L, tree="chain", anchor=anchor, known=known)
+        b, sb = sample(MIXTURE, SCHEDULE, (batch, 4, 2), method="asd_tree", generator=seeded(L), row_budget=L, tree="chain", anchor=anchor, known=known)
         assert torch.equal(a, b)
         assert (sa.sequential_calls, sa.nfe) == (sb.sequential_calls, sb.nfe)
         for name in ("rounds", "accepted_drafts", "checked_drafts"):
@@ -150,7 +150,7 @@ def strided_reference() -> torch.Tensor:
 @pytest.mark.parametrize("budget,profile", SHAPES)
 def test_tree_asd_matches_ddpm(strided_reference, budget, profile, anchor):
     """On the 20-step strided chain, where drafts fail often enough that nodes run out of children."""
-    x, stats = sample(MIXTURE, STRIDED, (N, 4, 2), method="asd", generator=seeded(budget), row_budget=budget,
+    x, stats = sample(MIXTURE, STRIDED, (N, 4, 2), method="asd_tree", generator=seeded(budget), row_budget=budget,
                       tree_profile=profile, anchor=anchor)
     assert sampler_failures(x, strided_reference, seed=budget) == []
     assert stats.rounds.max() < 20 and stats.steps_total == 20 * N
@@ -160,7 +160,7 @@ def test_tree_asd_matches_ddpm(strided_reference, budget, profile, anchor):
 
 def test_tree_asd_with_known_coordinates_matches_ddpm():
     ref, _ = sample(MIXTURE, SCHEDULE, (N, 4, 2), method="ddpm", generator=seeded(2000), known=known_prefix(N))
-    x, _ = sample(MIXTURE, SCHEDULE, (N, 4, 2), method="asd", generator=seeded(2001), row_budget=64, tree_profile=0.4,
+    x, _ = sample(MIXTURE, SCHEDULE, (N, 4, 2), method="asd_tree", generator=seeded(2001), row_budget=64, tree_profile=0.4,
                   known=known_prefix(N))
     assert torch.equal(x[:, :2], ref[:, :2])
     assert sampler_failures(x, ref, seed=5) == []
@@ -170,7 +170,7 @@ def test_tree_asd_with_known_coordinates_matches_ddpm():
 def test_a_tree_chain_ignores_its_batch(with_known):
     """Section 7 for trees: a chain's sample depends on its own generator only (shapes differ by step,
     so one round mixes several shapes)."""
-    test_a_chain_with_its_own_generator_ignores_its_batch("asd", {"row_budget": 16, "tree_profile": 0.5}, with_known)
+    test_a_chain_with_its_own_generator_ignores_its_batch("asd_tree", {"row_budget": 16, "tree_profile": 0.5}, with_known)
 
 
 # ---- where the residuals decide: the first round of a 3-step chain ------------------------------
@@ -199,7 +199,7 @@ def three_step_reference() -> torch.Tensor:
 
 @pytest.mark.parametrize("budget,profile,anchor", [(8, 0.5, "reuse"), (16, 0.7, "reuse"), (16, 0.7, "fresh")])
 def test_first_round_residuals_match_ddpm(three_step_reference, budget, profile, anchor):
-    x, stats = sample(ONE_MODE, THREE_STEPS, (N_SUM, 4, 2), method="asd", generator=seeded(budget), row_budget=budget,
+    x, stats = sample(ONE_MODE, THREE_STEPS, (N_SUM, 4, 2), method="asd_tree", generator=seeded(budget), row_budget=budget,
                       tree_profile=profile, anchor=anchor)
     assert sum_ks(x, three_step_reference) < KS_CRIT
     assert anchor == "fresh" or stats.step_rejected[2] > N_SUM / 10  # many nodes ran out of children
@@ -208,5 +208,5 @@ def test_first_round_residuals_match_ddpm(three_step_reference, budget, profile,
 @pytest.mark.parametrize("bug", list(TREE_BUGS))
 def test_first_round_check_catches_planted_bugs(three_step_reference, monkeypatch, bug):
     plant(monkeypatch, bug)
-    x, _ = sample(ONE_MODE, THREE_STEPS, (N_SUM, 4, 2), method="asd", generator=seeded(16), row_budget=16, tree_profile=0.7)
+    x, _ = sample(ONE_MODE, THREE_STEPS, (N_SUM, 4, 2), method="asd_tree", generator=seeded(16), row_budget=16, tree_profile=0.7)
     assert sum_ks(x, three_step_reference) > KS_CRIT

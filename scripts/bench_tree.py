@@ -1,0 +1,147 @@
+#!/usr/bin/env python
+"""Draft trees against one-draft ASD on the shipped policies: sequential calls per chunk (batch-1
+semantics: a chain's rounds), rows per round, where the rejections happen, and the tail's cost.
+
+Observations along episodes (exactness.observations_for: resets, then the states after each chunk
+of a DDPM-100 rollout); at each, ``--chunks`` chains drawn in one batched call (each chain has its
+own tree and rounds, so its calls are those of a batch-1 call). One-draft ASD runs as the chain
+tree (draw for draw the same sampler) so that it reports per-step counts too. Tree profiles:
+``flat`` (one-draft rejection 0.15 at every step) and ``measured`` (the per-step one-draft
+rejection rate of this run's chain L = 32 draws, the tail included).
+
+    python scripts/bench_tree.py --json docs/bench/tree-cpu.json --markdown /tmp/tree.md
+    python scripts/bench_tree.py --tasks lift --budgets 64 --chunks 2 --resets 1 --rollout-states 2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+from asd_policy import exactness as ex
+from asd_policy.config import TaskConfig
+from asd_policy.obs_map import policy_env_fn
+
+TASKS = ["reach_around", "fetch_push", "lift", "can", "square"]
+TAIL = 10  # rounds that start at t < 10: the tail
+
+
+def draw_stats(policy, obs: np.ndarray, n: int, seed: int, **options) -> dict:
+    """n chains from one observation in one call: their rounds, rows, and the tree counters."""
+    hist = torch.as_tensor(obs, dtype=torch.float32)[None].expand(n, -1, -1)
+    g = torch.Generator().manual_seed(seed)
+    stats = policy.predict_action(hist, generator=g, **options).stats
+    tree = options.get("method") == "asd_tree"
+    return {"calls": stats.rounds.tolist() if tree else [stats.sequential_calls] * n,
+            "nfe": stats.nfe, "rounds": int(stats.rounds.sum()) if tree else stats.sequential_calls * n,
+            "child_tried": stats.child_tried or [], "child_accepted": stats.child_accepted or [],
+            "step_checked": stats.step_checked or [], "step_rejected": stats.step_rejected or [],
+            "step_rounds": stats.step_rounds or []}
+
+
+def add(total: list, part: list) -> list:
+    total.extend([0] * (len(part) - len(total)))
+    for i, v in enumerate(part):
+        total[i] += v
+    return total
+
+
+def run_case(policy, observations, n: int, seed: int, **options) -> dict:
+    calls, nfe, rounds = [], 0, 0
+    sums = {k: [] for k in ("child_tried", "child_accepted", "step_checked", "step_rejected", "step_rounds")}
+    for i, (_, obs) in enumerate(observations):
+        s = draw_stats(policy, obs, n, seed + 1000 * i, **options)
+        calls += s["calls"]
+        nfe, rounds = nfe + s["nfe"], rounds + s["rounds"]
+        for k in sums:
+            add(sums[k], s[k])
+    chunks = len(calls)
+    return {"calls": statistics.mean(calls), "calls_sd": statistics.pstdev(calls), "chunks": chunks,
+            "rows_per_round": nfe / rounds, "tail_rounds": sum(sums["step_rounds"][:TAIL]) / chunks if sums["step_rounds"] else None,
+            **sums}
+
+
+def measured_profile(chain: dict, floor: float = 0.02) -> tuple[float, ...]:
+    """Per-step one-draft rejection rate of a chain run (first children tested and failed)."""
+    return tuple(round(max(floor, min(0.95, r / c)), 3) if c else floor
+                 for r, c in zip(chain["step_rejected"], chain["step_checked"]))
+
+
+def bench_task(task: str, args) -> dict:
+    import asd_envs
+
+    policy = ex.load_checked(f"checkpoints/{task}")
+    env_fn = policy_env_fn(TaskConfig(name=task), asd_envs.get_task(task), policy,
+                           lambda kwargs: lambda: asd_envs.make_env(task, render_mode=None, **kwargs))
+    observations = ex.observations_for(policy, env_fn, args.resets, args.rollout_states)
+    rows = {"ddim10": run_case(policy, observations[:1], args.chunks, 1, method="ddim", num_inference_steps=10)}
+    def case(key: str, seed: int, **options) -> dict:
+        rows[key] = run_case(policy, observations, args.chunks, seed, method="asd_tree", **options)
+        print(f"{task} {key}: {rows[key]['calls']:.2f} calls, {rows[key]['rows_per_round']:.0f} rows/round, "
+              f"{rows[key]['tail_rounds']:.2f} tail rounds", file=sys.stderr, flush=True)
+        return rows[key]
+
+    for L in args.L:  # one-draft ASD (the chain tree draws what sample_asd draws)
+        case(f"chain L{L}", 2, row_budget=L, tree="chain")
+    profiles = {"flat": 0.15, "measured": measured_profile(rows.get("chain L32") or rows[f"chain L{args.L[-1]}"])}
+    for draft in args.drafts:
+        if draft != "x0":
+            for L in args.L:
+                case(f"chain L{L} {draft}", 2, row_budget=L, tree="chain", draft=draft)
+        for R in args.budgets:
+            for name in args.profiles:
+                case(f"tree {R} {name} {draft}", 3, row_budget=R, tree_profile=profiles[name], draft=draft)
+    return {"observations": [label for label, _ in observations], "profile": profiles["measured"], "samplers": rows}
+
+
+def markdown(results: dict) -> str:
+    tasks = list(results["tasks"])
+    names = list(next(iter(results["tasks"].values()))["samplers"])
+    head = "| sampler | " + " | ".join(f"{t} calls (rows/round, tail rounds)" for t in tasks) + " |"
+    lines = [head, "|" + " --- |" * (len(tasks) + 1)]
+    for name in names:
+        cells = []
+        for t in tasks:
+            r = results["tasks"][t]["samplers"][name]
+            tail = "" if r["tail_rounds"] is None else f", {r['tail_rounds']:.1f}"
+            cells.append(f"{r['calls']:.2f} ({r['rows_per_round']:.0f}{tail})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tasks", nargs="+", default=TASKS)
+    ap.add_argument("--budgets", type=int, nargs="+", default=[16, 32, 64, 128, 256])
+    ap.add_argument("--L", type=int, nargs="+", default=[8, 16, 32, 64])
+    ap.add_argument("--profiles", nargs="+", default=["flat", "measured"], choices=["flat", "measured"])
+    ap.add_argument("--drafts", nargs="+", default=["x0", "eps"], choices=["x0", "slope", "eps"])
+    ap.add_argument("--resets", type=int, default=2)
+    ap.add_argument("--rollout-states", type=int, default=4)
+    ap.add_argument("--chunks", type=int, default=4, help="chains per observation (drawn in one batched call)")
+    ap.add_argument("--json")
+    ap.add_argument("--markdown")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    start = time.time()
+    results = {"command": "python " + " ".join(sys.argv), "tasks": {}}
+    for task in args.tasks:
+        results["tasks"][task] = bench_task(task, args)
+    results["wall_s"] = time.time() - start
+    table = markdown(results)
+    print(table)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(table + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -60,7 +60,7 @@ CHECK_PRESETS: dict[str, dict[str, Any]] = {
     "asd4_fresh": {"method": "asd", "speculation_length": 4, "anchor": "fresh"},
     "asd16": {"method": "asd", "speculation_length": 16, "anchor": "reuse"},
     "asd16_fresh": {"method": "asd", "speculation_length": 16, "anchor": "fresh"},
-    "asd_tree64": {"method": "asd_tree", "row_budget": 64, "tree": "best", "tree_profile": 0.15, "anchor": "reuse", "draft": "x0"},
+    "asd_tree64": {"method": "asd_tree", "row_budget": 64, "tree": "best", "tree_profile": 0.15, "anchor": "reuse"},
     "ddim10": {"method": "ddim", "num_inference_steps": 10, "eta": 0.0},
     "ddim2": {"method": "ddim", "num_inference_steps": 2, "eta": 0.0},
     "paradigms": {"method": "paradigms", "window": 16, "tolerance": 0.1},

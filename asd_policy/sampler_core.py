@@ -43,13 +43,16 @@ class SamplerStats:
     # seconds the policy spent encoding the observation (camera images) before sampling: once per
     # chunk, whatever the sampler; set by DiffusionPolicy.predict_action, None without cameras
     encode_s: float | None = None
-    # draft trees (asd with row_budget): per child rank, children tested and accepted; per schedule
-    # step, nodes tested, nodes where every child failed, rounds that started there. None otherwise.
+    # draft trees (asd_tree): per child rank, children tested and accepted; per schedule step, nodes
+    # tested, nodes where every child failed, rounds that started there; per depth in the round's
+    # tree (how stale the anchor is), nodes tested and nodes where every child failed. None otherwise.
     child_tried: list[int] | None = None
     child_accepted: list[int] | None = None
     step_checked: list[int] | None = None
     step_rejected: list[int] | None = None
     step_rounds: list[int] | None = None
+    depth_checked: list[int] | None = None
+    depth_rejected: list[int] | None = None
     _finite: torch.Tensor | None = field(default=None, repr=False)  # device flag: every model output finite
 
     def __post_init__(self) -> None:
@@ -77,7 +80,7 @@ class SamplerStats:
 
     def tree_counters(self, num_steps: int) -> None:
         """Start the draft-tree counters (once per sampler call)."""
-        self.child_tried, self.child_accepted = [], []
+        self.child_tried, self.child_accepted, self.depth_checked, self.depth_rejected = [], [], [], []
         self.step_checked, self.step_rejected, self.step_rounds = ([0] * num_steps for _ in range(3))
 
     def as_dict(self) -> dict:

@@ -41,7 +41,8 @@ def draw_stats(policy, obs: np.ndarray, n: int, seed: int, **options) -> dict:
             "nfe": stats.nfe, "rounds": int(stats.rounds.sum()) if tree else stats.sequential_calls * n,
             "child_tried": stats.child_tried or [], "child_accepted": stats.child_accepted or [],
             "step_checked": stats.step_checked or [], "step_rejected": stats.step_rejected or [],
-            "step_rounds": stats.step_rounds or []}
+            "step_rounds": stats.step_rounds or [], "depth_checked": stats.depth_checked or [],
+            "depth_rejected": stats.depth_rejected or []}
 
 
 def add(total: list, part: list) -> list:
@@ -53,7 +54,8 @@ def add(total: list, part: list) -> list:
 
 def run_case(policy, observations, n: int, seed: int, **options) -> dict:
     calls, nfe, rounds = [], 0, 0
-    sums = {k: [] for k in ("child_tried", "child_accepted", "step_checked", "step_rejected", "step_rounds")}
+    sums = {k: [] for k in ("child_tried", "child_accepted", "step_checked", "step_rejected", "step_rounds",
+                            "depth_checked", "depth_rejected")}
     for i, (_, obs) in enumerate(observations):
         s = draw_stats(policy, obs, n, seed + 1000 * i, **options)
         calls += s["calls"]
@@ -89,13 +91,9 @@ def bench_task(task: str, args) -> dict:
     for L in args.L:  # one-draft ASD (the chain tree draws what sample_asd draws)
         case(f"chain L{L}", 2, row_budget=L, tree="chain")
     profiles = {"flat": 0.15, "measured": measured_profile(rows.get("chain L32") or rows[f"chain L{args.L[-1]}"])}
-    for draft in args.drafts:
-        if draft != "x0":
-            for L in args.L:
-                case(f"chain L{L} {draft}", 2, row_budget=L, tree="chain", draft=draft)
-        for R in args.budgets:
-            for name in args.profiles:
-                case(f"tree {R} {name} {draft}", 3, row_budget=R, tree_profile=profiles[name], draft=draft)
+    for R in args.budgets:
+        for name in args.profiles:
+            case(f"tree {R} {name}", 3, row_budget=R, tree_profile=profiles[name])
     return {"observations": [label for label, _ in observations], "profile": profiles["measured"], "samplers": rows}
 
 
@@ -120,7 +118,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--budgets", type=int, nargs="+", default=[16, 32, 64, 128, 256])
     ap.add_argument("--L", type=int, nargs="+", default=[8, 16, 32, 64])
     ap.add_argument("--profiles", nargs="+", default=["flat", "measured"], choices=["flat", "measured"])
-    ap.add_argument("--drafts", nargs="+", default=["x0", "eps"], choices=["x0", "slope", "eps"])
     ap.add_argument("--resets", type=int, default=2)
     ap.add_argument("--rollout-states", type=int, default=4)
     ap.add_argument("--chunks", type=int, default=4, help="chains per observation (drawn in one batched call)")

@@ -267,10 +267,10 @@ def expected_steps(tree: DraftTree, t: int, profile: float | tuple[float, ...] =
     return total
 
 
-def check_tree_options(row_budget: int | None, tree: str, tree_profile: float | Sequence[float]) -> float | tuple[float, ...]:
+def check_tree_options(row_budget: int | str, tree: str, tree_profile: float | Sequence[float]) -> float | tuple[float, ...]:
     """Validate the tree options of ``sample_asd``; returns the profile in hashable form."""
-    if row_budget is not None and (not isinstance(row_budget, int) or isinstance(row_budget, bool) or row_budget < 1):
-        raise ValueError(f"row_budget must be an int >= 1 (rows verified per chain per round) or None, got {row_budget!r}")
+    if row_budget != "auto" and (not isinstance(row_budget, int) or isinstance(row_budget, bool) or row_budget < 1):
+        raise ValueError(f"row_budget must be an int >= 1 (rows verified per chain per round) or 'auto', got {row_budget!r}")
     if tree not in SHAPES:
         raise ValueError(f"tree={tree!r} is unknown; use one of {SHAPES}")
     values = (tree_profile,) if isinstance(tree_profile, (int, float)) else tuple(tree_profile)

@@ -20,6 +20,7 @@ import torch
 from asd_policy import draft_tree as dt
 from asd_policy.draft_tree import DEFAULT_REJECTION, DraftTree
 from asd_policy.inpaint import KnownInputs, pin_known
+from asd_policy.row_budget import CANDIDATES, choose_budget, row_cost_curve
 from asd_policy.sampler_core import Generators, Model, SamplerStats, _chains, _denoise, _index_tensor, _rand, _randn, _take_rows
 from asd_policy.schedule import NoiseSchedule
 
@@ -31,7 +32,7 @@ def sample_asd_tree(
     x: torch.Tensor,
     cond: Any = None,
     generator: Generators = None,
-    row_budget: int = 64,
+    row_budget: int | str = 64,
     tree: str = "best",
     tree_profile: float | tuple[float, ...] = DEFAULT_REJECTION,
     anchor: str = "reuse",
@@ -40,7 +41,10 @@ def sample_asd_tree(
 ) -> torch.Tensor:
     """Exact DDPM sampling with autospeculative decoding and a tree of drafts per round.
 
-    row_budget: rows verified per chain per round (one-draft ASD's is its speculation_length).
+    row_budget: rows verified per chain per round (one-draft ASD's is its speculation_length), or
+    "auto": the budget with the least expected chunk latency on this device for this batch
+    (asd_policy/row_budget.py; it times the model once per model, device and shape, so the shape, and
+    with it a seeded sample, can differ between batch sizes and processes; exact either way).
     tree="best": the shape with the most expected steps per round under tree_profile (the one-draft
     rejection rate, one number or one per schedule step t = 0..T-1); tree="chain": one draft per
     step, draw for draw ``sample_asd(speculation_length=row_budget)``.
@@ -50,6 +54,8 @@ def sample_asd_tree(
     if anchor not in ("reuse", "fresh"):
         raise ValueError(f"anchor={anchor!r} is unknown; use one of ('reuse', 'fresh')")
     stats = stats or SamplerStats("asd_tree", x.shape[0])
+    if row_budget == "auto":
+        row_budget = _auto_budget(model, schedule, x, cond, profile)
     fresh = anchor == "fresh"
     shape = (lambda t: DraftTree.chain(row_budget)) if tree == "chain" else (lambda t: dt.best_tree(row_budget, t, profile, fresh))
     return sample_tree(model, schedule, x, cond, generator, shape, anchor, stats, known)
@@ -63,6 +69,18 @@ class _Group:
         self.index = _index_tensor(members, device)
         self.depth = torch.tensor(tree.depth, device=device)
         self.parent = torch.tensor(tree.parent[1:], dtype=torch.long, device=device)
+
+
+def _auto_budget(model: Model, schedule: NoiseSchedule, x: torch.Tensor, cond: Any, profile) -> int:
+    """row_budget="auto": time the model on 1, 2, 4, ... rows (once; cached) and pick the budget."""
+
+    def call(x_rows: torch.Tensor, t_rows: torch.Tensor, cond_rows: Any) -> torch.Tensor:
+        return model(x_rows, schedule.model_timestep(t_rows), cond_rows)
+
+    t = torch.full((1,), schedule.num_steps - 1, dtype=torch.long, device=x.device)
+    curve = row_cost_curve(call, x[:1], t, _take_rows(cond, torch.zeros(1, dtype=torch.long, device=x.device)), _take_rows,
+                           min(x.shape[0] * max(CANDIDATES), 512))
+    return choose_budget(curve, x.shape[0], schedule.num_steps, profile)
 
 
 def sample_tree(model: Model, schedule: NoiseSchedule, x: torch.Tensor, cond: Any, generator: Generators,

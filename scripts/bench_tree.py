@@ -26,6 +26,7 @@ import torch
 from asd_policy import exactness as ex
 from asd_policy.config import TaskConfig
 from asd_policy.obs_map import policy_env_fn
+from asd_policy.row_budget import per_call_ms
 
 TASKS = ["reach_around", "fetch_push", "lift", "can", "square"]
 TAIL = 10  # rounds that start at t < 10: the tail
@@ -97,18 +98,57 @@ def bench_task(task: str, args) -> dict:
     return {"observations": [label for label, _ in observations], "profile": profiles["measured"], "samplers": rows}
 
 
-def markdown(results: dict) -> str:
+def row_cost_curve(path: str) -> list[tuple[float, float]]:
+    """(rows per call, ms per call) of the `chi` stand-in network on the H100 (graph variant,
+    random weights, reuse ASD and DDPM rows of bench_latency's JSON): the forward time measured
+    at each row count."""
+    points = {}
+    data = json.loads(open(path).read())
+    for r in data["rows"] if isinstance(data, dict) else data:
+        if r["variant"] == "graph" and r["model"] == "unet-chi-random" and r.get("forward_ms") and r["kwargs"].get("anchor") != "fresh":
+            rows = r["batch"] * r["kwargs"].get("speculation_length", 1)
+            points[rows] = r["forward_ms"]
+    return sorted(points.items())
+
+
+def markdown(results: dict, curve: list[tuple[float, float]] | None = None, overhead: float = 1.16) -> str:
+    """Calls per chunk (rows per round, rounds started in the tail t < 10) per task; with a row-cost
+    curve, the predicted H100 chunk ms = calls x forward(rows per round) x the measured ASD graph
+    overhead (1.16: median of bench/latency-h100.md's reuse rows)."""
     tasks = list(results["tasks"])
     names = list(next(iter(results["tasks"].values()))["samplers"])
-    head = "| sampler | " + " | ".join(f"{t} calls (rows/round, tail rounds)" for t in tasks) + " |"
-    lines = [head, "|" + " --- |" * (len(tasks) + 1)]
+    unit = "calls (rows/round, tail rounds" + (", H100 est. ms)" if curve else ")")
+    lines = ["| sampler | " + " | ".join(f"{t}: {unit}" for t in tasks) + " |", "|" + " --- |" * (len(tasks) + 1)]
     for name in names:
         cells = []
         for t in tasks:
             r = results["tasks"][t]["samplers"][name]
             tail = "" if r["tail_rounds"] is None else f", {r['tail_rounds']:.1f}"
-            cells.append(f"{r['calls']:.2f} ({r['rows_per_round']:.0f}{tail})")
+            est = "" if curve is None else f", {r['calls'] * per_call_ms(curve, r['rows_per_round']) * overhead:.0f}"
+            cells.append(f"{r['calls']:.2f} ({r['rows_per_round']:.0f}{tail}{est})")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def where_rejections_are(results: dict, names: list[str], ranks: int = 5) -> str:
+    """Per task and sampler: acceptance of the k-th child when tried (k = 1..ranks), and the share of
+    tested nodes whose every child failed in three bands of the schedule (tail t < 10, 10-49, 50-99)."""
+    bands = [(0, TAIL), (TAIL, 50), (50, 10**6)]
+    head = (["task", "sampler"] + [f"child {k + 1} accepted" for k in range(ranks)]
+            + [f"rejected at t in [{a}, {min(b, 100)})" for a, b in bands] + ["tail rounds / chunk"])
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for task, res in results["tasks"].items():
+        for name in names:
+            r = res["samplers"].get(name)
+            if r is None:
+                continue
+            acc = [f"{a / t:.2f} ({t})" if k < len(r["child_tried"]) and (t := r["child_tried"][k]) else "-"
+                   for k, a in zip(range(ranks), r["child_accepted"] + [0] * ranks)]
+            rej = []
+            for a, b in bands:
+                c, j = sum(r["step_checked"][a:b]), sum(r["step_rejected"][a:b])
+                rej.append(f"{j / c:.3f}" if c else "-")
+            lines.append(f"| {task} | {name} | " + " | ".join(acc + rej) + f" | {r['tail_rounds']:.2f} |")
     return "\n".join(lines)
 
 
@@ -123,14 +163,26 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--chunks", type=int, default=4, help="chains per observation (drawn in one batched call)")
     ap.add_argument("--json")
     ap.add_argument("--markdown")
+    ap.add_argument("--gpu-costs", default="docs/bench/latency-h100.json",
+                    help="bench_latency JSON of an H100 run: adds the predicted H100 chunk ms ('' for none)")
+    ap.add_argument("--table", metavar="JSON", help="only print the tables of a result written by --json")
+    ap.add_argument("--detail", nargs="+", default=["chain L32", "tree 256 measured"],
+                    help="samplers of the second table (acceptance per child rank, rejections per band of steps)")
     args = ap.parse_args(argv)
+    curve = row_cost_curve(args.gpu_costs) if args.gpu_costs else None
+    if args.table:
+        results = json.loads(open(args.table).read())
+        print(markdown(results, curve))
+        print()
+        print(where_rejections_are(results, args.detail))
+        return
     torch.set_num_threads(1)
     start = time.time()
     results = {"command": "python " + " ".join(sys.argv), "tasks": {}}
     for task in args.tasks:
         results["tasks"][task] = bench_task(task, args)
     results["wall_s"] = time.time() - start
-    table = markdown(results)
+    table = markdown(results, curve) + "\n\n" + where_rejections_are(results, args.detail)
     print(table)
     if args.json:
         with open(args.json, "w") as f:

@@ -16,6 +16,7 @@ import torch
 import asd_policy.draft_tree as draft_tree
 from asd_policy.draft_tree import DraftTree, best_tree, expected_steps, first_draft_delta, one_node, residual_constants
 from asd_policy.exactness_planted import TREE_BUGS
+from asd_policy.row_budget import choose_budget, expected_rounds
 from asd_policy.sampling import NoiseSchedule, sample
 from stat_tests import energy_test
 from asd_policy.analytic import GaussianMixtureDenoiser
@@ -117,6 +118,25 @@ def test_tree_options_are_checked():
         sample(MIXTURE, SCHEDULE, (2, 4, 2), method="asd_tree", row_budget=4, tree="bush")
     with pytest.raises(ValueError, match="tree_profile"):
         sample(MIXTURE, SCHEDULE, (2, 4, 2), method="asd_tree", row_budget=4, tree_profile=1.5)
+
+
+# ---- row_budget="auto" ----------------------------------------------------------------------------
+
+
+def test_auto_budget_follows_the_row_cost_curve():
+    flat = [(1, 2.0), (1024, 2.0)]  # rows are free (a GPU at small batch): the largest budget
+    linear = [(1, 1.0), (1024, 1024.0)]  # every row costs a call's worth: one row per round
+    cpu = [(1, 6.8), (16, 13.4), (256, 124.0)]  # the lift U-Net on this CPU, one thread
+    assert choose_budget(flat, 1, 100, 0.15) == 256
+    assert choose_budget(linear, 1, 100, 0.15) == 1
+    assert 4 <= choose_budget(cpu, 1, 100, 0.15) <= 64
+    assert choose_budget(cpu, 16, 100, 0.15) < choose_budget(cpu, 1, 100, 0.15)  # a full batch affords fewer rows each
+    assert expected_rounds(1, 100, 0.15) == pytest.approx(100)
+
+
+def test_auto_budget_samples_with_the_chosen_shape():
+    x, stats = sample(MIXTURE, SCHEDULE, (3, 4, 2), method="asd_tree", generator=seeded(0), row_budget="auto")
+    assert x.shape == (3, 4, 2) and stats.rows_per_round <= 256 and int(stats.rounds.max()) < 100
 
 
 # ---- one draft per node is one-draft ASD ------------------------------------------------------

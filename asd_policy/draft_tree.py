@@ -29,11 +29,13 @@ import torch
 from asd_policy.sampler_core import Generators, _rand
 
 __all__ = ["DraftTree", "best_tree", "residual_constants", "accept_child", "draw_residual", "one_node",
-           "expected_steps", "DEFAULT_REJECTION", "SHAPES"]
+           "expected_steps", "DEFAULT_PROFILE", "SHAPES"]
 
-#: One-draft rejection rate assumed at every step when no profile is given (lift's and
-#: reach_around's typical step: 0.10-0.15, docs/benchmarks.md).
-DEFAULT_REJECTION = 0.15
+#: The one-draft rejection rate per step (index t; the last value holds for every later step) that
+#: trees are shaped for unless told otherwise: the shipped policies' mean over five tasks, one-draft
+#: ASD L = 32 along episodes (docs/bench/tree-cpu.json, "Draft trees" in docs/benchmarks.md): most
+#: drafts fail in the last steps, few (0.055-0.096) elsewhere. Step 0 is the readout, never drafted.
+DEFAULT_PROFILE = (0.0, 0.9, 0.6, 0.55, 0.35, 0.35, 0.25, 0.25, 0.2, 0.15, 0.065)
 SHAPES = ("best", "chain")
 _TINY_DELTA = 1e-12  # below this p and q are the same Gaussian to float64 precision
 
@@ -195,7 +197,7 @@ def _rejection_at(profile: float | tuple[float, ...], step: int) -> float:
 
 
 @lru_cache(maxsize=4096)
-def best_tree(row_budget: int, t: int, profile: float | tuple[float, ...] = DEFAULT_REJECTION, fresh: bool = False) -> DraftTree:
+def best_tree(row_budget: int, t: int, profile: float | tuple[float, ...] = DEFAULT_PROFILE, fresh: bool = False) -> DraftTree:
     """The tree of ``row_budget`` rows with the most expected steps per round at step t.
 
     A round advances one step per row it reaches, so the expected steps are the sum of the rows'
@@ -252,7 +254,7 @@ def _breadth_first(parent: list[int], depth: list[int], t: int) -> DraftTree:
     return DraftTree(tuple(new_parent), tuple(is_row))
 
 
-def expected_steps(tree: DraftTree, t: int, profile: float | tuple[float, ...] = DEFAULT_REJECTION, fresh: bool = False) -> float:
+def expected_steps(tree: DraftTree, t: int, profile: float | tuple[float, ...] = DEFAULT_PROFILE, fresh: bool = False) -> float:
     """Expected steps of one round at step t under ``profile``: the sum of the rows' reach probabilities."""
     reach = [1.0] + [0.0] * (tree.size - 1)
     total = 0.0

@@ -111,10 +111,36 @@ def row_cost_curve(path: str) -> list[tuple[float, float]]:
     return sorted(points.items())
 
 
-def markdown(results: dict, curve: list[tuple[float, float]] | None = None, overhead: float = 1.16) -> str:
+def time_auto(task: str, args) -> dict:
+    """Batch-1 chunk ms (median over the observations x --chunks seeds, samplers interleaved) of
+    row_budget='auto' against one-draft ASD at L = 4, 8, 16, 32, in this process."""
+    import asd_envs
+
+    policy = ex.load_checked(f"checkpoints/{task}")
+    env_fn = policy_env_fn(TaskConfig(name=task), asd_envs.get_task(task), policy,
+                           lambda kwargs: lambda: asd_envs.make_env(task, render_mode=None, **kwargs))
+    observations = ex.observations_for(policy, env_fn, args.resets, args.rollout_states)
+    samplers = {f"asd L{L}": {"method": "asd", "speculation_length": L} for L in (4, 8, 16, 32)}
+    samplers["asd_tree auto"] = {"method": "asd_tree", "row_budget": "auto"}
+    hist0 = torch.as_tensor(observations[0][1], dtype=torch.float32)[None]
+    policy.predict_action(hist0, method="asd_tree", row_budget="auto")  # times the row-cost curve once
+    ms = {name: [] for name in samplers}
+    rows = {}
+    for i, (_, obs) in enumerate(observations):
+        hist = torch.as_tensor(obs, dtype=torch.float32)[None]
+        for k in range(args.chunks):
+            for name, options in samplers.items():
+                start = time.perf_counter()
+                out = policy.predict_action(hist, generator=torch.Generator().manual_seed(1000 * i + k), **options)
+                ms[name].append((time.perf_counter() - start) * 1e3)
+                rows[name] = out.stats.rows_per_round
+    return {name: {"median_ms": statistics.median(v), "rows_per_round_last": rows[name]} for name, v in ms.items()}
+
+
+def markdown(results: dict, curve: list[tuple[float, float]] | None = None, overhead: float = 1.15) -> str:
     """Calls per chunk (rows per round, rounds started in the tail t < 10) per task; with a row-cost
     curve, the predicted H100 chunk ms = calls x forward(rows per round) x the measured ASD graph
-    overhead (1.16: median of bench/latency-h100.md's reuse rows)."""
+    overhead (1.15: median of bench/latency-h100.json's reuse ASD graph rows)."""
     tasks = list(results["tasks"])
     names = list(next(iter(results["tasks"].values()))["samplers"])
     unit = "calls (rows/round, tail rounds" + (", H100 est. ms)" if curve else ")")
@@ -168,7 +194,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--table", metavar="JSON", help="only print the tables of a result written by --json")
     ap.add_argument("--detail", nargs="+", default=["chain L32", "tree 256 measured"],
                     help="samplers of the second table (acceptance per child rank, rejections per band of steps)")
+    ap.add_argument("--time-auto", action="store_true", help="only time row_budget='auto' against asd L4..32 at batch 1")
     args = ap.parse_args(argv)
+    if args.time_auto:
+        torch.set_num_threads(1)
+        for task in args.tasks:
+            result = time_auto(task, args)
+            print(task, " ".join(f"{n}: {r['median_ms']:.0f} ms" for n, r in result.items()),
+                  f"(auto chose {result['asd_tree auto']['rows_per_round_last']:.0f} rows/round)", flush=True)
+        return
     curve = row_cost_curve(args.gpu_costs) if args.gpu_costs else None
     if args.table:
         results = json.loads(open(args.table).read())

@@ -269,8 +269,10 @@ def expected_steps(tree: DraftTree, t: int, profile: float | tuple[float, ...] =
     return total
 
 
-def check_tree_options(row_budget: int | str, tree: str, tree_profile: float | Sequence[float]) -> float | tuple[float, ...]:
-    """Validate the tree options of ``sample_asd``; returns the profile in hashable form."""
+def check_tree_options(row_budget: int | str, tree: str, tree_profile: float | Sequence[float] | None) -> float | tuple[float, ...]:
+    """Validate the tree options of ``sample_asd_tree``; returns the profile in hashable form
+    (None: :data:`DEFAULT_PROFILE`)."""
+    tree_profile = DEFAULT_PROFILE if tree_profile is None else tree_profile
     if row_budget != "auto" and (not isinstance(row_budget, int) or isinstance(row_budget, bool) or row_budget < 1):
         raise ValueError(f"row_budget must be an int >= 1 (rows verified per chain per round) or 'auto', got {row_budget!r}")
     if tree not in SHAPES:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from asd_policy import draft_tree as dt
-from asd_policy.draft_tree import DEFAULT_PROFILE, DraftTree
+from asd_policy.draft_tree import DraftTree
 from asd_policy.inpaint import KnownInputs, pin_known
 from asd_policy.row_budget import CANDIDATES, choose_budget, row_cost_curve
 from asd_policy.sampler_core import Generators, Model, SamplerStats, _chains, _denoise, _index_tensor, _rand, _randn, _take_rows
@@ -34,7 +34,7 @@ def sample_asd_tree(
     generator: Generators = None,
     row_budget: int | str = 64,
     tree: str = "best",
-    tree_profile: float | tuple[float, ...] = DEFAULT_PROFILE,
+    tree_profile: float | tuple[float, ...] | None = None,
     anchor: str = "reuse",
     stats: SamplerStats | None = None,
     known: KnownInputs | None = None,
@@ -47,7 +47,7 @@ def sample_asd_tree(
     with it a seeded sample, can differ between batch sizes and processes; exact either way).
     tree="best": the shape with the most expected steps per round under tree_profile (the one-draft
     rejection rate: one number, or one per step t = 0, 1, ..., the last holding for later steps;
-    the default is the shipped policies' measured profile); tree="chain": one draft per
+    None: the shipped policies' measured profile, draft_tree.DEFAULT_PROFILE); tree="chain": one draft per
     step, draw for draw ``sample_asd(speculation_length=row_budget)``.
     anchor: "reuse" (the last accepted point's verified x0hat, one call per round) or "fresh".
     """

@@ -21,7 +21,7 @@ from asd_policy.analytic import GaussianMixtureDenoiser, two_mode_mixture
 from asd_policy.devices import describe_device
 from asd_policy.fast import FAST_METHODS, GraphedSampler
 from asd_policy.sampler_config import SAMPLER_PRESETS, SamplerConfig
-from asd_policy.sampling import NoiseSchedule, sample
+from asd_policy.sampling import ASD_METHODS, NoiseSchedule, sample
 
 
 @dataclass(frozen=True)
@@ -267,7 +267,7 @@ def run_grid(
                         "p95_ms": 1000 * _percentile(times, 95),
                         "sequential_calls": calls_mean,
                         "nfe": statistics.mean(nfe),
-                        "acceptance_rate": statistics.mean(accept) if case.method == "asd" else None,
+                        "acceptance_rate": statistics.mean(accept) if case.method in ASD_METHODS else None,
                         "steps_per_round": statistics.mean(steps_per_round),
                         "speedup_vs_ddpm": baseline_ms / median_ms if baseline_ms else None,
                         "forward_ms": 1000 * fwd_cache[key],

@@ -32,6 +32,7 @@ import torch
 from asd_policy.config import HELD_OUT_SEED, ConfigError, TaskConfig
 from asd_policy.rollout import ObsHistory, element, infer_chunk, policy_device, stack_histories
 from asd_policy.sampler_config import SamplerConfig, resolve_samplers
+from asd_policy.sampling import ASD_METHODS
 from asd_policy.schedule import VARIANCE_TYPES, NoiseSchedule
 from asd_policy.twosample import (
     energy_statistic,
@@ -58,6 +59,7 @@ CHECK_PRESETS: dict[str, dict[str, Any]] = {
     "asd4_fresh": {"method": "asd", "speculation_length": 4, "anchor": "fresh"},
     "asd16": {"method": "asd", "speculation_length": 16, "anchor": "reuse"},
     "asd16_fresh": {"method": "asd", "speculation_length": 16, "anchor": "fresh"},
+    "asd_tree64": {"method": "asd_tree", "row_budget": 64, "tree": "best", "tree_profile": 0.15, "anchor": "reuse"},
     "ddim10": {"method": "ddim", "num_inference_steps": 10, "eta": 0.0},
     "ddim2": {"method": "ddim", "num_inference_steps": 2, "eta": 0.0},
     "paradigms": {"method": "paradigms", "window": 16, "tolerance": 0.1},
@@ -238,7 +240,7 @@ def fidelity(policy: Any, observations: Sequence[tuple[str, np.ndarray]], sample
     tested = [s for s in samplers if s.name != REFERENCE]
     k = len(statistic_names(policy.config.task_name))
     family = len(observations) * k
-    n_asd = max(1, sum(s.method == "asd" for s in tested))
+    n_asd = max(1, sum(s.method in ASD_METHODS for s in tested))
     permutations = permutations or math.ceil(4 * family * n_asd / alpha)
     check_sizes(n, len(observations), permutations, family * n_asd, alpha)
     rows: dict[str, dict] = {s.name: {"sampler": s.as_dict(), "observations": []} for s in samplers}
@@ -297,7 +299,7 @@ def latency_ms(policy: Any, obs: np.ndarray, samplers: Sequence[SamplerConfig], 
 def verdict(report: Mapping[str, Any]) -> dict:
     """{"exact": bool, "failed": [ASD samplers distinguishable from DDPM], "threshold": alpha / n_asd}."""
     rows = report["samplers"]
-    asd = [name for name, r in rows.items() if r["sampler"]["method"] == "asd"]
+    asd = [name for name, r in rows.items() if r["sampler"]["method"] in ASD_METHODS]
     threshold = report["alpha"] / max(1, len(asd))
     failed = [name for name in asd if rows[name]["p_value"] < threshold]
     return {"exact": not failed, "failed": failed, "threshold": threshold, "asd_samplers": asd}
@@ -395,7 +397,7 @@ def check(cfg: ExactnessConfig, log: Callable[[str], None] | None = None) -> dic
     policy = load_checked(cfg.checkpoint, cfg.device, cfg.task.name)
     task = policy.config.task_name
     m = cfg.resets + cfg.rollout_states
-    family = m * len(statistic_names(task)) * max(1, sum(s.method == "asd" for s in samplers))
+    family = m * len(statistic_names(task)) * max(1, sum(s.method in ASD_METHODS for s in samplers))
     permutations = cfg.permutations or math.ceil(4 * family / cfg.alpha)
     check_sizes(cfg.chunks, m, permutations, family, cfg.alpha)
     start = time.perf_counter()

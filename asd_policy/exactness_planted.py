@@ -9,7 +9,11 @@ reference and the other samplers are drawn cleanly):
 * ``reflect_wrong_mean``: on rejection, reflect through the hyperplane at mu_q instead of the
   bisector of mu_q and mu_p (as tests/test_sampling.py's ``reflect_about_proposal_mean``);
 * ``neighbour_row``: every model call's output rows are rolled by one, so each verified step's
-  target mean comes from the neighbouring row's model output.
+  target mean comes from the neighbouring row's model output;
+* draft trees (design note section 8), active where a node has two or more children:
+  ``tree_test_against_p``: every child is tested against p instead of the residual r_{k-1};
+  ``tree_final_reflection``: when all K >= 2 children fail, the step is the reflection of the last
+  one (a draw from r_1) instead of a draw from r_K.
 
     python -m asd_policy.exactness_planted --checkpoint checkpoints/reach_around --chunks 200
 """
@@ -25,13 +29,17 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+import asd_policy.draft_tree as draft_tree
 import asd_policy.sampling as sampling
 from asd_policy import exactness as ex
 from asd_policy.sampler_config import SamplerConfig
+from asd_policy.sampling import ASD_METHODS
 
 __all__ = ["BUGS", "planted", "bugged_draw", "power"]
 
-_accept_or_reflect = sampling.accept_or_reflect  # the correct one, kept before any patch
+_accept_or_reflect = sampling.accept_or_reflect  # the correct ones, kept before any patch
+_accept_child = draft_tree.accept_child
+_final_draw = draft_tree.final_draw
 
 
 def always_accept(draft, mu_q, mu_p, sigma, u):
@@ -49,6 +57,22 @@ def reflect_wrong_mean(draft, mu_q, mu_p, sigma, u):
     return torch.where(accepted[:, None], draft, wrong).reshape(shape), accepted
 
 
+def tree_test_against_p(delta, u, a, b, v):
+    """Every child against p (a_k = 0, b_k = 1), as if it were the first."""
+    return _accept_child(delta, u, torch.zeros_like(a), torch.ones_like(b), v)
+
+
+def tree_final_reflection(delta, a, c, w_last, e, generator):
+    """The last rejected child reflected through the bisector of mu_q and mu_p (in noise units
+    about mu_q): a draw from r_1, right for K = 1 only."""
+    return delta * e + w_last - 2 * (e * w_last).sum() * e
+
+
+#: planted tree bugs: the draft_tree attribute each replaces
+TREE_BUGS = {"tree_test_against_p": ("accept_child", tree_test_against_p),
+             "tree_final_reflection": ("final_draw", tree_final_reflection)}
+
+
 class _RolledRows(torch.nn.Module):
     """The model with each call's output rows rolled by one (row i gets row i-1's output)."""
 
@@ -60,7 +84,8 @@ class _RolledRows(torch.nn.Module):
         return torch.roll(self.inner(x, t, cond), shifts=1, dims=0)
 
 
-BUGS = ("always_accept", "reflect_wrong_mean", "neighbour_row")
+CHAIN_BUGS = ("always_accept", "reflect_wrong_mean", "neighbour_row")
+BUGS = (*CHAIN_BUGS, *TREE_BUGS)
 
 
 @contextlib.contextmanager
@@ -75,6 +100,14 @@ def planted(policy: Any, bug: str) -> Iterator[None]:
             yield
         finally:
             policy.model = model
+        return
+    if bug in TREE_BUGS:
+        name, fn = TREE_BUGS[bug]
+        setattr(draft_tree, name, fn)
+        try:
+            yield
+        finally:
+            draft_tree.accept_child, draft_tree.final_draw = _accept_child, _final_draw
         return
     sampling.accept_or_reflect = always_accept if bug == "always_accept" else reflect_wrong_mean
     try:
@@ -91,7 +124,7 @@ def bugged_draw(bug: str | None, clean_cache: dict | None = None):
     sampler, N, seed), which is the key; only use one cache with one policy."""
 
     def draw_fn(policy: Any, obs: np.ndarray, sampler: SamplerConfig, n: int, seed: int):
-        if bug is not None and sampler.method == "asd":
+        if bug is not None and sampler.method in ASD_METHODS:
             with planted(policy, bug):
                 return ex.draw(policy, obs, sampler, n, seed)
         if clean_cache is None:
@@ -132,6 +165,8 @@ BUG_LABELS = {
     "always_accept": "always-accept (keep every draft)",
     "neighbour_row": "neighbour-row target (model output rows rolled by one)",
     "reflect_wrong_mean": "reflect about the wrong mean (mu_q)",
+    "tree_test_against_p": "tree: every child tested against p, not r_{k-1}",
+    "tree_final_reflection": "tree: all K >= 2 children failed -> reflection (r_1), not a draw from r_K",
     "None": "none (the correct ASD)",
 }
 
@@ -157,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--resets", type=int, default=2)
     ap.add_argument("--rollout-states", type=int, default=2)
     ap.add_argument("--samplers", nargs="+", default=["asd16"])
-    ap.add_argument("--bugs", nargs="+", default=list(BUGS))
+    ap.add_argument("--bugs", nargs="+", default=list(CHAIN_BUGS), help=f"of {BUGS} (tree bugs need a tree sampler)")
     ap.add_argument("--out", default=None, help="write the result as JSON here")
     ap.add_argument("--table", metavar="JSON", help="only print the markdown table of a result written by --out")
     args = ap.parse_args(argv)

@@ -35,6 +35,7 @@ SAMPLER_PRESETS: dict[str, dict[str, Any]] = {
     "asd": {"method": "asd"},  # exact, a few sequential calls per chunk (reuse anchor)
     "asd_fresh": {"method": "asd", "anchor": "fresh"},  # as published: two calls per round
     "asd8": {"method": "asd", "speculation_length": 8},
+    "asd_tree": {"method": "asd_tree"},  # exact, a tree of drafts per round (row_budget=64 rows; tree_sampler.py)
     "paradigms": {"method": "paradigms"},  # Picard iteration; approximate, report its tolerance
 }
 

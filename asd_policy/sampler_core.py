@@ -43,6 +43,16 @@ class SamplerStats:
     # seconds the policy spent encoding the observation (camera images) before sampling: once per
     # chunk, whatever the sampler; set by DiffusionPolicy.predict_action, None without cameras
     encode_s: float | None = None
+    # draft trees (asd_tree): per child rank, children tested and accepted; per schedule step, nodes
+    # tested, nodes where every child failed, rounds that started there; per depth in the round's
+    # tree (how stale the anchor is), nodes tested and nodes where every child failed. None otherwise.
+    child_tried: list[int] | None = None
+    child_accepted: list[int] | None = None
+    step_checked: list[int] | None = None
+    step_rejected: list[int] | None = None
+    step_rounds: list[int] | None = None
+    depth_checked: list[int] | None = None
+    depth_rejected: list[int] | None = None
     _finite: torch.Tensor | None = field(default=None, repr=False)  # device flag: every model output finite
 
     def __post_init__(self) -> None:
@@ -62,6 +72,17 @@ class SamplerStats:
         rounds = int(self.rounds.sum())
         return self.steps_total / rounds if rounds else float("nan")
 
+    @property
+    def rows_per_round(self) -> float:
+        """Mean rows a chain had verified per round (NFE over the chains' rounds)."""
+        rounds = int(self.rounds.sum())
+        return self.nfe / rounds if rounds else float("nan")
+
+    def tree_counters(self, num_steps: int) -> None:
+        """Start the draft-tree counters (once per sampler call)."""
+        self.child_tried, self.child_accepted, self.depth_checked, self.depth_rejected = [], [], [], []
+        self.step_checked, self.step_rejected, self.step_rounds = ([0] * num_steps for _ in range(3))
+
     def as_dict(self) -> dict:
         """Plain numbers, for loggers and results files."""
         return {
@@ -72,6 +93,7 @@ class SamplerStats:
             "wall_time_s": self.wall_time_s,
             "rounds_mean": float(self.rounds.float().mean()),
             "steps_per_round": self.steps_per_round,
+            "rows_per_round": self.rows_per_round,
             "acceptance_rate": self.acceptance_rate,
         }
 

@@ -27,8 +27,10 @@ from asd_policy.sampler_core import (  # noqa: F401 - SamplerStats and Model are
     _rand, _randn, _take_rows,
 )
 from asd_policy.schedule import NoiseSchedule
+from asd_policy.tree_sampler import sample_asd_tree
 
-__all__ = ["NoiseSchedule", "Known", "SamplerStats", "sample", "sample_ddpm", "sample_ddim", "sample_asd", "sample_paradigms", "accept_or_reflect"]
+__all__ = ["NoiseSchedule", "Known", "SamplerStats", "sample", "sample_ddpm", "sample_ddim", "sample_asd", "sample_asd_tree",
+           "sample_paradigms", "accept_or_reflect"]
 
 ANCHORS = ("reuse", "fresh")
 
@@ -173,6 +175,7 @@ def sample_asd(
     known: KnownInputs | None = None,
 ) -> torch.Tensor:
     """Exact DDPM sampling with autospeculative decoding (Hu et al. 2025); design note section 3.
+    (Several drafts per step: method "asd_tree", asd_policy/tree_sampler.py.)
 
     Each round, for every unfinished chain at step t with anchor m_a:
       1. draft L steps with the anchor as the model output (no model call);
@@ -337,7 +340,8 @@ def sample(
     """Draw a batch of samples of `shape` = (B, H, D) from the model's reverse diffusion.
 
     method: "ddpm" (T sequential calls), "ddim" (num_inference_steps=10, eta=0.0) or
-    "asd" (speculation_length=16, anchor="reuse"; exactly DDPM's distribution), or
+    "asd" (speculation_length=16, anchor="reuse"; exactly DDPM's distribution), "asd_tree" (ASD
+    with a tree of drafts per round: row_budget=64, tree="best"; exact too), or
     "paradigms" (window=16, tolerance=0.1; approximate parallel Picard baseline).
     cond: conditioning with one row per batch element (Tensor or mapping of Tensors), or None.
     generator: one torch.Generator for the batch, or a sequence of B, one per chain (design note
@@ -388,5 +392,6 @@ def sample(
     return x, stats
 
 
-SAMPLERS = {"ddpm": sample_ddpm, "ddim": sample_ddim, "asd": sample_asd, "paradigms": sample_paradigms}
+SAMPLERS = {"ddpm": sample_ddpm, "ddim": sample_ddim, "asd": sample_asd, "asd_tree": sample_asd_tree, "paradigms": sample_paradigms}
 METHODS = tuple(SAMPLERS)
+ASD_METHODS = ("asd", "asd_tree")  # exact speculative samplers: what the exactness check tests

@@ -16,6 +16,7 @@ from asd_policy.config import (
     check_keys,
     coerce_nested,
 )
+from asd_policy.sampling import ASD_METHODS
 from asd_policy.exactness import ALPHA, minimum_chunks, statistic_names
 from asd_policy.simclock import LatencyModel, check_latency_ms, latency_for_samplers
 from asd_policy.realtime import ON_MISS
@@ -155,7 +156,7 @@ class EvalConfig:
         _at_least("fidelity_observations", self.fidelity_observations, 1)
         if self.fidelity:
             listed = [s for s in self.samplers if s != POLICY_PRESET or s in self.presets]  # policy: known at load
-            asd = sum(s.method == "asd" for s in resolve_samplers(listed, self.presets)) if listed else 0
+            asd = sum(s.method in ASD_METHODS for s in resolve_samplers(listed, self.presets)) if listed else 0
             self.check_fidelity_sizes(self.task.name, asd)
 
     def check_fidelity_sizes(self, task: str | None, asd_samplers: int) -> None:

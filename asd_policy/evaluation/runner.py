@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from asd_policy.config import ConfigError, to_dict
+from asd_policy.sampling import ASD_METHODS
 from asd_policy.evaluation.config import EvalConfig, EvalError, make_config
 from asd_policy.evaluation import fidelity
 from asd_policy.evaluation.inputs import EnvPool, check_dims, connect_policy_server, load_checked_policy, task_env_fn
@@ -164,7 +165,7 @@ def _fidelity_recorder(cfg: EvalConfig, policy: Any, specs: list[SamplerConfig])
     if not cfg.fidelity:
         return None
     fidelity.check_policy(policy, specs)
-    cfg.check_fidelity_sizes(policy.config.task_name, sum(s.method == "asd" for s in specs))
+    cfg.check_fidelity_sizes(policy.config.task_name, sum(s.method in ASD_METHODS for s in specs))
     return fidelity.ObsRecorder(fidelity.recording_sampler(specs), cfg.fidelity_observations)
 
 

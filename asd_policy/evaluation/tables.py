@@ -86,6 +86,8 @@ CELLS: dict[str, Callable[[str, Summary], str]] = {
     "sampler_mean": lambda name, s: fmt((s.get("sampler_ms") or {}).get("mean")),
     "sequential_calls": lambda name, s: fmt(s["sequential_calls_mean"]),
     "nfe": lambda name, s: fmt(s["nfe_mean"], ".0f"),
+    # rows verified per sequential call: 1 for DDPM/DDIM, about L for ASD, the row budget for a tree
+    "rows_per_call": lambda name, s: fmt(_ratio(s["nfe_mean"], s["sequential_calls_mean"]), ".1f"),
     "speedup": lambda name, s: "-" if s["speedup_vs_ddpm"] is None else f"{s['speedup_vs_ddpm']:.2f}x",
     "realtime": lambda name, s: _realtime(s),
     "outcomes": lambda name, s: _outcomes(s, " ", ":", " "),
@@ -98,6 +100,10 @@ CELLS: dict[str, Callable[[str, Summary], str]] = {
 FIDELITY_COLUMNS: list[Column] = [("fidelity_distance", "distance to DDPM-100 (null)"),
                                   ("fidelity_p", "p vs DDPM-100")]
 
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
 #: A camera policy's chunk latency split: the image encoder (once per chunk) and the sampler.
 ENCODER_COLUMNS: list[Column] = [("encode_mean", "encoder ms"), ("sampler_mean", "sampler ms")]
 
@@ -106,7 +112,7 @@ TEXT_COLUMNS: list[Column] = [
     ("sampler", "sampler"), ("episodes", "episodes"), ("success", "success"), ("ci95", "95% CI"),
     ("latency_mean", "chunk ms mean"), ("latency_p50", "p50"), ("latency_p95", "p95"),
     ("latency_p99", "p99"), ("ms_per_action", "ms/action"), ("sequential_calls", "seq calls"),
-    ("nfe", "NFE"), ("speedup", "speedup"),
+    ("nfe", "NFE"), ("rows_per_call", "rows/call"), ("speedup", "speedup"),
 ]
 _TEXT_OPTIONAL: list[tuple[str, list[Column]]] = [("encode_ms", ENCODER_COLUMNS),
                                                   ("realtime", [("realtime", "real-time")]),

@@ -259,6 +259,8 @@ def expected_steps(tree: DraftTree, t: int, profile: float | tuple[float, ...] =
     reach = [1.0] + [0.0] * (tree.size - 1)
     total = 0.0
     for i in range(tree.size):
+        if tree.depth[i] > t:  # past the readout (a chain longer than the steps left): never reached
+            continue
         if i:
             p = tree.parent[i]
             step = t - tree.depth[p]

@@ -12,6 +12,7 @@ what ``asd_round`` does, so it reproduces one-draft ASD draw for draw.
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,7 +21,7 @@ import torch
 from asd_policy import draft_tree as dt
 from asd_policy.draft_tree import DraftTree
 from asd_policy.inpaint import KnownInputs, pin_known
-from asd_policy.row_budget import CANDIDATES, choose_budget, row_cost_curve
+from asd_policy.row_budget import CANDIDATES, KINDS, choose_shape, row_cost_curve, tree_for
 from asd_policy.sampler_core import Generators, Model, SamplerStats, _chains, _denoise, _index_tensor, _rand, _randn, _take_rows
 from asd_policy.schedule import NoiseSchedule
 
@@ -42,9 +43,10 @@ def sample_asd_tree(
     """Exact DDPM sampling with autospeculative decoding and a tree of drafts per round.
 
     row_budget: rows verified per chain per round (one-draft ASD's is its speculation_length), or
-    "auto": the budget with the least expected chunk latency on this device for this batch
-    (asd_policy/row_budget.py; it times the model once per model, device and shape, so the shape, and
-    with it a seeded sample, can differ between batch sizes and processes; exact either way).
+    "auto": the shape (a chain or a best tree, and its rows) with the least expected chunk latency on
+    this device for this batch (asd_policy/row_budget.py; it times the model and the sampler's own
+    work once per model, device and shape, so the shape, and with it a seeded sample, can differ
+    between batch sizes and processes; exact either way). With tree="chain" auto picks among chains only.
     tree="best": the shape with the most expected steps per round under tree_profile (the one-draft
     rejection rate: one number, or one per step t = 0, 1, ..., the last holding for later steps;
     None: the shipped policies' measured profile, draft_tree.DEFAULT_PROFILE); tree="chain": one draft per
@@ -56,7 +58,7 @@ def sample_asd_tree(
         raise ValueError(f"anchor={anchor!r} is unknown; use one of ('reuse', 'fresh')")
     stats = stats or SamplerStats("asd_tree", x.shape[0])
     if row_budget == "auto":
-        row_budget = _auto_budget(model, schedule, x, cond, profile)
+        tree, row_budget = _auto_shape(model, schedule, x, cond, profile, anchor, (tree,) if tree == "chain" else KINDS)
     fresh = anchor == "fresh"
     shape = (lambda t: DraftTree.chain(row_budget)) if tree == "chain" else (lambda t: dt.best_tree(row_budget, t, profile, fresh))
     return sample_tree(model, schedule, x, cond, generator, shape, anchor, stats, known)
@@ -72,8 +74,14 @@ class _Group:
         self.parent = torch.tensor(tree.parent[1:], dtype=torch.long, device=device)
 
 
-def _auto_budget(model: Model, schedule: NoiseSchedule, x: torch.Tensor, cond: Any, profile) -> int:
-    """row_budget="auto": time the model on 1, 2, 4, ... rows (once; cached) and pick the budget."""
+def _auto_shape(model: Model, schedule: NoiseSchedule, x: torch.Tensor, cond: Any, profile, anchor: str,
+                kinds: Sequence[str]) -> tuple[str, int]:
+    """row_budget="auto": time the model on 1, 2, 4, ... rows (once; cached) and the sampler's own
+    work per round (once per device, batch shape and candidate; cached), and pick the shape (once
+    per model, batch shape and settings: the choice costs more than a round to recompute)."""
+    choice_key = (id(model), x.device.type, x.device.index, tuple(x.shape), schedule.num_steps, profile, anchor, tuple(kinds))
+    if choice_key in _CHOICES:
+        return _CHOICES[choice_key]
 
     def call(x_rows: torch.Tensor, t_rows: torch.Tensor, cond_rows: Any) -> torch.Tensor:
         return model(x_rows, schedule.model_timestep(t_rows), cond_rows)
@@ -81,7 +89,34 @@ def _auto_budget(model: Model, schedule: NoiseSchedule, x: torch.Tensor, cond: A
     t = torch.full((1,), schedule.num_steps - 1, dtype=torch.long, device=x.device)
     curve = row_cost_curve(call, x[:1], t, _take_rows(cond, torch.zeros(1, dtype=torch.long, device=x.device)), _take_rows,
                            min(x.shape[0] * max(CANDIDATES), 512))
-    return choose_budget(curve, x.shape[0], schedule.num_steps, profile)
+
+    def overhead_ms(kind: str, rows: int) -> float:
+        key = (x.device.type, x.device.index, tuple(x.shape), schedule.num_steps, kind, rows, profile, anchor)
+        if key not in _OVERHEAD:
+            _OVERHEAD[key] = _round_overhead_ms(schedule, x, kind, rows, profile, anchor)
+        return _OVERHEAD[key]
+
+    _CHOICES[choice_key] = choose_shape(curve, x.shape[0], schedule.num_steps, profile, overhead_ms, kinds)
+    return _CHOICES[choice_key]
+
+
+_OVERHEAD: dict[tuple, float] = {}
+_CHOICES: dict[tuple, tuple[str, int]] = {}
+
+
+def _round_overhead_ms(schedule: NoiseSchedule, x: torch.Tensor, kind: str, rows: int, profile, anchor: str) -> float:
+    """ms per round of the sampler's own work (drafts, tests, walk) for a batch shaped like x: the
+    sampler run once with a model that costs nothing (it predicts zeros), divided by its rounds."""
+    def free(x_rows: torch.Tensor, t_rows: torch.Tensor, cond_rows: Any) -> torch.Tensor:
+        return torch.zeros_like(x_rows)
+
+    stats = SamplerStats("asd_tree", x.shape[0])
+    start = time.perf_counter()
+    sample_tree(free, schedule, torch.zeros_like(x), None, torch.Generator(x.device).manual_seed(0),
+                lambda t: tree_for(kind, rows, t, profile), anchor, stats, None)
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
+    return (time.perf_counter() - start) * 1e3 / max(1, int(stats.rounds.max()))
 
 
 def sample_tree(model: Model, schedule: NoiseSchedule, x: torch.Tensor, cond: Any, generator: Generators,

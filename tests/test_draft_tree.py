@@ -16,7 +16,8 @@ import torch
 import asd_policy.draft_tree as draft_tree
 from asd_policy.draft_tree import DraftTree, best_tree, expected_steps, first_draft_delta, one_node, residual_constants
 from asd_policy.exactness_planted import TREE_BUGS
-from asd_policy.row_budget import choose_budget, expected_rounds
+from asd_policy import row_budget
+from asd_policy.row_budget import choose_shape, expected_model_ms, expected_rounds
 from asd_policy.sampling import NoiseSchedule, sample
 from stat_tests import energy_test
 from asd_policy.analytic import GaussianMixtureDenoiser
@@ -127,11 +128,43 @@ def test_auto_budget_follows_the_row_cost_curve():
     flat = [(1, 2.0), (1024, 2.0)]  # rows are free (a GPU at small batch): the largest budget
     linear = [(1, 1.0), (1024, 1024.0)]  # every row costs a call's worth: one row per round
     cpu = [(1, 6.8), (16, 13.4), (256, 124.0)]  # the issue's lift U-Net on this CPU, one thread
-    assert choose_budget(flat, 1, 100, 0.15) == 256
-    assert choose_budget(linear, 1, 100, 0.15) == 1
-    assert 4 <= choose_budget(cpu, 1, 100, 0.15) <= 64
-    assert choose_budget(cpu, 16, 100, 0.15) < choose_budget(cpu, 1, 100, 0.15)  # a full batch affords fewer rows each
+    assert choose_shape(flat, 1, 100, 0.15) == ("best", 256)
+    assert choose_shape(linear, 1, 100, 0.15)[1] == 1
+    assert 4 <= choose_shape(cpu, 1, 100, 0.15)[1] <= 64
+    assert choose_shape(cpu, 16, 100, 0.15)[1] < choose_shape(cpu, 1, 100, 0.15)[1]  # a full batch affords fewer rows each
     assert expected_rounds(1, 100, 0.15) == pytest.approx(100)
+    assert expected_rounds(16, 100, 0.15, "chain") > expected_rounds(16, 100, 0.15, "best")
+
+
+def test_auto_weighs_the_samplers_own_work_per_round():
+    """A tree's extra drafts save rounds but cost the sampler work per round: where that work is
+    dear (a CPU) auto picks a chain, where it is cheap the best tree; overheads are only timed for
+    candidates the model's cost alone leaves in the running."""
+    cpu = [(1, 6.8), (16, 13.4), (256, 124.0)]
+    asked = []
+
+    def dear_trees(kind, rows):
+        asked.append((kind, rows))
+        return 0.5 if kind == "chain" else 5.0 + 0.1 * rows
+
+    assert choose_shape(cpu, 1, 100, 0.15, dear_trees)[0] == "chain"
+    assert ("best", 256) not in asked and len(asked) < 18
+    flat = [(1, 2.0), (1024, 2.0)]
+    assert choose_shape(flat, 1, 100, 0.15, lambda kind, rows: 0.0) == ("best", 256)
+
+
+def test_auto_costs_each_round_at_the_rows_it_verifies():
+    """Near the end a chain verifies only the rows above the readout, a best tree its whole budget
+    (spent on width): where rows cost (this CPU's curve) a 16-row chain is the cheaper chunk, as
+    measured (docs/benchmarks.md), though the tree takes fewer rounds."""
+    cpu = [(1, 5.2), (16, 14.0), (64, 35.0), (256, 124.0)]
+    profile = draft_tree.DEFAULT_PROFILE
+    assert expected_rounds(16, 100, profile, "best") < expected_rounds(16, 100, profile, "chain")
+    assert expected_model_ms(cpu, 1, 16, 100, profile, "chain") < expected_model_ms(cpu, 1, 16, 100, profile, "best")
+    chain_rows = [sum(1 for i in range(tr.size) if tr.row[i] and tr.depth[i] <= t)
+                  for t, tr in ((t, row_budget.tree_for("chain", 16, t, profile)) for t in (3, 50))]
+    assert chain_rows == [4, 16]
+    assert choose_shape(cpu, 1, 100, profile)[0] == "chain"
 
 
 def test_auto_budget_samples_with_the_chosen_shape():

@@ -167,12 +167,15 @@ def test_timing_runs_on_the_recorded_conditioning_rows():
     assert torch.equal(seen[0], recorded[[0, 1, 2, 0]])  # cycled over the batch
 
 
-def test_a_draft_tree_preset_is_timed_once_it_exists(monkeypatch):
-    assert tree_presets() == []
-    monkeypatch.setitem(benchmark.SAMPLER_PRESETS, "asd_tree", {"method": "asd", "speculation_length": 8})
-    assert tree_presets() == ["asd_tree"]
-    last = default_cases((16,), ("reuse",), presets=tuple(tree_presets()))[-1]
-    assert isinstance(last, Case) and last.label == "asd_tree" and last.kwargs["speculation_length"] == 8
+def test_the_draft_tree_presets_are_timed(monkeypatch):
+    """The timing picks up every draft-tree preset of SAMPLER_PRESETS (asd_tree today), and one
+    added later without an edit of the GPU script."""
+    assert "asd_tree" in tree_presets()
+    monkeypatch.setitem(benchmark.SAMPLER_PRESETS, "asd_tree_wide", {"method": "asd_tree", "row_budget": 256})
+    names = tree_presets()
+    assert {"asd_tree", "asd_tree_wide"} <= set(names)
+    cases = {c.label: c for c in default_cases((16,), ("reuse",), presets=tuple(names)) if isinstance(c, Case)}
+    assert cases["asd_tree_wide"].kwargs["row_budget"] == 256 and cases["asd_tree"].method == "asd_tree"
 
 
 def test_a_marked_section_is_replaced_in_place_or_appended_once():

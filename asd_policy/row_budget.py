@@ -30,7 +30,6 @@ __all__ = ["CANDIDATES", "KINDS", "choose_shape", "expected_model_ms", "expected
 
 CANDIDATES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 KINDS = ("chain", "best")  # one draft per step (one-draft ASD), or the best tree under the profile
-_CURVES: dict[tuple, list[tuple[int, float]]] = {}
 
 
 def tree_for(kind: str, row_budget: int, t: int, profile: float | tuple[float, ...]) -> DraftTree:
@@ -89,26 +88,22 @@ def choose_shape(curve: Sequence[tuple[float, float]], chains: int, num_steps: i
 
 def row_cost_curve(model: Callable, x: torch.Tensor, t: torch.Tensor, cond: Any, take_rows: Callable[[Any, torch.Tensor], Any],
                    max_rows: int, repeats: int = 5) -> list[tuple[int, float]]:
-    """ms per model call at 1, 2, 4, ... up to max_rows rows (the least of ``repeats`` after one
-    warm-up: other work on the machine only ever adds time, and one noisy point would fix the
-    choice for the whole process), cached per model, device and sample shape. x [1, ...], t [1], cond: one chain's rows."""
-    key = (id(model), x.device.type, x.device.index, tuple(x.shape[1:]), max_rows)
-    if key not in _CURVES:
-        points, rows = [], 1
-        while True:
-            index = torch.zeros(rows, dtype=torch.long, device=x.device)
-            args = (x[index], t[index], take_rows(cond, index))
-            times = []
-            with torch.no_grad():
-                for _ in range(repeats + 1):
-                    start = time.perf_counter()
-                    model(*args)
-                    if x.is_cuda:
-                        torch.cuda.synchronize(x.device)
-                    times.append((time.perf_counter() - start) * 1e3)
-            points.append((rows, min(times[1:])))
-            if rows >= max_rows:
-                break
-            rows = min(2 * rows, max_rows)
-        _CURVES[key] = points
-    return _CURVES[key]
+    """ms per model call at 1, 2, 4, ... up to max_rows rows: the least of ``repeats`` calls after one
+    warm-up (other work on the machine only ever adds time, and one noisy point would fix the choice
+    for the whole process). x [1, ...], t [1], cond: one chain's rows. The caller caches it."""
+    points, rows = [], 1
+    while True:
+        index = torch.zeros(rows, dtype=torch.long, device=x.device)
+        args = (x[index], t[index], take_rows(cond, index))
+        times = []
+        with torch.no_grad():
+            for _ in range(repeats + 1):
+                start = time.perf_counter()
+                model(*args)
+                if x.is_cuda:
+                    torch.cuda.synchronize(x.device)
+                times.append((time.perf_counter() - start) * 1e3)
+        points.append((rows, min(times[1:])))
+        if rows >= max_rows:
+            return points
+        rows = min(2 * rows, max_rows)

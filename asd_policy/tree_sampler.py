@@ -13,6 +13,7 @@ what ``asd_round`` does, so it reproduces one-draft ASD draw for draw.
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -76,32 +77,36 @@ class _Group:
 
 def _auto_shape(model: Model, schedule: NoiseSchedule, x: torch.Tensor, cond: Any, profile, anchor: str,
                 kinds: Sequence[str]) -> tuple[str, int]:
-    """row_budget="auto": time the model on 1, 2, 4, ... rows (once; cached) and the sampler's own
-    work per round (once per device, batch shape and candidate; cached), and pick the shape (once
-    per model, batch shape and settings: the choice costs more than a round to recompute)."""
-    choice_key = (id(model), x.device.type, x.device.index, tuple(x.shape), schedule.num_steps, profile, anchor, tuple(kinds))
-    if choice_key in _CHOICES:
-        return _CHOICES[choice_key]
+    """row_budget="auto": time the model on 1, 2, 4, ... rows and the sampler's own work per round
+    (for the candidates still in the running) and pick the shape. All three are cached with the
+    model (a weak reference: a freed model's numbers go with it, never to a new model at the same
+    address) per device, batch shape and settings; recomputing the choice costs more than a round."""
+    cache = _AUTO.setdefault(model, {})
+    shape_key = (x.device.type, x.device.index, tuple(x.shape), schedule.num_steps)
+    choice_key = (*shape_key, profile, anchor, tuple(kinds))
+    if choice_key in cache:
+        return cache[choice_key]
 
     def call(x_rows: torch.Tensor, t_rows: torch.Tensor, cond_rows: Any) -> torch.Tensor:
         return model(x_rows, schedule.model_timestep(t_rows), cond_rows)
 
-    t = torch.full((1,), schedule.num_steps - 1, dtype=torch.long, device=x.device)
-    curve = row_cost_curve(call, x[:1], t, _take_rows(cond, torch.zeros(1, dtype=torch.long, device=x.device)), _take_rows,
-                           min(x.shape[0] * max(CANDIDATES), 512))
+    curve_key = ("curve", *shape_key)
+    if curve_key not in cache:
+        t = torch.full((1,), schedule.num_steps - 1, dtype=torch.long, device=x.device)
+        one = _take_rows(cond, torch.zeros(1, dtype=torch.long, device=x.device))
+        cache[curve_key] = row_cost_curve(call, x[:1], t, one, _take_rows, min(x.shape[0] * max(CANDIDATES), 512))
 
     def overhead_ms(kind: str, rows: int) -> float:
-        key = (x.device.type, x.device.index, tuple(x.shape), schedule.num_steps, kind, rows, profile, anchor)
-        if key not in _OVERHEAD:
-            _OVERHEAD[key] = _round_overhead_ms(schedule, x, kind, rows, profile, anchor)
-        return _OVERHEAD[key]
+        key = ("overhead", *shape_key, kind, rows, profile, anchor)
+        if key not in cache:
+            cache[key] = _round_overhead_ms(schedule, x, kind, rows, profile, anchor)
+        return cache[key]
 
-    _CHOICES[choice_key] = choose_shape(curve, x.shape[0], schedule.num_steps, profile, overhead_ms, kinds)
-    return _CHOICES[choice_key]
+    cache[choice_key] = choose_shape(cache[curve_key], x.shape[0], schedule.num_steps, profile, overhead_ms, kinds)
+    return cache[choice_key]
 
 
-_OVERHEAD: dict[tuple, float] = {}
-_CHOICES: dict[tuple, tuple[str, int]] = {}
+_AUTO: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
 
 
 def _round_overhead_ms(schedule: NoiseSchedule, x: torch.Tensor, kind: str, rows: int, profile, anchor: str) -> float:

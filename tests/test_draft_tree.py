@@ -172,6 +172,29 @@ def test_auto_budget_samples_with_the_chosen_shape():
     assert x.shape == (3, 4, 2) and stats.rows_per_round <= 256 and int(stats.rounds.max()) < 100
 
 
+def test_auto_keeps_its_timings_with_the_model_it_timed():
+    """The row-cost curve, overheads and choice are cached with the model object (weakly): another
+    model gets its own, and a freed model's numbers do not survive to a new one at its address."""
+    import gc
+
+    from asd_policy import tree_sampler
+
+    class Scaled(torch.nn.Module):
+        def forward(self, x, t, cond=None):
+            return MIXTURE(x, t, cond)
+
+    first, second = Scaled(), Scaled()
+    sample(first, SCHEDULE, (1, 4, 2), method="asd_tree", generator=seeded(0), row_budget="auto")
+    assert first in tree_sampler._AUTO and second not in tree_sampler._AUTO
+    assert any(k[0] == "curve" for k in tree_sampler._AUTO[first])
+    sample(second, SCHEDULE, (1, 4, 2), method="asd_tree", generator=seeded(0), row_budget="auto")
+    assert tree_sampler._AUTO[second] is not tree_sampler._AUTO[first]
+    entries = len(tree_sampler._AUTO)
+    del first
+    gc.collect()
+    assert len(tree_sampler._AUTO) == entries - 1
+
+
 # ---- one draft per node is one-draft ASD ------------------------------------------------------
 
 

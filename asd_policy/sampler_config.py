@@ -36,6 +36,8 @@ SAMPLER_PRESETS: dict[str, dict[str, Any]] = {
     "asd_fresh": {"method": "asd", "anchor": "fresh"},  # as published: two calls per round
     "asd8": {"method": "asd", "speculation_length": 8},
     "asd_tree": {"method": "asd_tree"},  # exact, a tree of drafts per round (row_budget=64 rows; tree_sampler.py)
+    # exact; the chain or tree and rows this device affords for the batch at hand (timed once per model and batch shape)
+    "asd_auto": {"method": "asd_tree", "row_budget": "auto"},
     "paradigms": {"method": "paradigms"},  # Picard iteration; approximate, report its tolerance
 }
 

@@ -28,6 +28,7 @@ from asd_policy.schedule import NoiseSchedule
 
 __all__ = ["sample_asd_tree", "sample_tree"]
 
+
 def sample_asd_tree(
     model: Model,
     schedule: NoiseSchedule,
@@ -235,7 +236,8 @@ def _accept(schedule: NoiseSchedule, g: _Group, known: KnownInputs | None) -> No
         ok = dt.accept_child(delta, u[:, 0], a.gather(1, r)[:, 0], b.gather(1, r)[:, 0], flat(g.v[:, cols]).double())
         g.accepted[:, cols] = ok.reshape(n, -1)
         g.geometry = {"cols": many, "delta": delta.reshape(n, -1), "e": e.reshape(n, len(many), *e.shape[1:]),
-                      "w": w[:, 0].reshape(n, len(many), *w.shape[2:]), "mu_q": mu_q[:, cols], "sigma": sigma[:, cols]}
+                      "w": w[:, 0].reshape(n, len(many), *w.shape[2:]), "mu_q": mu_q[:, cols], "sigma": sigma[:, cols],
+                      "a": a.reshape(n, len(many), -1), "c": c.reshape(n, len(many), -1)}  # k = 0..max rank + 1
 
 
 def _walk(g: _Group, pos: int, b: int, accepted: list[bool], t_host: list[int], x: torch.Tensor, m_anchor: torch.Tensor,
@@ -285,9 +287,8 @@ def _rejected_step(g: _Group, pos: int, kids: tuple[int, ...], generator: Genera
     mu_q + s * (the exact draw from r_K along e, the last child's orthogonal noise)."""
     if len(kids) == 1:
         return g.fixed[pos, kids[0] - 1]
-    geo, last = g.geometry, kids[-1]
-    col = geo["cols"].index(last)
-    delta = geo["delta"][pos, col]
-    a, _, c = dt.residual_constants(delta, len(kids))
-    step = dt.final_draw(float(delta), float(a[-1]), float(c[-1]), geo["w"][pos, col], geo["e"][pos, col], generator)
+    geo, last, K = g.geometry, kids[-1], len(kids)
+    col = geo["cols"].index(last)  # the last child's rank is K - 1, so the constants up to K were computed
+    a, c = geo["a"][pos, col, K], geo["c"][pos, col, K]
+    step = dt.final_draw(float(geo["delta"][pos, col]), float(a), float(c), geo["w"][pos, col], geo["e"][pos, col], generator)
     return (geo["mu_q"][pos, col].double() + geo["sigma"][pos, col].double() * step).to(g.xs.dtype)

@@ -190,7 +190,7 @@ def _init_weights(policy: DiffusionPolicy, path: str) -> None:
     ``policy``; a :class:`ConfigError` when they are not the networks this run's settings build."""
     source = load_policy(path)  # CheckpointError (a ValueError) names a missing or corrupt checkpoint
     try:
-        load_policy_state(policy, {k: v.to(dtype=torch.float32) for k, v in policy_state(source).items()})
+        load_policy_state(policy, policy_state(source))
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
         raise ConfigError(f"init_from={path!r} holds networks of another shape than this run's policy ({first}); "

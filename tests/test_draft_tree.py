@@ -20,7 +20,7 @@ from asd_policy import row_budget
 from asd_policy.row_budget import choose_shape, expected_model_ms, expected_rounds
 from asd_policy.sampling import NoiseSchedule, sample
 from stat_tests import energy_test
-from asd_policy.analytic import GaussianMixtureDenoiser
+from asd_policy.analytic import GaussianMixtureDenoiser, two_mode_mixture
 from test_sampling import (MIXTURE, SCHEDULE, STRIDED, known_prefix, sampler_failures, seeded,
                            test_a_chain_with_its_own_generator_ignores_its_batch)
 
@@ -170,6 +170,25 @@ def test_auto_costs_each_round_at_the_rows_it_verifies():
 def test_auto_budget_samples_with_the_chosen_shape():
     x, stats = sample(MIXTURE, SCHEDULE, (3, 4, 2), method="asd_tree", generator=seeded(0), row_budget="auto")
     assert x.shape == (3, 4, 2) and stats.rows_per_round <= 256 and int(stats.rounds.max()) < 100
+
+
+def test_auto_runs_a_chosen_chain_as_one_draft_asd(monkeypatch):
+    """auto's chain is one-draft ASD's own loop (less sampler work per round than a chain tree's):
+    the same draws as asd at that speculation length, and its overhead is timed on that loop."""
+    from asd_policy import tree_sampler
+
+    monkeypatch.setattr(tree_sampler, "choose_shape", lambda *a, **k: ("chain", 8))
+    model = two_mode_mixture(SCHEDULE)  # its own object: no choice cached for it yet
+    for anchor in ("reuse", "fresh"):
+        auto, stats = sample(model, SCHEDULE, (3, 4, 2), method="asd_tree", generator=seeded(4), row_budget="auto",
+                             anchor=anchor)
+        asd, asd_stats = sample(MIXTURE, SCHEDULE, (3, 4, 2), method="asd", generator=seeded(4), speculation_length=8,
+                                anchor=anchor)
+        assert torch.equal(auto, asd) and torch.equal(stats.rounds, asd_stats.rounds) and stats.nfe == asd_stats.nfe
+    timed = []
+    monkeypatch.setattr(tree_sampler, "sample_tree", lambda *a, **k: timed.append("tree"))
+    tree_sampler._round_overhead_ms(SCHEDULE.to("cpu", torch.float32), torch.zeros(1, 4, 2), "chain", 8, 0.15, "reuse")
+    assert timed == []
 
 
 def test_auto_keeps_its_timings_with_the_model_it_timed():

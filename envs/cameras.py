@@ -88,6 +88,9 @@ class CameraObservation(gym.ObservationWrapper):
             self._close_renderer()
             ensure_offscreen_size(model, self.image_size, self.image_size)
             self._renderer = make_renderer(model, self.image_size, self.image_size)
+            # Planar reflections draw the scene twice: robosuite's reflective table made a lift frame
+            # 2.6x slower to render on a CPU (EGL on Mesa), for a change of 0.5/255 per pixel on average.
+            self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
             self._model = model
         out = {}
         for cam, view in self._views.items():

@@ -147,6 +147,10 @@ def test_lift_cameras():
     env.close()
     env = asd_envs.make_env_from_metadata(meta, render_mode=None, cameras=["birdview"], image_size=SIZE)
     assert env.reset(seed=0)[0]["birdview_image"].shape == (SIZE, SIZE, 3)
+    import mujoco
+
+    renderer = env.get_wrapper_attr("_renderer")  # planar reflections off: 2.6x faster frames on a CPU
+    assert renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] == 0
     env.close()
     with pytest.raises(ValueError, match="no camera 'sideview'"):  # PickPlaceCan's scene has none
         asd_envs.make_env_from_metadata(meta, render_mode=None, cameras=["sideview"])

@@ -63,8 +63,10 @@ def check_cameras(task: str, cameras: Sequence[str], available: Sequence[str], i
 class CameraObservation(gym.ObservationWrapper):
     """The task's flat observation as ``"state"`` plus one rendered ``"<camera>_image"`` per camera."""
 
-    def __init__(self, env: gym.Env, task: str, cameras: Sequence[str], image_size: int = DEFAULT_IMAGE_SIZE):
+    def __init__(self, env: gym.Env, task: str, cameras: Sequence[str], image_size: int = DEFAULT_IMAGE_SIZE,
+                 reflections: bool = False):
         super().__init__(env)
+        self.reflections = bool(reflections)
         table: Mapping[str, Any] = env.unwrapped.CAMERAS
         check_cameras(task, cameras, list(table), image_size)
         self.cameras = tuple(cameras)
@@ -90,7 +92,7 @@ class CameraObservation(gym.ObservationWrapper):
             self._renderer = make_renderer(model, self.image_size, self.image_size)
             # Planar reflections draw the scene twice: robosuite's reflective table made a lift frame
             # 2.6x slower to render on a CPU (EGL on Mesa), for a change of 0.5/255 per pixel on average.
-            self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+            self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = int(self.reflections)
             self._model = model
         out = {}
         for cam, view in self._views.items():

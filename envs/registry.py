@@ -81,8 +81,10 @@ def make_env(task_name: str, **overrides: Any) -> gym.Env:
 
     ``overrides`` go to the task's constructor (e.g. ``render_mode``, ``max_episode_steps``,
     ``render_size``; see docs/tasks.md for each task's options), except ``cameras`` (names from
-    ``TaskSpec.cameras``) and ``image_size`` (default 84): with cameras, the observation is a
-    ``Dict`` of ``"state"`` (the flat vector) and ``"<camera>_image"`` (uint8 HxWx3) per camera.
+    ``TaskSpec.cameras``), ``image_size`` (default 84) and ``camera_reflections`` (default False:
+    frames drawn without planar reflections, 2.6x faster for robosuite's scenes on a CPU): with
+    cameras, the observation is a ``Dict`` of ``"state"`` (the flat vector) and ``"<camera>_image"``
+    (uint8 HxWx3) per camera.
     """
     spec = get_task(task_name)
     max_steps = int(overrides.pop("max_episode_steps", spec.max_episode_steps))
@@ -93,22 +95,24 @@ def _build(spec: TaskSpec, overrides: dict[str, Any]) -> gym.Env:
     """The task's env from its entry point, wrapped in CameraObservation when cameras are asked for."""
     from .cameras import check_cameras
 
-    cameras, image_size = _pop_cameras(overrides)
+    cameras, image_size, reflections = _pop_cameras(overrides)
     check_cameras(spec.name, cameras, spec.cameras, image_size)  # before the (slow) simulator starts
-    return _with_cameras(_load(spec.entry_point)(spec, **overrides), spec.name, cameras, image_size)
+    return _with_cameras(_load(spec.entry_point)(spec, **overrides), spec.name, cameras, image_size, reflections)
 
 
-def _pop_cameras(overrides: dict[str, Any]) -> tuple[list[str], Any]:
-    """Take ``cameras`` and ``image_size`` out of an env's keyword arguments (they are the wrapper's)."""
+def _pop_cameras(overrides: dict[str, Any]) -> tuple[list[str], Any, bool]:
+    """Take ``cameras``, ``image_size`` and ``camera_reflections`` out of an env's keyword arguments
+    (they are the wrapper's)."""
     from .cameras import DEFAULT_IMAGE_SIZE
 
-    return list(overrides.pop("cameras", None) or []), overrides.pop("image_size", DEFAULT_IMAGE_SIZE)
+    return (list(overrides.pop("cameras", None) or []), overrides.pop("image_size", DEFAULT_IMAGE_SIZE),
+            bool(overrides.pop("camera_reflections", False)))
 
 
-def _with_cameras(env: gym.Env, name: str, cameras: list[str], image_size: Any) -> gym.Env:
+def _with_cameras(env: gym.Env, name: str, cameras: list[str], image_size: Any, reflections: bool = False) -> gym.Env:
     from .cameras import CameraObservation
 
-    return CameraObservation(env, name, cameras, image_size) if cameras else env
+    return CameraObservation(env, name, cameras, image_size, reflections) if cameras else env
 
 
 def make_expert(task_name: str, env: gym.Env, rng: Any = None):
@@ -152,9 +156,9 @@ def make_env_from_metadata(env_meta: dict, obs_keys=None, max_episode_steps: int
         )
     from .robomimic_tasks import HORIZONS, RobomimicEnv
 
-    cameras, image_size = _pop_cameras(overrides)  # any of robosuite's cameras in the scene (env.CAMERAS)
+    cameras, image_size, reflections = _pop_cameras(overrides)  # any of robosuite's cameras in the scene (env.CAMERAS)
     env = RobomimicEnv(meta["env_name"], env_meta=meta, obs_keys=obs_keys, **overrides)
-    env = _with_cameras(env, meta["env_name"], cameras, image_size)
+    env = _with_cameras(env, meta["env_name"], cameras, image_size, reflections)
     steps = max_episode_steps or HORIZONS.get(meta["env_name"], 400)
     return gym.wrappers.TimeLimit(env, max_episode_steps=steps)
 

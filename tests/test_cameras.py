@@ -152,6 +152,10 @@ def test_lift_cameras():
     renderer = env.get_wrapper_attr("_renderer")  # planar reflections off: 2.6x faster frames on a CPU
     assert renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] == 0
     env.close()
+    env = asd_envs.make_env("lift", render_mode=None, cameras=["agentview"], image_size=SIZE, camera_reflections=True)
+    env.reset(seed=0)  # robosuite's own look (its image datasets have the table's reflection)
+    assert env.get_wrapper_attr("_renderer").scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] == 1
+    env.close()
     with pytest.raises(ValueError, match="no camera 'sideview'"):  # PickPlaceCan's scene has none
         asd_envs.make_env_from_metadata(meta, render_mode=None, cameras=["sideview"])
 

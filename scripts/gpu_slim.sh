@@ -7,11 +7,12 @@
 # commit their deletion); `status` says which state the checkout is in.
 #   bash scripts/gpu_slim.sh on && bash scripts/gpu_prepare.sh    # then the one device call
 #   bash scripts/gpu_slim.sh off                                  # right after it
-# SLIM_PATHS overrides what stays behind (default: the per-run result files of docs/results, 11 MB, and
-# the LeRobot checkpoint, 18 MB: the post-processing reads the former here, on the CPU).
+# SLIM_PATHS overrides what stays behind (default: the per-run result files of docs/results, 11 MB, the
+# LeRobot checkpoint, 18 MB, and the two camera checkpoints, 21 MB, which the session does not time:
+# the post-processing reads the results here, on the CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-read -r -a paths <<< "${SLIM_PATHS:-docs/results checkpoints/reach_around_lerobot}"
+read -r -a paths <<< "${SLIM_PATHS:-docs/results checkpoints/reach_around_lerobot checkpoints/reach_around_image checkpoints/lift_image}"
 exclude="$(git rev-parse --git-common-dir)/info/exclude"  # the one git reads, in a worktree too
 mark="# gpu_slim.sh"
 case "${1:-status}" in

@@ -71,19 +71,16 @@ def default_cases(speculation_lengths=(4, 8, 16, 32), anchors=("reuse", "fresh")
 
 
 def tree_presets() -> list[str]:
-    """The draft-tree presets that exist (issue 24's; none until they land), so that a benchmark
-    times them without being edited."""
+    """The draft-tree presets (``asd_tree``, ``asd_auto``, ...), so that a benchmark times every one
+    of them without being edited when another is added."""
     return [name for name, p in SAMPLER_PRESETS.items() if "tree" in name or "tree" in str(p.get("method"))]
 
 
 def policy_conditions(policy, task: str | None, rows: int) -> torch.Tensor:
     """``rows`` conditioning rows of a trained policy from its task's held-out observations: half at
     resets, half along a DDPM rollout (exactness.observations_for), as predict_action builds them."""
-    import asd_envs
-
     from asd_policy.config import TaskConfig
-    from asd_policy.exactness import observations_for
-    from asd_policy.obs_map import policy_env_fn
+    from asd_policy.exactness import task_observations
     from asd_policy.rollout import stack_histories
 
     name = policy.config.task_name or task
@@ -92,9 +89,7 @@ def policy_conditions(policy, task: str | None, rows: int) -> torch.Tensor:
     images = policy.config.image_features or []
     cfg = TaskConfig(name=name, cameras=[f["name"].removesuffix("_image") for f in images],
                      image_size=images[0]["shape"][-1] if images else TaskConfig.image_size)
-    env_fn = policy_env_fn(cfg, asd_envs.get_task(name), policy,
-                           lambda kwargs: lambda: asd_envs.make_env(name, render_mode=None, **kwargs))
-    observations = observations_for(policy, env_fn, rows - rows // 2, rows // 2)
+    observations = task_observations(policy, cfg, rows - rows // 2, rows // 2)
     return policy.conditioning(stack_histories([h for _, h in observations])).cpu()
 
 

@@ -44,7 +44,7 @@ from asd_policy.twosample import (
 
 __all__ = [
     "ALPHA", "CHECK_PRESETS", "DEFAULT_SAMPLERS", "REFERENCE", "NULL", "MODE_FEATURES", "ExactnessConfig", "check",
-    "check_schedule", "minimum_chunks", "check_sizes", "resolve_check_samplers", "observations_for",
+    "check_schedule", "minimum_chunks", "check_sizes", "resolve_check_samplers", "observations_for", "task_observations",
     "draw", "compare", "fidelity", "latency_ms", "verdict", "format_table",
 ]
 
@@ -187,6 +187,20 @@ def observations_for(policy: Any, env_fn: Callable[[], Any], resets: int, rollou
     finally:
         env.close()
     return out
+
+
+def task_observations(policy: Any, task: TaskConfig, resets: int, rollout_states: int, seed: int = HELD_OUT_SEED,
+                      name: str | None = None) -> list[tuple[str, Any]]:
+    """:func:`observations_for` in the env ``policy`` runs in on ``task`` (``name``: the registered task
+    to build, default ``task.name``): its cameras, its keys in its order (task.obs_map)."""
+    import asd_envs
+
+    from asd_policy.obs_map import policy_env_fn  # gymnasium: not needed by the sampler tests that import this module
+
+    name = name or task.name
+    env_fn = policy_env_fn(task, asd_envs.get_task(name), policy,
+                           lambda kwargs: lambda: asd_envs.make_env(name, render_mode=None, **kwargs))
+    return observations_for(policy, env_fn, resets, rollout_states, seed)
 
 
 # ---- draws and comparisons -------------------------------------------------------------------
@@ -387,10 +401,6 @@ def load_checked(checkpoint: str, device: str = "cpu", task: str | None = None) 
 
 def check(cfg: ExactnessConfig, log: Callable[[str], None] | None = None) -> dict:
     """Load, collect observations, draw, test, time: the report (JSON-serialisable) with its verdict."""
-    import asd_envs
-
-    from asd_policy.obs_map import policy_env_fn  # gymnasium: not needed by the sampler tests that import this module
-
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     samplers = resolve_check_samplers(cfg.samplers, cfg.presets)
@@ -401,10 +411,7 @@ def check(cfg: ExactnessConfig, log: Callable[[str], None] | None = None) -> dic
     permutations = cfg.permutations or math.ceil(4 * family / cfg.alpha)
     check_sizes(cfg.chunks, m, permutations, family, cfg.alpha)
     start = time.perf_counter()
-    # the task's env as the policy sees it: its cameras, its keys in its order (task.obs_map)
-    env_fn = policy_env_fn(cfg.task, asd_envs.get_task(task), policy,
-                           lambda kwargs: lambda: asd_envs.make_env(task, render_mode=None, **kwargs))
-    obs = observations_for(policy, env_fn, cfg.resets, cfg.rollout_states, cfg.seed)
+    obs = task_observations(policy, cfg.task, cfg.resets, cfg.rollout_states, cfg.seed, name=task)
     report = fidelity(policy, obs, samplers, cfg.chunks, permutations, cfg.alpha, cfg.seed, log if cfg.progress else None)
     timed = [s for s in samplers if s.name != NULL]
     report["latency_ms"] = latency_ms(policy, obs[0][1], timed, cfg.latency_repeats, cfg.seed) if cfg.latency_repeats else {}

@@ -25,7 +25,6 @@ import torch
 
 from asd_policy import exactness as ex
 from asd_policy.config import TaskConfig
-from asd_policy.obs_map import policy_env_fn
 from asd_policy.row_budget import per_call_ms
 
 TASKS = ["reach_around", "fetch_push", "lift", "can", "square"]
@@ -76,12 +75,8 @@ def measured_profile(chain: dict, floor: float = 0.02) -> tuple[float, ...]:
 
 
 def bench_task(task: str, args) -> dict:
-    import asd_envs
-
     policy = ex.load_checked(f"checkpoints/{task}")
-    env_fn = policy_env_fn(TaskConfig(name=task), asd_envs.get_task(task), policy,
-                           lambda kwargs: lambda: asd_envs.make_env(task, render_mode=None, **kwargs))
-    observations = ex.observations_for(policy, env_fn, args.resets, args.rollout_states)
+    observations = ex.task_observations(policy, TaskConfig(name=task), args.resets, args.rollout_states)
     rows = {"ddim10": run_case(policy, observations[:1], args.chunks, 1, method="ddim", num_inference_steps=10)}
     def case(key: str, seed: int, **options) -> dict:
         rows[key] = run_case(policy, observations, args.chunks, seed, method="asd_tree", **options)
@@ -114,12 +109,8 @@ def row_cost_curve(path: str) -> list[tuple[float, float]]:
 def time_auto(task: str, args) -> dict:
     """Batch-1 chunk ms (median over the observations x --chunks seeds, samplers interleaved) of
     row_budget='auto' against one-draft ASD at L = 4, 8, 16, 32, in this process."""
-    import asd_envs
-
     policy = ex.load_checked(f"checkpoints/{task}")
-    env_fn = policy_env_fn(TaskConfig(name=task), asd_envs.get_task(task), policy,
-                           lambda kwargs: lambda: asd_envs.make_env(task, render_mode=None, **kwargs))
-    observations = ex.observations_for(policy, env_fn, args.resets, args.rollout_states)
+    observations = ex.task_observations(policy, TaskConfig(name=task), args.resets, args.rollout_states)
     samplers = {f"asd L{L}": {"method": "asd", "speculation_length": L} for L in (4, 8, 16, 32)}
     samplers["asd_tree auto"] = {"method": "asd_tree", "row_budget": "auto"}
     hist0 = torch.as_tensor(observations[0][1], dtype=torch.float32)[None]

@@ -15,6 +15,7 @@ import sys as _sys
 if _sys.platform.startswith("linux"):
     _os.environ.setdefault("MUJOCO_GL", "egl")
 
+from . import tasks as _tasks  # noqa: E402,F401  (registers the built-in tasks)
 from .registry import (  # noqa: E402
     TaskSpec,
     get_task,
@@ -24,7 +25,6 @@ from .registry import (  # noqa: E402
     make_expert,
     register_task,
 )
-from . import tasks as _tasks  # noqa: E402,F401  (registers the built-in tasks)
 from .registry import register_gymnasium_ids as _register_gymnasium_ids  # noqa: E402
 
 _register_gymnasium_ids()  # gymnasium.make("asd_envs/reach_around-v0") works too

@@ -24,13 +24,11 @@ import mujoco
 import numpy as np
 from gymnasium import spaces
 
-from asd_policy.config import TaskConfig
-
 from ._render import close_renderer, ensure_offscreen_size, make_renderer
 
-#: Side of the square images when cameras are asked for without a size: the one default, on the setting
-#: (asd_policy.config is standard library only, so this costs no import of torch).
-DEFAULT_IMAGE_SIZE = TaskConfig.image_size
+#: Side of the square images when cameras are asked for without a size (robomimic's image datasets'):
+#: the one default; a task config that leaves its image_size unset takes this one.
+DEFAULT_IMAGE_SIZE = 84
 IMAGE_SIZE_RANGE = (8, 1024)  # smaller is no picture; larger exceeds what an offscreen EGL buffer is sure to allow
 STATE_KEY = "state"
 

@@ -28,9 +28,10 @@ from pathlib import Path
 
 import torch
 
-from asd_policy.benchmark import (
+from asd_policy.bench.harness import (
     Case,
     ExactAnswersAtNetworkCost,
+    add_grid_arguments,
     analytic_chunk_model,
     bench_schedule,
     default_cases,
@@ -42,19 +43,14 @@ from asd_policy.benchmark import (
     tree_presets,
     write_results,
 )
-from asd_policy.model import build_unet
+from asd_policy.policy.unet import build_unet
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--size", default="chi", help="U-Net size: tiny, small or chi (random weights)")
-    parser.add_argument("--checkpoint", help="time a trained policy's network instead (its dims override the ones below)")
-    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8, 28])
-    parser.add_argument("--horizon", type=int, default=16)
-    parser.add_argument("--action-dim", type=int, default=10, help="10: robomimic's 7-D pose action padded like a 2-arm task; any width works")
-    parser.add_argument("--obs-dim", type=int, default=20)
-    parser.add_argument("--L", type=int, nargs="+", default=[4, 8, 16, 32])
+    add_grid_arguments(parser, size="chi", batch=[1, 8, 28], action_dim=10, obs_dim=20, repeats=10)
+    # --action-dim 10: robomimic's 7-D pose action padded like a 2-arm task; any width works
+    parser.add_argument("--checkpoint", help="time a trained policy's network instead (its dims override the ones above)")
     parser.add_argument("--anchors", nargs="+", default=["reuse", "fresh"])
     parser.add_argument("--variants", nargs="+", default=None, help="eager and/or graph (default: both on CUDA, eager on CPU)")
     parser.add_argument("--models", nargs="+", default=["random", "exact"], choices=["random", "exact"])
@@ -66,10 +62,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--task", help="the task of a checkpoint that records none (LeRobot), for --save-cond")
     parser.add_argument("--cond-rows", type=int, default=16, help="rows --save-cond records (half resets, half rollout states)")
     parser.add_argument("--row-cost", type=int, nargs="*", default=[], help="rows per call for the network's cost curve")
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
-    parser.add_argument("--json")
-    parser.add_argument("--markdown")
     args = parser.parse_args(argv)
 
     torch.manual_seed(0)
@@ -80,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     schedule = bench_schedule()
     from safetensors.torch import load_file, save_file
     if args.checkpoint:
-        from asd_policy.checkpoint import load_policy
+        from asd_policy.policy.checkpoint import load_policy
 
         policy = load_policy(args.checkpoint)
         # named after the checkpoint's folder: reach_around and reach_around_image are both reach_around's

@@ -16,9 +16,9 @@ import tracemalloc
 import torch
 
 import asd_envs
-from asd_policy.checkpoint import load_policy
-from asd_policy.realtime import RealtimeController
-from asd_policy.sampler_config import SamplerConfig
+from asd_policy.control.realtime import RealtimeController
+from asd_policy.policy.checkpoint import load_policy
+from asd_policy.sampling.presets import SamplerConfig
 
 
 def parse_args() -> argparse.Namespace:

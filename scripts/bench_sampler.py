@@ -15,24 +15,23 @@ import sys
 
 import torch
 
-from asd_policy.benchmark import analytic_chunk_model, bench_schedule, default_cases, describe_machine, markdown_table, run_grid, write_results
-from asd_policy.model import build_unet
+from asd_policy.bench.harness import (
+    add_grid_arguments,
+    analytic_chunk_model,
+    bench_schedule,
+    default_cases,
+    describe_machine,
+    markdown_table,
+    run_grid,
+    write_results,
+)
+from asd_policy.policy.unet import build_unet
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--size", default="small", help="U-Net size: tiny, small or chi")
-    parser.add_argument("--horizon", type=int, default=16)
-    parser.add_argument("--action-dim", type=int, default=2)
-    parser.add_argument("--obs-dim", type=int, default=10, help="observation width; the U-Net is conditioned on 2 steps of it")
-    parser.add_argument("--L", type=int, nargs="+", default=[4, 8, 16, 32], help="speculation lengths")
-    parser.add_argument("--repeats", type=int, default=5)
+    add_grid_arguments(parser, size="small", batch=[1, 8], action_dim=2, obs_dim=10, repeats=5)
     parser.add_argument("--models", nargs="+", default=["analytic", "unet"], choices=["analytic", "unet"])
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
-    parser.add_argument("--json")
-    parser.add_argument("--markdown")
     args = parser.parse_args(argv)
 
     torch.manual_seed(0)

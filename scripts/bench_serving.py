@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from asd_policy.benchmark import describe_machine
-from asd_policy.checkpoint import load_policy
+from asd_policy.bench.harness import describe_machine
+from asd_policy.policy.checkpoint import load_policy
 from asd_policy.serving import RemotePolicy
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -23,9 +23,9 @@ import time
 import numpy as np
 import torch
 
-from asd_policy import exactness as ex
-from asd_policy.config import TaskConfig
-from asd_policy.row_budget import per_call_ms
+import asd_policy.checks.exactness as ex
+from asd_policy.control.tasks import TaskConfig
+from asd_policy.sampling.row_budget import per_call_ms
 
 TASKS = ["reach_around", "fetch_push", "lift", "can", "square"]
 TAIL = 10  # rounds that start at t < 10: the tail

@@ -5,7 +5,7 @@
     python scripts/check_exactness.py checkpoint=checkpoints/lift chunks=400 resets=4 rollout_states=4
     python scripts/check_exactness.py checkpoint=... samplers=[asd16,ddim10] +presets.asd8={method:asd,speculation_length:8}
 
-The settings and their defaults are the fields of ``asd_policy.exactness.ExactnessConfig``;
+The settings and their defaults are the fields of ``asd_policy.checks.exactness.ExactnessConfig``;
 configs/check_exactness.yaml only sets the run directory. Prints the table, writes
 exactness.json into the run dir (outputs/check_exactness/<time>/). Exit status: 0 when every ASD
 sampler is indistinguishable from DDPM-100 (Bonferroni over observations, statistics and ASD
@@ -23,9 +23,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
-from asd_policy.config import ConfigError, from_hydra, unknown_override
-from asd_policy.exactness import ExactnessConfig, check, format_table
-from asd_policy.io import write_json
+from asd_policy.checks.exactness import ExactnessConfig, check, format_table
+from asd_policy.core.config import ConfigError, check_overrides, from_hydra
+from asd_policy.core.io import write_json
 
 ConfigStore.instance().store(name="check_exactness_schema", node=ExactnessConfig)
 
@@ -61,14 +61,6 @@ def main(cfg: DictConfig) -> None:
     sys.exit(0 if v["exact"] else 1)
 
 
-def _check_args(argv: list[str]) -> None:
-    """An unknown key -> one line with the nearest valid name, before hydra starts."""
-    for arg in argv:
-        if (error := unknown_override(ExactnessConfig, arg)) is not None:
-            print(f"error: {error}", file=sys.stderr)
-            sys.exit(2)
-
-
 if __name__ == "__main__":
-    _check_args(sys.argv[1:])
+    check_overrides(ExactnessConfig, sys.argv[1:], Path(__file__).resolve().parents[1] / "configs" / "task")
     main()

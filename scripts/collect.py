@@ -8,18 +8,19 @@
 hdf5 (the default) writes data/demo_<i>/{obs,next_obs,actions,rewards,dones,states}, env_args,
 mask/{train,valid}; format=lerobot a LeRobot v3.0 dataset directory (docs/lerobot-datasets.md).
 Prints one summary line (demos kept, expert success rate, steps). Deterministic for a seed.
-The settings and their defaults are the fields of asd_envs.collect.CollectConfig (registered as
+The settings and their defaults are the fields of asd_policy.data.collect.CollectConfig (registered as
 `collect_schema`); configs/collect.yaml picks the default task and the run directory.
 """
 import logging
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
-from asd_envs.collect import CollectConfig, collect
-from asd_policy.config import from_hydra, unknown_override
+from asd_policy.core.config import check_overrides, from_hydra
+from asd_policy.data.collect import CollectConfig, collect
 
 ConfigStore.instance().store(name="collect_schema", node=CollectConfig)
 
@@ -48,8 +49,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    for arg in sys.argv[1:]:
-        if (error := unknown_override(CollectConfig, arg)) is not None:
-            print(f"error: {error}", file=sys.stderr)
-            raise SystemExit(1)
+    check_overrides(CollectConfig, sys.argv[1:], Path(__file__).resolve().parents[1] / "configs" / "task")
     main()

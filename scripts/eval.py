@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import re
 import shlex
 import sys
 from pathlib import Path
@@ -29,8 +28,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
-from asd_policy.config import ConfigError, from_hydra, unknown_override
-from asd_policy.evaluation import EPISODES_NAME, META_NAME, EvalConfig, EvalError, evaluate
+from asd_policy.core.config import ConfigError, check_overrides, from_hydra
+from asd_policy.evaluation import (
+    EPISODES_NAME,
+    META_NAME,
+    EvalConfig,
+    EvalError,
+    evaluate,
+)
 
 ConfigStore.instance().store(name="eval_schema", node=EvalConfig)
 
@@ -107,24 +112,6 @@ def main(cfg: DictConfig) -> None:
             print(f"W&B:     {wb['mode']} run in {wb['dir']} (upload: wandb sync {wb['dir']})")
 
 
-def _check_args(argv: list[str]) -> None:
-    """An unknown key or ``task=<unknown>`` -> one line with the nearest valid name (hydra would
-    print a page, without a suggestion, or add a ``+key`` silently), before hydra starts."""
-    for arg in argv:
-        if (error := unknown_override(EvalConfig, arg)) is not None:
-            print(f"error: {error}", file=sys.stderr)
-            sys.exit(2)
-    known = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs" / "task").glob("*.yaml"))
-    for arg in argv:
-        m = re.fullmatch(r"task=([\w,]+)", arg)
-        if not m or not known:
-            continue
-        for name in m.group(1).split(","):
-            if name not in known:
-                print(f"error: unknown task {name!r}; known tasks: {', '.join(known)}", file=sys.stderr)
-                sys.exit(2)
-
-
 if __name__ == "__main__":
-    _check_args(sys.argv[1:])
+    check_overrides(EvalConfig, sys.argv[1:], Path(__file__).resolve().parents[1] / "configs" / "task")
     main()

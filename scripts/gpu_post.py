@@ -24,11 +24,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-from asd_policy.benchmark import markdown_table
-from asd_policy.checkpoint import read_metadata
-from asd_policy.gpu_session import benchmarks_table, merge_timing, readme_table, replace_section, unpack
-from asd_policy.realtime_report import load_runs, realtime_markdown
-from asd_policy.simclock import profile_from_bench
+from asd_policy.bench.gpu_session import (
+    benchmarks_table,
+    merge_timing,
+    readme_table,
+    replace_section,
+    unpack,
+)
+from asd_policy.bench.harness import markdown_table
+from asd_policy.control.latency import profile_from_bench
+from asd_policy.policy.checkpoint import read_metadata
+from asd_policy.reports.realtime import load_runs, realtime_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = {"square": 0.8, "lift": 0.95, "can": 0.9, "reach_around": 0.95, "fetch_push": 0.9}

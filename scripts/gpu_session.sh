@@ -75,7 +75,7 @@ skip() { printf '%s\tskipped\t-\t0\t%s\n' "$1" "$2" >>"$work/parts.tsv"; echo "=
 
 part device 60 python3 -c "
 import json, torch
-from asd_policy.benchmark import describe_machine
+from asd_policy.bench.harness import describe_machine
 d = torch.device('$DEV')
 assert d.type != 'cuda' or torch.cuda.is_available(), 'no CUDA device visible to torch'
 name = torch.cuda.get_device_name(0) if d.type == 'cuda' else 'cpu-tiny'
@@ -113,7 +113,7 @@ train_run() {  # train_run NAME DATASET TASK STEPS EXTRA...: python -m asd_polic
 }
 image_run() {  # collect the camera demos here (the simulator renders on the GPU), then train on them
     python3 -c "
-from asd_envs.collect import collect
+from asd_policy.data.collect import collect
 print(collect('$IMAGE_TASK', $IMAGE_DEMOS, seed=0, output='$work/data/${IMAGE_TASK}_image.hdf5', progress=False,
               env_overrides={'cameras': '$IMAGE_CAMERAS'.split(), 'image_size': $IMAGE_SIZE}).line())" &&
     train_run "${IMAGE_TASK}_image" "$work/data/${IMAGE_TASK}_image.hdf5" "$IMAGE_TASK" "$IMAGE_STEPS" \
@@ -124,7 +124,7 @@ mkdir -p "$work/data"
 square_data="$CARRY/data/$SQUARE_TASK.hdf5"
 if [ "$TINY" = 1 ] && want train && [ ! -f "$square_data" ]; then  # the toy run collects its own two demonstrations
     square_data="$work/data/$SQUARE_TASK.hdf5"
-    python3 -c "from asd_envs.collect import collect; collect('$SQUARE_TASK', 2, seed=0, output='$square_data', progress=False)" \
+    python3 -c "from asd_policy.data.collect import collect; collect('$SQUARE_TASK', 2, seed=0, output='$square_data', progress=False)" \
         >"$work/logs/collect-tiny.log" 2>&1
 fi
 if want exactness; then part exactness "$(left)" python3 -m pytest -q -p no:cacheprovider $TESTS & pids+=($!); fi

@@ -14,8 +14,12 @@ import json
 import sys
 from pathlib import Path
 
-from asd_policy.config import ConfigError
-from asd_policy.simclock import LATENCY_STATS, profile_from_bench, profile_from_results
+from asd_policy.control.latency import (
+    LATENCY_STATS,
+    profile_from_bench,
+    profile_from_results,
+)
+from asd_policy.core.config import ConfigError
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
         if "rows" in results:  # a benchmark, not an evaluation
             stored = None
             if args.checkpoint:
-                from asd_policy.checkpoint import read_metadata
+                from asd_policy.policy.checkpoint import read_metadata
 
                 stored = read_metadata(args.checkpoint).get("config", {}).get("sampler")
             model = args.model or next((r["model"] for r in results["rows"]), None)

@@ -22,7 +22,7 @@ def _or_nan(value: float | None) -> float:
 
 def lerobot_header(checkpoint: Path, results: dict | None, note: str | None) -> list[str]:
     """The card's first lines for a LeRobot diffusion checkpoint (config.json, train_config.json)."""
-    from asd_policy.checkpoint import load_policy
+    from asd_policy.policy.checkpoint import load_policy
 
     cfg = json.loads((checkpoint / "config.json").read_text())
     train_path = checkpoint / "train_config.json"
@@ -53,7 +53,7 @@ def lerobot_header(checkpoint: Path, results: dict | None, note: str | None) -> 
 
 
 def card(checkpoint: Path, results: dict | None, target: float | None, note: str | None = None) -> str:
-    from asd_policy.lerobot_checkpoint import is_lerobot_checkpoint
+    from asd_policy.policy.lerobot import is_lerobot_checkpoint
 
     if is_lerobot_checkpoint(checkpoint):
         lines = lerobot_header(checkpoint, results, note)

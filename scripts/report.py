@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from asd_policy.report import write_report
+from asd_policy.reports.results import write_report
 
 
 def main() -> None:

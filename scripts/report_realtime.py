@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from asd_policy.realtime_report import load_runs, write_realtime_report
+from asd_policy.reports.realtime import load_runs, write_realtime_report
 
 
 def main() -> None:

@@ -15,13 +15,14 @@ import json
 import logging
 import signal
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
-from asd_policy.config import ConfigError, from_hydra, unknown_override
+from asd_policy.core.config import ConfigError, check_overrides, from_hydra
 from asd_policy.serving import ServeConfig, load_server
 
 ConfigStore.instance().store(name="serve_schema", node=ServeConfig)
@@ -73,8 +74,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    for arg in sys.argv[1:]:
-        if (error := unknown_override(ServeConfig, arg)) is not None:
-            print(f"error: {error}", file=sys.stderr)
-            sys.exit(2)
+    check_overrides(ServeConfig, sys.argv[1:], Path(__file__).resolve().parents[1] / "configs" / "task")
     main()

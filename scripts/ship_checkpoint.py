@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from asd_policy.checkpoint import load_policy, load_training_info, save_policy
+from asd_policy.policy.checkpoint import load_policy, load_training_info, save_policy
 
 
 def main() -> None:

@@ -12,12 +12,13 @@ directory. Re-running with the same `out` resumes; `resume=false` starts over. S
 Without hydra installed: python -m asd_policy.training --dataset X.hdf5 --out DIR (same options).
 """
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from asd_policy.config import unknown_override
+from asd_policy.core.config import check_overrides
 from asd_policy.training import TrainConfig, rollout_callback, train
 
 ConfigStore.instance().store(name="train_schema", node=TrainConfig)
@@ -38,8 +39,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    for arg in sys.argv[1:]:
-        if (error := unknown_override(TrainConfig, arg)) is not None:
-            print(f"error: {error}", file=sys.stderr)
-            raise SystemExit(1)
+    check_overrides(TrainConfig, sys.argv[1:], Path(__file__).resolve().parents[1] / "configs" / "task")
     main()

@@ -7,8 +7,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from asd_policy.policy import PolicyOutput
-from asd_policy.sampling import SamplerStats
+from asd_policy.policy.diffusion_policy import PolicyOutput
+from asd_policy.sampling.base import SamplerStats
 
 
 class ToyReach(gym.Env):

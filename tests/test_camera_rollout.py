@@ -7,11 +7,11 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-
 from asd_eval_fakes import make_toy
-from asd_policy.evaluation import evaluate
-from asd_policy.rollout import ObsHistory, concat_histories
 from test_vision import SHAPE, camera_policy
+
+from asd_policy.control.history import ObsHistory, concat_histories
+from asd_policy.evaluation import evaluate
 
 H, W = SHAPE[1], SHAPE[2]
 
@@ -148,7 +148,7 @@ def test_fidelity_compares_a_camera_policys_chunks_on_recorded_frames(tmp_path):
 
 
 def test_episode_frames_are_what_the_policy_saw():
-    from asd_policy.rollout import rollout_episodes
+    from asd_policy.control.rollout import rollout_episodes
 
     env = make_toy_camera()
     (r,) = rollout_episodes([env], camera_policy(obs_dim=4), seeds=[7], record_frames=True, max_steps=6,

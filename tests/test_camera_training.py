@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from asd_envs.collect import collect
-from asd_policy.checkpoint import load_policy
-from asd_policy.config import ConfigError, TaskConfig
+from asd_policy.control.tasks import TaskConfig
+from asd_policy.core.config import ConfigError
+from asd_policy.data.collect import collect
 from asd_policy.evaluation import evaluate
+from asd_policy.policy.checkpoint import load_policy
 from asd_policy.training import TrainConfig, train
 
 SIZE = 32  # the conv trunk halves it three times: a 4x4 map of keypoints
@@ -96,7 +97,7 @@ def test_a_camera_task_trains_a_camera_policy_in_a_run_directory_of_its_own():
 
 
 def test_check_exactness_runs_on_a_camera_policy_from_the_camera_tasks_frames(trained):
-    from asd_policy.exactness import ExactnessConfig, check
+    from asd_policy.checks.exactness import ExactnessConfig, check
 
     report = check(ExactnessConfig(checkpoint=str(trained.checkpoint), task=TaskConfig("reach_around", cameras=["top"],
                                                                                         image_size=SIZE),
@@ -111,7 +112,7 @@ def test_init_from_starts_a_run_from_a_checkpoints_networks(trained, demos, tmp_
     they were); a checkpoint of other networks is refused with the settings to match."""
     import torch
 
-    from asd_policy.checkpoint import policy_state
+    from asd_policy.policy.weights import policy_state
 
     source = policy_state(load_policy(trained.checkpoint))
     res = train(camera_cfg(demos, tmp_path / "tuned", init_from=str(trained.checkpoint), steps=0))

@@ -6,7 +6,8 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import asd_envs
-from asd_policy.config import ConfigError, TaskConfig
+from asd_policy.control.tasks import TaskConfig
+from asd_policy.core.config import ConfigError
 
 SIZE = 32  # small frames keep the tests fast; 84 (the default) behaves the same
 
@@ -110,8 +111,8 @@ def test_image_task_configs_compose():
     hydra = pytest.importorskip("hydra")
     from hydra.core.config_store import ConfigStore
 
-    from asd_envs.collect import CollectConfig
-    from asd_policy.config import from_hydra
+    from asd_policy.core.config import from_hydra
+    from asd_policy.data.collect import CollectConfig
 
     ConfigStore.instance().store(name="collect_schema", node=CollectConfig)
     config_dir = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "configs")

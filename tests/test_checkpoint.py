@@ -9,16 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from asd_policy.checkpoint import (
+from asd_policy.policy.checkpoint import (
     META_NAME,
     WEIGHTS_NAME,
-    CheckpointError,
-    CheckpointNotFoundError,
     load_policy,
     save_policy,
 )
-from asd_policy.normalizer import MinMaxNormalizer
-from asd_policy.policy import build_policy
+from asd_policy.policy.diffusion_policy import build_policy
+from asd_policy.policy.normalizer import MinMaxNormalizer
+from asd_policy.policy.weights import CheckpointError, CheckpointNotFoundError
 
 
 @pytest.fixture()

@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
-from asd_envs.collect import collect
+from asd_policy.data.collect import collect
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -90,7 +90,7 @@ def test_script(tmp_path):
 
 
 def test_hold_steps_record_the_expert_staying_at_the_goal(tmp_path):
-    from asd_policy.data import load_demonstrations
+    from asd_policy.data.load import load_demonstrations
 
     plain, held = tmp_path / "plain.hdf5", tmp_path / "held.hdf5"
     collect("reach_around", num_demos=3, seed=0, output=str(plain), progress=False)
@@ -102,8 +102,8 @@ def test_hold_steps_record_the_expert_staying_at_the_goal(tmp_path):
         np.testing.assert_array_equal(h.obs[: len(e)], e.obs)
         goal_rel = h.obs[len(e):, 8:10]  # reach_around's goal_rel: within the 3 cm success radius
         assert (np.linalg.norm(goal_rel, axis=1) < 0.03).all()
-    from asd_envs.collect import CollectConfig
-    from asd_policy.config import ConfigError
+    from asd_policy.core.config import ConfigError
+    from asd_policy.data.collect import CollectConfig
 
     with pytest.raises(ConfigError, match="hold_steps"):
         CollectConfig(task={"name": "reach_around"}, hold_steps=-1)

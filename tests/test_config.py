@@ -3,15 +3,29 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
-from asd_policy.benchmark import default_cases
-from asd_policy.config import ConfigError, TaskConfig, WandbConfig, add_arguments, build, from_arguments
-from asd_policy.fast import GraphedSampler
-from asd_policy.policy import PolicyConfig, build_policy, stored_sampler
-from asd_policy.sampler_config import SAMPLER_PRESETS, SamplerConfig, resolve_samplers, sampler_options
-from asd_policy.sampling import METHODS
+from asd_policy.bench.harness import default_cases
+from asd_policy.control.tasks import TaskConfig
+from asd_policy.core.config import (
+    ConfigError,
+    WandbConfig,
+    add_arguments,
+    build,
+    from_arguments,
+)
+from asd_policy.policy.config import PolicyConfig, stored_sampler
+from asd_policy.policy.diffusion_policy import build_policy
+from asd_policy.sampling.api import METHODS
+from asd_policy.sampling.graphed import GraphedSampler
+from asd_policy.sampling.presets import (
+    SAMPLER_PRESETS,
+    SamplerConfig,
+    resolve_samplers,
+    sampler_options,
+)
 
 
 def test_options_and_defaults_are_the_sampler_functions_keywords():
@@ -66,8 +80,8 @@ def test_policy_stores_its_sampler_with_every_option_and_refuses_typos():
 def test_fast_path_and_benchmark_cases_derive_their_defaults():
     import torch
 
-    from asd_policy.analytic import two_mode_mixture
-    from asd_policy.sampling import NoiseSchedule
+    from asd_policy.checks.analytic import two_mode_mixture
+    from asd_policy.sampling.schedule import NoiseSchedule
 
     sched = NoiseSchedule()
     fast = GraphedSampler(two_mode_mixture(sched, event_shape=(4, 2)), sched, (2, 4, 2), method="asd")
@@ -120,7 +134,7 @@ def test_the_plain_command_line_is_generated_from_the_dataclass():
 
 
 def test_hydra_overrides_are_checked_against_the_dataclass():
-    from asd_policy.config import unknown_override
+    from asd_policy.core.config import unknown_override
 
     assert unknown_override(_Outer, "steps=3") is None
     assert unknown_override(_Outer, "+wandb.mode=offline") is None
@@ -131,6 +145,25 @@ def test_hydra_overrides_are_checked_against_the_dataclass():
     assert "unknown key 'wandb.mod'" in unknown_override(_Outer, "+wandb.mod=offline")
     assert "did you mean 'every'" in unknown_override(_Outer, "inner.evry=2")
 
+
+
+def test_every_script_stops_a_bad_override_with_one_line_and_one_exit_code(tmp_path, capsys):
+    from asd_policy.core.config import USAGE_ERROR, check_overrides
+
+    (tmp_path / "lift.yaml").write_text("name: lift\n")
+    check_overrides(_Outer, ["steps=3", "task=lift", "hydra.run.dir=x"], tmp_path)  # all fine: returns
+    for argv, words in ((["stepz=3"], "did you mean 'steps'"), (["task=lifft"], "unknown task 'lifft' (did you mean 'lift'?)"),
+                        (["task=lift,nope"], "unknown task 'nope'")):
+        with pytest.raises(SystemExit) as stop:
+            check_overrides(_Outer, argv, tmp_path)
+        assert stop.value.code == USAGE_ERROR == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and words in err[0], err
+    repo = Path(__file__).resolve().parents[1]
+    scripts = (repo / "scripts").glob("*.py")
+    hydra_scripts = [p.name for p in scripts if "@hydra.main" in p.read_text()]
+    assert sorted(hydra_scripts) == ["check_exactness.py", "collect.py", "eval.py", "serve.py", "train.py"]
+    assert all("check_overrides(" in (repo / "scripts" / name).read_text() for name in hydra_scripts)
 
 def test_a_tuple_field_gets_a_flag_with_several_values():
     @dataclass

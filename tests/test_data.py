@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import asd_envs
-from asd_envs.collect import collect
-from asd_policy.data import load_demonstrations
+from asd_policy.data.collect import collect
+from asd_policy.data.load import load_demonstrations
 
 
 @pytest.fixture(scope="module")

@@ -5,39 +5,56 @@
 * the whole sampler on the analytic mixture, for several tree shapes and both anchors, with
   known coordinates and per-chain noise streams;
 * a chain tree reproduces one-draft ASD draw for draw.
-Each check is run on the two planted bugs of section 8 (asd_policy.exactness_planted) and must
+Each check is run on the two planted bugs of section 8 (asd_policy.checks.planted) and must
 catch them. All randomness is seeded: the outcomes are deterministic.
 """
 import math
 
 import pytest
 import torch
-
-import asd_policy.draft_tree as draft_tree
-from asd_policy.draft_tree import DraftTree, best_tree, expected_steps, first_draft_delta, one_node, residual_constants
-from asd_policy.exactness_planted import TREE_BUGS
-from asd_policy import row_budget
-from asd_policy.row_budget import choose_shape, expected_model_ms, expected_rounds
-from asd_policy.sampling import NoiseSchedule, sample
 from stat_tests import energy_test
-from asd_policy.analytic import GaussianMixtureDenoiser, two_mode_mixture
-from test_sampling import (MIXTURE, SCHEDULE, STRIDED, known_prefix, sampler_failures, seeded,
-                           test_a_chain_with_its_own_generator_ignores_its_batch)
+from test_sampling import (
+    MIXTURE,
+    SCHEDULE,
+    STRIDED,
+    known_prefix,
+    sampler_failures,
+    seeded,
+    test_a_chain_with_its_own_generator_ignores_its_batch,
+)
+
+import asd_policy.sampling.row_budget as row_budget
+from asd_policy.checks.analytic import GaussianMixtureDenoiser, two_mode_mixture
+from asd_policy.checks.planted import RULE_BUGS, TREE_BUGS
+from asd_policy.sampling.acceptance import one_node, residual_constants
+from asd_policy.sampling.api import sample
+from asd_policy.sampling.draft_tree import (
+    DEFAULT_PROFILE,
+    DraftTree,
+    best_tree,
+    expected_steps,
+    first_draft_delta,
+)
+from asd_policy.sampling.row_budget import (
+    choose_shape,
+    expected_model_ms,
+    expected_rounds,
+)
+from asd_policy.sampling.schedule import NoiseSchedule
 
 N_NODE = 20000
 KS_CRIT = 1.95  # Kolmogorov-Smirnov: sqrt(n) D > 1.95 has probability 0.001 under H0
 
 
-def plant(monkeypatch, bug: str | None) -> None:
-    if bug is not None:
-        name, fn = TREE_BUGS[bug]
-        monkeypatch.setattr(draft_tree, name, fn)
+def plant(bug: str | None) -> dict:
+    """The keyword that plants ``bug`` (asd_policy.checks.planted) in one_node or sample; {} for none."""
+    return {} if bug is None else {"acceptance": RULE_BUGS[bug]}
 
 
 # ---- the one-node rule ------------------------------------------------------------------------
 
 
-def node_failures(K: int, delta: float, dim: int, seed: int) -> list[str]:
+def node_failures(K: int, delta: float, dim: int, seed: int, bug: str | None = None) -> list[str]:
     """Run the one-node rule on N_NODE nodes; list how it departs from N(mu_p, s^2 I)."""
     g = seeded(seed)
     sigma = 0.05 + torch.rand((), generator=g).item()
@@ -46,7 +63,7 @@ def node_failures(K: int, delta: float, dim: int, seed: int) -> list[str]:
     mu_p = mu_q + delta * sigma * direction / direction.norm()
     children = mu_q + sigma * torch.randn(N_NODE, K, dim, generator=g, dtype=torch.float64)
     out, rank = one_node(children, mu_q.expand(N_NODE, dim), mu_p.expand(N_NODE, dim), torch.full((N_NODE,), sigma),
-                         torch.rand(N_NODE, K, generator=g, dtype=torch.float64), g)
+                         torch.rand(N_NODE, K, generator=g, dtype=torch.float64), g, **plant(bug))
     failures = []
     # known answer: child k is the accepted one with probability b_{k-1} - b_k, none with b_K
     _, b, _ = residual_constants(torch.tensor(delta), K)
@@ -84,9 +101,8 @@ def test_one_node_rule_reproduces_the_target(K, delta):
 @pytest.mark.parametrize("bug", list(TREE_BUGS))
 @pytest.mark.parametrize("K", [2, 3, 5])
 @pytest.mark.parametrize("delta", [0.5, 1.5, 4.0])
-def test_one_node_check_catches_planted_bugs(monkeypatch, bug, K, delta):
-    plant(monkeypatch, bug)
-    failures = node_failures(K, delta, dim=3, seed=K)
+def test_one_node_check_catches_planted_bugs(bug, K, delta):
+    failures = node_failures(K, delta, dim=3, seed=K, bug=bug)
     assert any(f.startswith("component along e") for f in failures), failures  # seen in the samples, not only the ranks
 
 
@@ -158,7 +174,7 @@ def test_auto_costs_each_round_at_the_rows_it_verifies():
     (spent on width): where rows cost (this CPU's curve) a 16-row chain is the cheaper chunk, as
     measured (docs/benchmarks.md), though the tree takes fewer rounds."""
     cpu = [(1, 5.2), (16, 14.0), (64, 35.0), (256, 124.0)]
-    profile = draft_tree.DEFAULT_PROFILE
+    profile = DEFAULT_PROFILE
     assert expected_rounds(16, 100, profile, "best") < expected_rounds(16, 100, profile, "chain")
     assert expected_model_ms(cpu, 1, 16, 100, profile, "chain") < expected_model_ms(cpu, 1, 16, 100, profile, "best")
     chain_rows = [sum(1 for i in range(tr.size) if tr.row[i] and tr.depth[i] <= t)
@@ -175,7 +191,7 @@ def test_auto_budget_samples_with_the_chosen_shape():
 def test_auto_runs_a_chosen_chain_as_one_draft_asd(monkeypatch):
     """auto's chain is one-draft ASD's own loop (less sampler work per round than a chain tree's):
     the same draws as asd at that speculation length, and its overhead is timed on that loop."""
-    from asd_policy import tree_sampler
+    import asd_policy.sampling.tree as tree_sampler
 
     monkeypatch.setattr(tree_sampler, "choose_shape", lambda *a, **k: ("chain", 8))
     model = two_mode_mixture(SCHEDULE)  # its own object: no choice cached for it yet
@@ -196,7 +212,7 @@ def test_auto_keeps_its_timings_with_the_model_it_timed():
     model gets its own, and a freed model's numbers do not survive to a new one at its address."""
     import gc
 
-    from asd_policy import tree_sampler
+    import asd_policy.sampling.tree as tree_sampler
 
     class Scaled(torch.nn.Module):
         def forward(self, x, t, cond=None):
@@ -301,7 +317,7 @@ def test_first_round_residuals_match_ddpm(three_step_reference, budget, profile,
 
 
 @pytest.mark.parametrize("bug", list(TREE_BUGS))
-def test_first_round_check_catches_planted_bugs(three_step_reference, monkeypatch, bug):
-    plant(monkeypatch, bug)
-    x, _ = sample(ONE_MODE, THREE_STEPS, (N_SUM, 4, 2), method="asd_tree", generator=seeded(16), row_budget=16, tree_profile=0.7)
+def test_first_round_check_catches_planted_bugs(three_step_reference, bug):
+    x, _ = sample(ONE_MODE, THREE_STEPS, (N_SUM, 4, 2), method="asd_tree", generator=seeded(16), row_budget=16, tree_profile=0.7,
+                  **plant(bug))
     assert sum_ks(x, three_step_reference) > KS_CRIT

@@ -11,8 +11,8 @@ pytest.importorskip("robosuite")
 pytest.importorskip("robomimic")
 
 import asd_envs  # noqa: E402
-from asd_envs.collect import collect  # noqa: E402
-from asd_policy.data import load_demonstrations  # noqa: E402
+from asd_policy.data.collect import collect  # noqa: E402
+from asd_policy.data.load import load_demonstrations  # noqa: E402
 
 OSC14 = {  # controller config as stored in robomimic's v1.4 datasets
     "type": "OSC_POSE", "input_max": 1, "input_min": -1,

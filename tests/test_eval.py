@@ -11,11 +11,19 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from asd_eval_fakes import FakePolicy, ToyReach, make_toy
-from asd_policy.config import HELD_OUT_SEED, ConfigError, TaskConfig
-from asd_policy.evaluation import EPISODES_NAME, EvalConfig, EvalError, evaluate, format_table, wilson_interval
-from asd_policy.sampler_config import SAMPLER_PRESETS, resolve_samplers
+
+from asd_policy.control.tasks import TaskConfig
+from asd_policy.core.config import HELD_OUT_SEED, ConfigError
+from asd_policy.evaluation import (
+    EPISODES_NAME,
+    EvalConfig,
+    EvalError,
+    evaluate,
+    format_table,
+    wilson_interval,
+)
+from asd_policy.sampling.presets import SAMPLER_PRESETS, resolve_samplers
 
 REPO = Path(__file__).resolve().parents[1]
 SUMMARY_KEYS = {"episodes", "success_rate", "success_ci95", "chunk_latency_ms", "sequential_calls_mean",
@@ -47,8 +55,8 @@ def tiny_checkpoint(tmp_path_factory):
     """A tiny untrained DiffusionPolicy checkpoint for the own task (10 diffusion steps)."""
     asd_envs = pytest.importorskip("asd_envs")
     pytest.importorskip("asd_policy.sampling")
-    from asd_policy.checkpoint import save_policy
-    from asd_policy.policy import build_policy
+    from asd_policy.policy.checkpoint import save_policy
+    from asd_policy.policy.diffusion_policy import build_policy
 
     spec = asd_envs.get_task("reach_around")
     torch.manual_seed(0)
@@ -187,10 +195,9 @@ def test_bad_inputs_give_one_clear_line(tmp_path, tiny_checkpoint):
     with pytest.raises(EvalError, match="checkpoint not found"):
         evaluate(task="reach_around", checkpoint=tmp_path / "missing", out_dir=tmp_path, progress=False, verbose=False)
     # a checkpoint of the right shape but trained for another task
-    from asd_policy.checkpoint import save_policy
-    from asd_policy.policy import build_policy
-
     import asd_envs
+    from asd_policy.policy.checkpoint import save_policy
+    from asd_policy.policy.diffusion_policy import build_policy
 
     spec = asd_envs.get_task("reach_around")
     other = build_policy(spec.obs_dim, spec.action_dim, size="tiny", task_name="other_task",
@@ -217,7 +224,7 @@ def test_bad_inputs_give_one_clear_line(tmp_path, tiny_checkpoint):
 
 
 def test_markdown_report(tmp_path):
-    from asd_policy.report import write_report
+    from asd_policy.reports.results import write_report
 
     evaluate(policy=FakePolicy(), env_fn=make_toy, task=None, samplers=["ddpm", "asd"], episodes=2,
              out_dir=tmp_path / "run", logger="none", progress=False, verbose=False,
@@ -282,7 +289,7 @@ def test_default_seed_is_held_out_in_python_and_script(tiny_checkpoint, tmp_path
 def test_training_time_call(tiny_checkpoint, tmp_path):
     """The call the training loop makes for its rollouts (EvalConfig + a ready policy); torch's
     thread count is the caller's again afterwards."""
-    from asd_policy.checkpoint import load_policy
+    from asd_policy.policy.checkpoint import load_policy
 
     policy = load_policy(tiny_checkpoint)
     threads = torch.get_num_threads()

@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 import torch
 
-from asd_policy import exactness as ex
-from asd_policy.checkpoint import save_policy
-from asd_policy.config import ConfigError
-from asd_policy.exactness_planted import bugged_draw
-from asd_policy.normalizer import MinMaxNormalizer
-from asd_policy.policy import build_policy
+import asd_policy.checks.exactness as ex
+from asd_policy.checks.planted import bugged_draw
+from asd_policy.core.config import ConfigError
+from asd_policy.policy.checkpoint import save_policy
+from asd_policy.policy.diffusion_policy import build_policy
+from asd_policy.policy.normalizer import MinMaxNormalizer
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 150
@@ -90,11 +90,12 @@ def test_latency_is_timed_per_sampler_at_batch_one(toy_policy):
 def test_power_study_draws_the_reference_once_and_matches_fresh_draws(toy_policy, monkeypatch):
     """The shared cache of clean draws changes no number: each bug's report equals one made with
     fresh draws, and the DDPM reference is drawn once for all bugs."""
-    from asd_policy import exactness_planted as planted
+    import asd_policy.checks.planted as planted
 
     calls = []
     real_draw = ex.draw
-    monkeypatch.setattr(ex, "draw", lambda policy, obs, s, n, seed: calls.append(s.name) or real_draw(policy, obs, s, n, seed))
+    monkeypatch.setattr(ex, "draw", lambda policy, obs, s, n, seed, acceptance=None:
+                        calls.append(s.name) or real_draw(policy, obs, s, n, seed, acceptance))
     bugs = [None, "always_accept"]
     result = planted.power(toy_policy, OBS, ["asd16"], bugs, 40, alpha=0.05)
     assert calls.count(ex.REFERENCE) == 1 and calls.count("asd16") == 2, calls

@@ -4,10 +4,17 @@ import copy
 
 import pytest
 import torch
+from test_sampling import (
+    MIXTURE,
+    SCHEDULE,
+    N,
+    ShiftedMixture,
+    always_accept,
+    sampler_failures,
+    seeded,
+)
 
-from asd_policy.fast import GraphedSampler
-from asd_policy.sampling import sample
-from test_sampling import MIXTURE, N, SCHEDULE, ShiftedMixture, always_accept, sampler_failures, seeded
+from asd_policy.sampling import Acceptance, GraphedSampler, sample
 
 CUDA = torch.cuda.is_available()
 
@@ -26,11 +33,10 @@ def test_fixed_shape_asd_matches_ddpm(ddpm_reference, anchor):
     assert stats.nfe == int(stats.rounds.max()) * N * 8
 
 
-def test_fixed_shape_check_catches_a_planted_bug(ddpm_reference, monkeypatch):
-    import asd_policy.sampling as sampling
-
-    monkeypatch.setattr(sampling, "accept_or_reflect", always_accept)
-    x, _ = GraphedSampler(MIXTURE, SCHEDULE, (N, 4, 2), method="asd", speculation_length=8)(generator=seeded(21))
+def test_fixed_shape_check_catches_a_planted_bug(ddpm_reference):
+    bugged = GraphedSampler(MIXTURE, SCHEDULE, (N, 4, 2), method="asd", speculation_length=8,
+                            acceptance=Acceptance(reflect=always_accept))
+    x, _ = bugged(generator=seeded(21))
     assert sampler_failures(x, ddpm_reference, seed=21) != []
 
 

@@ -10,16 +10,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-
 from asd_eval_fakes import FakePolicy, make_toy
-from asd_policy.config import ConfigError
+
+from asd_policy.core.config import ConfigError
 from asd_policy.evaluation import EvalConfig, EvalError, evaluate, format_table
 from asd_policy.evaluation.fidelity import OBSERVATIONS_NAME, ObsRecorder
-from asd_policy.policy import PolicyOutput
-from asd_policy.report import markdown_section
+from asd_policy.policy.diffusion_policy import PolicyOutput
+from asd_policy.reports.results import markdown_section
 
 CHUNKS = 24
 SAMPLERS = ["ddpm", "asd", "asd_shifted"]
@@ -46,7 +45,7 @@ class Shifted:
 @pytest.fixture(scope="module")
 def tiny_policy():
     asd_envs = pytest.importorskip("asd_envs")
-    from asd_policy.policy import build_policy
+    from asd_policy.policy.diffusion_policy import build_policy
 
     spec = asd_envs.get_task("reach_around")
     torch.manual_seed(0)

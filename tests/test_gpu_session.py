@@ -14,12 +14,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from asd_policy import benchmark
-from asd_policy.benchmark import Case, case, default_cases, run_grid, tree_presets
-from asd_policy.config import ConfigError
-from asd_policy.gpu_session import replace_section
-from asd_policy.sampling import NoiseSchedule
-from asd_policy.simclock import profile_from_bench
+import asd_policy.bench.harness as benchmark
+from asd_policy.bench.gpu_session import replace_section
+from asd_policy.bench.harness import Case, case, default_cases, run_grid, tree_presets
+from asd_policy.control.latency import profile_from_bench
+from asd_policy.core.config import ConfigError
+from asd_policy.sampling.schedule import NoiseSchedule
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,7 +47,7 @@ def _statuses(manifest: dict) -> dict[str, str]:
 def test_the_tiny_session_runs_every_part_packs_what_a_call_brings_back_and_is_post_processed(tmp_path):
     carry = tmp_path / "carry" / "cond"
     carry.mkdir(parents=True)
-    from asd_policy.checkpoint import load_policy
+    from asd_policy.policy.checkpoint import load_policy
 
     recorded = benchmark.policy_conditions(load_policy(REPO / "checkpoints" / "reach_around"), None, 2)
     save_file({"rows": recorded.contiguous()}, carry / "reach_around.safetensors")
@@ -95,7 +95,7 @@ def test_a_training_run_cut_by_its_timeout_still_brings_back_its_last_checkpoint
     assert _statuses(manifest)["train-reach_around_small"] == "timeout"
     import tarfile
 
-    from asd_policy.checkpoint import load_policy
+    from asd_policy.policy.checkpoint import load_policy
 
     with tarfile.open(out / "checkpoint-reach_around_small.tar.gz") as tar:
         tar.extractall(tmp_path / "back", filter="data")
@@ -107,8 +107,8 @@ def test_sigterm_stops_training_after_its_step_with_a_consistent_checkpoint(tmp_
     import signal
     import time
 
-    from asd_envs.collect import collect
-    from asd_policy.checkpoint import load_policy, load_training_info
+    from asd_policy.data.collect import collect
+    from asd_policy.policy.checkpoint import load_policy, load_training_info
 
     collect("reach_around", 2, seed=0, output=str(tmp_path / "d.hdf5"), progress=False)
     out = tmp_path / "run"
@@ -131,7 +131,7 @@ def test_the_cuda_exactness_tests_import_without_the_simulators():
     """The GPU machine has no gymnasium or mujoco: the sampler tests it runs must import without them."""
     code = ("import sys; sys.path.insert(0, 'tests')\n"
             "for name in ('gymnasium', 'mujoco', 'robosuite', 'hydra', 'wandb'): sys.modules[name] = None\n"
-            "import test_fast, test_sampling, asd_policy.benchmark, asd_policy.checkpoint, asd_policy.training")
+            "import test_fast, test_sampling, asd_policy.bench.harness, asd_policy.policy.checkpoint, asd_policy.training")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
 

@@ -7,8 +7,8 @@ import h5py
 import numpy as np
 import pytest
 
-from asd_envs.collect import CollectConfig, collect
-from asd_policy.data import load_demonstrations
+from asd_policy.data.collect import CollectConfig, collect
+from asd_policy.data.load import load_demonstrations
 
 SIZE = 32
 CAMERAS = {"cameras": ["top"], "image_size": SIZE}
@@ -184,7 +184,7 @@ def test_collect_script_with_an_image_task(tmp_path):
 
 
 def test_lerobot_writer_refuses_an_episode_with_bad_frames_whole(tmp_path):
-    from asd_policy.lerobot_export import LeRobotWriter
+    from asd_policy.data.lerobot_export import LeRobotWriter
 
     frame = np.full((8, 8, 3), 7, np.uint8)
     good = [{"x": np.zeros(2), "a_image": frame, "b_image": frame}] * 3

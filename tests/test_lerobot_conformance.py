@@ -2,7 +2,7 @@
 
 Randomly initialised LeRobot diffusion policies of several configs are saved as LeRobot saves them
 (``save_pretrained`` of the policy and its two processors) and loaded with
-:func:`asd_policy.checkpoint.load_policy`. Then, against LeRobot's own code on the same weights:
+:func:`asd_policy.policy.load_policy`. Then, against LeRobot's own code on the same weights:
 
 * the U-Net's output equals ``diffusion.unet(...)`` on random inputs;
 * with the same generator (so the same initial and per-step noise) our DDPM (or DDIM) chunk equals
@@ -21,13 +21,14 @@ import copy
 import numpy as np
 import pytest
 import torch
-
-from asd_policy.checkpoint import CheckpointError, load_policy, read_metadata
-from asd_policy.model import FiLMResidualBlock
-from asd_policy.normalizer import AffineNormalizer
-from asd_policy.schedule import NoiseSchedule
 from lerobot_harness import require_lerobot
 from stat_tests import energy_test
+
+from asd_policy.policy.checkpoint import load_policy, read_metadata
+from asd_policy.policy.normalizer import AffineNormalizer
+from asd_policy.policy.unet import FiLMResidualBlock
+from asd_policy.policy.weights import CheckpointError
+from asd_policy.sampling.schedule import NoiseSchedule
 
 ALPHA = 0.01
 
@@ -301,7 +302,7 @@ def test_no_lerobot_import_and_metadata_without_weights_loading(tmp_path):
     import sys
 
     make_lerobot_checkpoint(tmp_path, **CONFIGS["state_minmax_ddpm"])
-    code = ("import sys; from asd_policy.checkpoint import load_policy; p = load_policy(sys.argv[1]); "
+    code = ("import sys; from asd_policy.policy import load_policy; p = load_policy(sys.argv[1]); "
             "p.predict_action({'observation.state': [[[0.0] * 5] * 2], 'observation.environment_state': [[[0.0] * 3] * 2]}); "
             "assert not any(m == 'lerobot' or m.startswith('lerobot.') for m in sys.modules), 'lerobot imported'")
     subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True)

@@ -12,13 +12,13 @@ import pytest
 
 pa = pytest.importorskip("pyarrow")
 import pyarrow.parquet as pq  # noqa: E402
+from lerobot_harness import require_lerobot  # noqa: E402
 
 import asd_envs  # noqa: E402
-from asd_envs.collect import CollectConfig, collect  # noqa: E402
-from asd_policy.config import ConfigError  # noqa: E402
-from asd_policy.data import load_demonstrations  # noqa: E402
-from asd_policy.lerobot_export import LeRobotWriter  # noqa: E402
-from lerobot_harness import require_lerobot  # noqa: E402
+from asd_policy.core.config import ConfigError  # noqa: E402
+from asd_policy.data.collect import CollectConfig, collect  # noqa: E402
+from asd_policy.data.lerobot_export import LeRobotWriter  # noqa: E402
+from asd_policy.data.load import load_demonstrations  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -162,7 +162,7 @@ def test_lerobot_diffusion_policy_trains_on_our_export(exported, lerobot_dataset
 
 
 def test_several_data_files_read_alike_by_both(tmp_path, monkeypatch, lerobot_dataset_cls):
-    monkeypatch.setattr("asd_policy.lerobot_export.DATA_FILES_SIZE_IN_MB", 5000 / 2**20)  # ~60 frames a file: one episode each
+    monkeypatch.setattr("asd_policy.data.lerobot_export.DATA_FILES_SIZE_IN_MB", 5000 / 2**20)  # ~60 frames a file: one episode each
     root = tmp_path / "multi"
     collect("reach_around", num_demos=4, seed=0, output=str(root), progress=False, format="lerobot")
     files = sorted(p.name for p in (root / "data" / "chunk-000").iterdir())
@@ -200,7 +200,7 @@ def _lerobot_written(cls, root, lengths=(7, 9, 8)):
 
 
 def test_reads_and_trains_on_a_dataset_lerobot_wrote(tmp_path, lerobot_dataset_cls):
-    from asd_policy.checkpoint import load_policy
+    from asd_policy.policy.checkpoint import load_policy
     from asd_policy.training import TrainConfig, train
 
     root = tmp_path / "written"

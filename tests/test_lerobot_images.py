@@ -1,7 +1,7 @@
 """Camera policies: LeRobot image diffusion checkpoints against the real lerobot 0.4.4 (skipped without it).
 
 Random LeRobot image policies (small ResNets on small images, so the suite stays fast) are saved as
-LeRobot saves them and loaded with :func:`asd_policy.checkpoint.load_policy`. Against LeRobot's own
+LeRobot saves them and loaded with :func:`asd_policy.policy.load_policy`. Against LeRobot's own
 code on the same weights and images:
 
 * our image encoder's features equal ``diffusion.rgb_encoder``'s, and the whole conditioning vector
@@ -19,11 +19,16 @@ import copy
 
 import pytest
 import torch
+from test_lerobot_conformance import (
+    assert_asd_matches_lerobots_ddpm,
+    chunk_gap,
+    lerobot_batch,
+    make_lerobot_checkpoint,
+    random_obs,
+)
 
-from asd_policy.checkpoint import load_policy
-from asd_policy.normalizer import AffineNormalizer
-from test_lerobot_conformance import (assert_asd_matches_lerobots_ddpm, chunk_gap, lerobot_batch,
-                                      make_lerobot_checkpoint, random_obs)
+from asd_policy.policy.checkpoint import load_policy
+from asd_policy.policy.normalizer import AffineNormalizer
 
 #: Image configs: a shared encoder over two cameras with a centre crop, one encoder per camera with a
 #: resize and crop_ratio, one small camera, BatchNorm instead of GroupNorm with resnet34. Every image
@@ -120,7 +125,7 @@ def test_encoder_features_equal_lerobots_rgb_encoder(image_pair, monkeypatch):
     name, theirs, pre, _, ours = image_pair
     assert encoder_gap(theirs, ours) < 1e-5, name
     if ours.config.vision["crop_shape"]:  # planted: the inference crop one pixel off centre
-        import asd_policy.vision as vision
+        import asd_policy.policy.vision as vision
 
         shifted = vision.center_crop
         monkeypatch.setattr(vision, "center_crop", lambda x, shape: shifted(x[..., 1:, 1:], shape))

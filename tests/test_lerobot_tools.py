@@ -13,9 +13,10 @@ import pytest
 import torch
 
 import asd_envs
-from asd_policy.checkpoint import load_policy, read_metadata
-from asd_policy.config import ConfigError, TaskConfig
-from asd_policy.obs_map import MappedObservation, obs_map_index
+from asd_policy.control.mapped_env import MappedObservation
+from asd_policy.control.tasks import TaskConfig, obs_map_index
+from asd_policy.core.config import ConfigError
+from asd_policy.policy.checkpoint import load_policy, read_metadata
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / "checkpoints" / "reach_around_lerobot"
@@ -143,7 +144,7 @@ def ServeConfig_(**kwargs):  # noqa: N802 - the config with its nested task buil
 
 
 def test_check_exactness_runs_on_a_lerobot_checkpoint_given_its_task():
-    from asd_policy.exactness import ExactnessConfig, check
+    from asd_policy.checks.exactness import ExactnessConfig, check
 
     with pytest.raises(ConfigError, match="records no task"):
         check(ExactnessConfig(checkpoint=str(CHECKPOINT), chunks=20, progress=False))

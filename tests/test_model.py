@@ -3,7 +3,12 @@
 import pytest
 import torch
 
-from asd_policy.model import ConditionalUnet1D, UNetConfig, build_unet, count_parameters
+from asd_policy.policy.unet import (
+    ConditionalUnet1D,
+    UNetConfig,
+    build_unet,
+    count_parameters,
+)
 
 
 @pytest.mark.parametrize("n,h,d,obs", [(1, 16, 2, 10), (5, 16, 7, 23), (3, 8, 4, 0), (2, 32, 3, 5)])

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from asd_policy.normalizer import MinMaxNormalizer
-from asd_policy.policy import DiffusionPolicy, PolicyConfig, build_policy
+from asd_policy.policy.config import PolicyConfig
+from asd_policy.policy.diffusion_policy import DiffusionPolicy, build_policy
+from asd_policy.policy.normalizer import MinMaxNormalizer
 
 
 def _policy(obs_dim=5, action_dim=2, **kw):
@@ -112,9 +113,9 @@ def test_known_actions_are_held_in_the_predicted_chunk():
 
 
 def test_the_graphed_sampler_says_it_does_not_take_known_actions():
-    from asd_policy.analytic import two_mode_mixture
-    from asd_policy.fast import GraphedSampler
-    from asd_policy.sampling import NoiseSchedule
+    from asd_policy.checks.analytic import two_mode_mixture
+    from asd_policy.sampling.graphed import GraphedSampler
+    from asd_policy.sampling.schedule import NoiseSchedule
 
     sched = NoiseSchedule()
     with pytest.raises(ValueError, match="does not take known coordinates"):

@@ -7,12 +7,12 @@ import tracemalloc
 import numpy as np
 import pytest
 import torch
-
 from asd_eval_fakes import FakePolicy, make_toy
-from asd_policy.policy import PolicyOutput
-from asd_policy.realtime import Rate, RealtimeController, run_realtime
-from asd_policy.records import MAX_RECORDS
-from asd_policy.sampling import SamplerStats
+
+from asd_policy.control.realtime import Rate, RealtimeController, run_realtime
+from asd_policy.control.records import MAX_RECORDS
+from asd_policy.policy.diffusion_policy import PolicyOutput
+from asd_policy.sampling.base import SamplerStats
 
 
 class TickPolicy:
@@ -196,7 +196,7 @@ def test_the_window_never_changes_the_actions(monkeypatch):
     # what the controller acts on (the latency estimate from the last 8 latencies, inpainting's past
     # actions) is kept apart from what it reports, so a window of 3 gives the same actions and
     # counts as the full record. "Measured" latencies are scripted, 1 to 3 ticks at 10 Hz.
-    import asd_policy.controller as controller
+    import asd_policy.control.controller as controller
 
     real = controller.infer_chunk
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from asd_policy.realtime_report import group_runs, load_runs, write_realtime_report
+from asd_policy.reports.realtime import group_runs, load_runs, write_realtime_report
 
 REPO = Path(__file__).resolve().parents[1]
 

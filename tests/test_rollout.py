@@ -5,10 +5,13 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-
 from asd_eval_fakes import FakePolicy, ToyReach, make_toy
-from asd_policy.rollout import ObsHistory, infer_chunk, latency_summary, rollout_episodes
-from asd_policy.sampler_config import SamplerConfig
+
+from asd_policy.control.episode import latency_summary
+from asd_policy.control.history import ObsHistory
+from asd_policy.control.inference import infer_chunk
+from asd_policy.control.rollout import rollout_episodes
+from asd_policy.sampling.presets import SamplerConfig
 
 
 class RecordingPolicy(FakePolicy):
@@ -141,7 +144,7 @@ def test_real_diffusion_policy_on_own_task():
     """The real task and a tiny untrained DiffusionPolicy go through the loop (per-element stats)."""
     asd_envs = pytest.importorskip("asd_envs")
     pytest.importorskip("asd_policy.sampling")
-    from asd_policy.policy import build_policy
+    from asd_policy.policy.diffusion_policy import build_policy
 
     spec = asd_envs.get_task("reach_around")
     torch.manual_seed(0)

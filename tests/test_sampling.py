@@ -11,14 +11,17 @@ import math
 
 import pytest
 import torch
-
-import asd_policy.sampling as sampling
-from asd_policy.analytic import GaussianMixtureDenoiser, two_mode_mixture
-from asd_policy.sampling import NoiseSchedule, accept_or_reflect, sample
-from asd_policy.exactness_planted import always_accept
-from asd_policy.exactness_planted import reflect_wrong_mean as reflect_about_proposal_mean
 from stat_tests import energy_test
-from asd_policy.fast import GraphedSampler
+
+import asd_policy.sampling.chain as chain
+from asd_policy.checks.analytic import GaussianMixtureDenoiser, two_mode_mixture
+from asd_policy.checks.planted import always_accept
+from asd_policy.checks.planted import reflect_wrong_mean as reflect_about_proposal_mean
+from asd_policy.sampling import Acceptance, Known
+from asd_policy.sampling.acceptance import accept_or_reflect
+from asd_policy.sampling.api import sample
+from asd_policy.sampling.graphed import GraphedSampler
+from asd_policy.sampling.schedule import NoiseSchedule
 
 ALPHA = 0.01
 SCHEDULE = NoiseSchedule(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", prediction_type="epsilon", clip_sample=True)
@@ -137,9 +140,9 @@ def test_asd_matches_ddpm(ddpm_reference, L, anchor):
 
 @pytest.mark.parametrize("bug", [always_accept, reflect_about_proposal_mean])
 @pytest.mark.parametrize("L", [8, 32])
-def test_sampler_check_catches_planted_bugs(ddpm_reference, monkeypatch, bug, L):
-    monkeypatch.setattr(sampling, "accept_or_reflect", bug)
-    x, _ = sample(MIXTURE, SCHEDULE, (N, 4, 2), method="asd", generator=seeded(L), speculation_length=L)
+def test_sampler_check_catches_planted_bugs(ddpm_reference, bug, L):
+    x, _ = sample(MIXTURE, SCHEDULE, (N, 4, 2), method="asd", generator=seeded(L), speculation_length=L,
+                  acceptance=Acceptance(reflect=bug))
     assert sampler_failures(x, ddpm_reference, seed=L) != []
 
 
@@ -268,12 +271,12 @@ def test_paradigms_trades_tolerance_for_sequential_calls():
 # ---- known coordinates (inpainting), design note section 6 -------------------------------------
 
 
-def known_prefix(n: int, value: float = 0.1, rows: int = 2, noised: bool = True) -> sampling.Known:
+def known_prefix(n: int, value: float = 0.1, rows: int = 2, noised: bool = True) -> Known:
     """The first `rows` steps of every (4, 2) chunk held at `value` (0.1: between the modes, so the
     free steps still take both, about 80% the upper one)."""
     mask = torch.zeros(n, 4, 2, dtype=torch.bool)
     mask[:, :rows] = True
-    return sampling.Known(mask, torch.full((n, 4, 2), value), noised=noised)
+    return Known(mask, torch.full((n, 4, 2), value), noised=noised)
 
 
 @pytest.fixture(scope="module")
@@ -311,7 +314,7 @@ def test_clean_replacement_is_exact_too():
 def test_known_coordinate_check_catches_the_unpinned_accept_test(ddpm_known_reference, monkeypatch, L):
     """Planted bug (section 6): accept and reflect over all coordinates with the unconstrained mean
     in K, then overwrite K."""
-    monkeypatch.setattr(sampling, "pin_known", lambda mu, draft, mask: mu)
+    monkeypatch.setattr(chain, "pin_known", lambda mu, draft, mask: mu)
     x, _ = sample(MIXTURE, SCHEDULE, (N, 4, 2), method="asd", generator=seeded(100 + L), speculation_length=L,
                   known=known_prefix(N))
     assert torch.equal(x[:, :2], ddpm_known_reference[:, :2])  # the overwrite hides it in K ...
@@ -323,7 +326,7 @@ def test_known_coordinates_bad_input():
         sample(MIXTURE, SCHEDULE, (2, 4, 2), method="asd", known=known_prefix(3))
     bad = known_prefix(2)
     with pytest.raises(ValueError, match="NaN"):
-        sample(MIXTURE, SCHEDULE, (2, 4, 2), method="asd", known=sampling.Known(bad.mask, bad.values * float("nan")))
+        sample(MIXTURE, SCHEDULE, (2, 4, 2), method="asd", known=Known(bad.mask, bad.values * float("nan")))
     with pytest.raises(ValueError, match="paradigms does not take known"):
         sample(MIXTURE, SCHEDULE, (2, 4, 2), method="paradigms", known=bad)
     x, _ = sample(MIXTURE, SCHEDULE, (2, 4, 2), method="ddim", generator=seeded(0), known=bad)
@@ -350,7 +353,7 @@ def test_a_chain_with_its_own_generator_ignores_its_batch(method, kwargs, with_k
     known = known_prefix(5) if with_known else None
 
     def run(rows: list[int]) -> torch.Tensor:
-        k = None if known is None else sampling.Known(known.mask[rows], known.values[rows])
+        k = None if known is None else Known(known.mask[rows], known.values[rows])
         x, _ = sample(model, schedule, (len(rows), 4, 2), method=method, cond=offsets[rows],
                       generator=[seeded(seeds[r]) for r in rows], known=k, **kwargs)
         return x
@@ -361,7 +364,7 @@ def test_a_chain_with_its_own_generator_ignores_its_batch(method, kwargs, with_k
     torch.testing.assert_close(run([4, 2, 0, 3, 1]), batched[[4, 2, 0, 3, 1]], rtol=0, atol=1e-5)
     # with B = 1 a list of one generator draws exactly what the generator itself draws
     single, _ = sample(model, schedule, (1, 4, 2), method=method, cond=offsets[[2]], generator=seeded(seeds[2]),
-                       known=None if known is None else sampling.Known(known.mask[[2]], known.values[[2]]), **kwargs)
+                       known=None if known is None else Known(known.mask[[2]], known.values[[2]]), **kwargs)
     assert torch.equal(single[0], run([2])[0])
 
 
@@ -372,7 +375,7 @@ def test_per_chain_generators_must_match_the_batch():
 
 def test_chain_stream_check_catches_a_shared_round_stream(monkeypatch):
     """Planted bug: ASD's rounds draw every active chain's noise from the first one's generator."""
-    monkeypatch.setattr(sampling, "_chains", lambda g, index: g[index[0]] if isinstance(g, list) else g)
+    monkeypatch.setattr(chain, "_chains", lambda g, index: g[index[0]] if isinstance(g, list) else g)
     with pytest.raises(AssertionError):
         test_a_chain_with_its_own_generator_ignores_its_batch("asd", {"speculation_length": 8}, False)
 

@@ -3,8 +3,10 @@
 import pytest
 import torch
 
-from asd_policy.analytic import two_mode_mixture
-from asd_policy.sampling import NoiseSchedule, SamplerStats, sample_ddim
+from asd_policy.checks.analytic import two_mode_mixture
+from asd_policy.sampling.base import SamplerStats
+from asd_policy.sampling.chain import sample_ddim
+from asd_policy.sampling.schedule import NoiseSchedule
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -109,7 +111,7 @@ def _toy_denoiser(x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
 def test_from_diffusers_samples_what_the_diffusers_loop_samples(config):
     """A real DDPMScheduler -> NoiseSchedule.from_diffusers -> sample(method="ddpm"): the same chain
     as diffusers' own set_timesteps / step loop, given the same generator (same noise)."""
-    from asd_policy.sampling import sample
+    from asd_policy.sampling.api import sample
 
     ref = diffusers.DDPMScheduler(num_train_timesteps=50, **config)
     schedule = NoiseSchedule.from_diffusers(ref)
@@ -165,7 +167,7 @@ def diffusers_strided_chain(T: int, N: int, config: dict, shape: tuple[int, ...]
 
 @pytest.mark.parametrize("T,N,config", STRIDED_CASES)
 def test_strided_ddpm_samples_what_diffusers_set_timesteps_samples(T, N, config, monkeypatch):
-    from asd_policy.sampling import sample
+    from asd_policy.sampling.api import sample
 
     schedule = NoiseSchedule(num_train_timesteps=T, num_inference_steps=N, **config)
     ref = diffusers.DDPMScheduler(num_train_timesteps=T, **config)

@@ -13,18 +13,24 @@ import msgpack
 import numpy as np
 import pytest
 import torch
+from openpi_client import msgpack_numpy
+from openpi_client.websocket_client_policy import WebsocketClientPolicy
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 import asd_envs
-from asd_policy.config import ConfigError
-from asd_policy.policy import build_policy
-from asd_policy.rollout import ObsHistory
-from asd_policy.serving import PolicyServer, RemoteError, RemotePolicy, ServeConfig, ServerThread
-from asd_policy.serving import wire
+from asd_policy.control.history import ObsHistory
+from asd_policy.core.config import ConfigError
+from asd_policy.policy.diffusion_policy import build_policy
+from asd_policy.serving import (
+    PolicyServer,
+    RemoteError,
+    RemotePolicy,
+    ServeConfig,
+    ServerThread,
+    wire,
+)
 from asd_policy.serving.batcher import Batcher, Job
-from openpi_client import msgpack_numpy
-from openpi_client.websocket_client_policy import WebsocketClientPolicy
 
 TASK = asd_envs.get_task("reach_around")
 
@@ -345,9 +351,9 @@ def test_remote_policy_remembers_only_the_last_server_timings(served, policy):
 
 
 def test_the_control_loop_runs_against_a_server(served, policy):
-    from asd_policy.realtime import run_realtime
-    from asd_policy.rollout import rollout_episodes
-    from asd_policy.sampler_config import SamplerConfig
+    from asd_policy.control.realtime import run_realtime
+    from asd_policy.control.rollout import rollout_episodes
+    from asd_policy.sampling.presets import SamplerConfig
 
     _, url = served
     asd = SamplerConfig("asd", *policy.sampler_kwargs("asd"))

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_vision import SHAPE, camera_policy
 
 from asd_policy.serving import PolicyServer, RemotePolicy, ServeConfig, ServerThread
-from test_vision import SHAPE, camera_policy
 
 H, W = SHAPE[1], SHAPE[2]
 
@@ -54,8 +54,9 @@ def test_the_openpi_client_gets_chunks_from_state_and_frames(served, policy):
     (np.zeros(5, np.float32), "send the observation as a map"),
 ])
 def test_bad_frames_get_one_clear_error(served, observation, words):
-    from asd_policy.serving.wire import packb
     from websockets.sync.client import connect
+
+    from asd_policy.serving.wire import packb
 
     with connect(served) as ws:
         ws.recv()  # the metadata
@@ -81,8 +82,8 @@ def test_remote_policy_takes_dict_histories_as_in_process(served, policy):
 def test_scripts_eval_runs_a_served_camera_policy_on_the_camera_task(tmp_path):
     """policy_server= with a camera checkpoint: the env comes with the served policy's cameras and
     state keys (from the server's metadata), and the server reports its encoder share of each chunk."""
-    from asd_policy.checkpoint import load_policy
     from asd_policy.evaluation import evaluate
+    from asd_policy.policy.checkpoint import load_policy
 
     thread = ServerThread(PolicyServer(load_policy("checkpoints/reach_around_image"),
                                        ServeConfig(checkpoint="checkpoints/reach_around_image", port=0)))

@@ -6,14 +6,20 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from asd_eval_fakes import FakePolicy, JumpyPolicy, make_toy
-from asd_policy.config import ConfigError
-from asd_policy.evaluation import EPISODES_NAME, EvalConfig, EvalError, evaluate, format_table
-from asd_policy.realtime import RealtimeController
-from asd_policy.simclock import delay_ticks
-from asd_policy.transitions import ensemble_weights
-from asd_policy.sampling import SamplerStats
+
+from asd_policy.control.clocks import delay_ticks
+from asd_policy.control.realtime import RealtimeController
+from asd_policy.control.transitions import ensemble_weights
+from asd_policy.core.config import ConfigError
+from asd_policy.evaluation import (
+    EPISODES_NAME,
+    EvalConfig,
+    EvalError,
+    evaluate,
+    format_table,
+)
+from asd_policy.sampling.base import SamplerStats
 
 
 class TickPolicy:
@@ -31,7 +37,7 @@ class TickPolicy:
         pos = torch.arange(self.horizon, dtype=torch.float32)[None, :, None] - (self.n_obs_steps - 1)
         pred = tick[:, None, :] + pos + self.bump * self.calls
         self.calls += 1
-        from asd_policy.policy import PolicyOutput
+        from asd_policy.policy.diffusion_policy import PolicyOutput
 
         stats = SamplerStats(method="ddim", batch_size=1, sequential_calls=3, nfe=3)
         return PolicyOutput(pred[:, 1:1 + self.n_action_steps], pred, stats)
@@ -148,7 +154,7 @@ def test_inpaint_leaves_an_executed_action_free_when_the_delay_is_overestimated(
     # exceed the delay a chunk then has. One slow call (750 ms = 8 ticks at 10 Hz, all 8 executed
     # actions) then 650 ms calls (7 ticks): a prefix of 8 would hold every action the chunk can
     # execute, so each new chunk repeated the held action and the robot froze for good.
-    import asd_policy.controller as rt  # where RealtimeController looks infer_chunk up
+    import asd_policy.control.controller as rt  # where RealtimeController looks infer_chunk up
 
     script = iter([0.75] + [0.65] * 50)
     real = rt.infer_chunk

@@ -12,10 +12,18 @@ import numpy as np
 import pytest
 import torch
 
-from asd_policy.checkpoint import load_policy
-from asd_policy.config import HELD_OUT_SEED, ConfigError, TaskConfig
-from asd_policy.data import Episode
-from asd_policy.training import EMA, EpochBatches, TrainConfig, WindowDataset, cosine_lr, train
+from asd_policy.control.tasks import TaskConfig
+from asd_policy.core.config import HELD_OUT_SEED, ConfigError
+from asd_policy.data.demos import Episode
+from asd_policy.policy.checkpoint import load_policy
+from asd_policy.training import (
+    EMA,
+    EpochBatches,
+    TrainConfig,
+    WindowDataset,
+    cosine_lr,
+    train,
+)
 from asd_policy.training.cli import parse_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -228,7 +236,7 @@ from asd_policy.training import main
 main(["--dataset", {str(tmp_path / 'demos.hdf5')!r}, "--out", {str(tmp_path / 'bare')!r}, "--steps", "3",
       "--size", "tiny", "--batch-size", "8", "--device", "cpu", "--logger", "none", "--no-progress",
       "--obs-keys", "pos", "goal"])
-from asd_policy.checkpoint import load_policy
+from asd_policy.policy.checkpoint import load_policy
 print(load_policy({str(tmp_path / 'bare' / 'checkpoint')!r}).config.obs_dim)
 """
     r = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=300)
@@ -328,8 +336,7 @@ def test_epoch_batches_are_a_function_of_the_step():
 def test_training_time_rollout_runs_the_evaluation(tmp_path):
     """rollout.every > 0 evaluates the EMA policy in the task's env and logs rollout/success_rate."""
     pytest.importorskip("gymnasium")
-    from asd_envs.collect import collect
-
+    from asd_policy.data.collect import collect
     from asd_policy.training import rollout_callback
 
     collect("reach_around", num_demos=3, seed=0, output=str(tmp_path / "ra.hdf5"), progress=False)

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from asd_policy.checkpoint import load_policy, save_policy
-from asd_policy.config import ConfigError
-from asd_policy.policy import DiffusionPolicy, PolicyConfig
-from asd_policy.vision import RgbEncoder, VisionConfig, center_crop, random_crop
+from asd_policy.core.config import ConfigError
+from asd_policy.policy.checkpoint import load_policy, save_policy
+from asd_policy.policy.config import PolicyConfig
+from asd_policy.policy.diffusion_policy import DiffusionPolicy
+from asd_policy.policy.vision import RgbEncoder, VisionConfig, center_crop, random_crop
 
 SHAPE = [3, 40, 48]
 

@@ -15,7 +15,7 @@ Modules: ``config`` (EvalConfig), ``runner`` (the loop), ``inputs`` (policy and 
 (episodes.jsonl, resume, run meta), ``fidelity`` (fidelity=true: chunks vs DDPM-100 on
 observations the episodes visited), ``summary`` (rows, Wilson interval, per-sampler summary),
 ``tables`` (the text and markdown tables), ``plot`` (PNG, GIFs), ``wandb_log`` (the W&B run).
-Sampler presets live in :mod:`asd_policy.sampler_config`.
+Sampler presets live in :mod:`asd_policy.sampling.presets`.
 """
 from asd_policy.evaluation.config import EvalConfig, EvalError
 from asd_policy.evaluation.inputs import load_checked_policy

@@ -7,21 +7,32 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from asd_policy.config import (
+from asd_policy.checks.exactness import ALPHA, minimum_chunks, statistic_names
+from asd_policy.control.latency import (
+    LatencyModel,
+    check_latency_ms,
+    latency_for_samplers,
+)
+from asd_policy.control.realtime import ON_MISS
+from asd_policy.control.tasks import TaskConfig
+from asd_policy.control.transitions import TRANSITIONS
+from asd_policy.core.config import (
     HELD_OUT_SEED,
     ConfigError,
-    TaskConfig,
     WandbConfig,
     check_choice,
     check_keys,
     coerce_nested,
 )
-from asd_policy.sampling import ASD_METHODS
-from asd_policy.exactness import ALPHA, minimum_chunks, statistic_names
-from asd_policy.simclock import LatencyModel, check_latency_ms, latency_for_samplers
-from asd_policy.realtime import ON_MISS
-from asd_policy.transitions import TRANSITIONS
-from asd_policy.sampler_config import POLICY_PRESET, SAMPLER_PRESETS, SamplerConfig, resolve_samplers
+from asd_policy.sampling.api import ASD_METHODS
+from asd_policy.sampling.presets import (
+    POLICY_PRESET,
+    SAMPLER_PRESETS,
+    SamplerConfig,
+    preset_settings,
+    resolve_samplers,
+    sampler_names,
+)
 
 __all__ = ["EvalConfig", "EvalError", "make_config"]
 
@@ -73,10 +84,8 @@ class EvalConfig:
         coerce_nested(self)
         if self.checkpoint is not None:
             self.checkpoint = os.fspath(self.checkpoint)
-        if isinstance(self.samplers, str):
-            self.samplers = [s.strip() for s in self.samplers.split(",") if s.strip()]
-        self.samplers = [str(s) for s in self.samplers]
-        self.presets = {str(k): dict(v or {}) for k, v in (self.presets or {}).items()}
+        self.samplers = sampler_names(self.samplers)
+        self.presets = preset_settings(self.presets)
         if self.vector_env in ("", "none"):
             self.vector_env = None
         if self.logger is None:

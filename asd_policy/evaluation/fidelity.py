@@ -6,7 +6,7 @@ While the recording sampler (``ddpm`` when listed, else the first) runs its firs
 history the policy is asked for. After the episodes it takes ``fidelity_observations`` of them,
 evenly spaced (the middle of M equal parts of the recorded requests, in order), and
 :func:`measure` draws ``fidelity_chunks`` chunks per sampler at each one, every sampler from the
-same observations, and compares each with DDPM-100 (:func:`asd_policy.exactness.fidelity`; a
+same observations, and compares each with DDPM-100 (:func:`asd_policy.checks.exactness.fidelity`; a
 second, independent DDPM-100 set is the null). The histories are saved in the run dir
 (``fidelity_observations.npz``) so a resumed run uses the same ones.
 """
@@ -20,10 +20,10 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from asd_policy import exactness as ex
+import asd_policy.checks.exactness as ex
+from asd_policy.control.history import batch_size, observation_of
 from asd_policy.evaluation.config import EvalError
-from asd_policy.rollout import batch_size, element
-from asd_policy.sampler_config import SamplerConfig
+from asd_policy.sampling.presets import SamplerConfig
 
 __all__ = ["OBSERVATIONS_NAME", "check_policy", "reference_samplers", "recording_sampler", "ObsRecorder",
            "measure"]
@@ -128,7 +128,7 @@ class ObsRecorder:
         def keep(obs: Any) -> None:
             n = batch_size(obs)
             for j in range(n):
-                self.records.append((f"{where} chunk {calls[0]}" + (f" env {j}" if n > 1 else ""), element(obs, j)))
+                self.records.append((f"{where} chunk {calls[0]}" + (f" env {j}" if n > 1 else ""), observation_of(obs, j)))
             calls[0] += 1
 
         return _Recording(policy, keep)

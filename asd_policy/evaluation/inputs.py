@@ -9,9 +9,9 @@ from typing import Any, Callable, Sequence
 import gymnasium as gym
 
 import asd_envs
-from asd_policy.checkpoint import load_policy
+from asd_policy.control.episode import EpisodeResult
 from asd_policy.evaluation.config import EvalError
-from asd_policy.rollout import EpisodeResult
+from asd_policy.policy.checkpoint import load_policy
 
 __all__ = ["load_checked_policy", "connect_policy_server", "task_env_fn", "check_dims", "EnvPool"]
 

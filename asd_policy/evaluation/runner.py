@@ -13,28 +13,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-import numpy as np
 import torch
 
-from asd_policy.config import ConfigError, to_dict
-from asd_policy.sampling import ASD_METHODS
-from asd_policy.evaluation.config import EvalConfig, EvalError, make_config
+from asd_policy.control.clocks import delay_ticks
+from asd_policy.control.episode import EpisodeResult, latency_summary
+from asd_policy.control.history import zero_history
+from asd_policy.control.inference import infer_chunk, policy_device
+from asd_policy.control.latency import LatencyModel
+from asd_policy.control.realtime import run_realtime, run_realtime_batch
+from asd_policy.control.rollout import rollout_episodes
+from asd_policy.control.tasks import policy_env_fn, reads_other_keys
+from asd_policy.control.transitions import check_transition_policy
+from asd_policy.core.config import ConfigError, to_dict
+from asd_policy.core.io import write_json
 from asd_policy.evaluation import fidelity
-from asd_policy.evaluation.inputs import EnvPool, check_dims, connect_policy_server, load_checked_policy, task_env_fn
+from asd_policy.evaluation.config import EvalConfig, EvalError, make_config
+from asd_policy.evaluation.inputs import (
+    EnvPool,
+    check_dims,
+    connect_policy_server,
+    load_checked_policy,
+    task_env_fn,
+)
 from asd_policy.evaluation.plot import PLOT_NAME, plot_success_vs_latency, write_gif
 from asd_policy.evaluation.store import RESULTS_NAME, EpisodeStore
 from asd_policy.evaluation.summary import assemble, episode_row
 from asd_policy.evaluation.tables import format_table
 from asd_policy.evaluation.wandb_log import log_to_wandb
-from asd_policy.io import write_json
-from asd_policy.checkpoint import read_metadata
-from asd_policy.obs_map import policy_env_fn, reads_other_keys
-from asd_policy.realtime import run_realtime, run_realtime_batch
-from asd_policy.rollout import (EpisodeResult, infer_chunk, latency_summary, policy_device, rollout_episodes,
-                                zero_history)
-from asd_policy.sampler_config import SamplerConfig, resolve_samplers
-from asd_policy.simclock import LatencyModel, delay_ticks
-from asd_policy.transitions import check_transition_policy
+from asd_policy.policy.checkpoint import read_metadata
+from asd_policy.sampling.api import ASD_METHODS
+from asd_policy.sampling.presets import SamplerConfig, resolve_samplers
 
 __all__ = ["evaluate"]
 

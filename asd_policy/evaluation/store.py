@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from asd_policy.core.io import json_default, write_json, write_jsonl
 from asd_policy.evaluation.config import EvalError
-from asd_policy.io import json_default, write_json, write_jsonl
 
 __all__ = ["RESULTS_NAME", "EPISODES_NAME", "META_NAME", "EpisodeStore", "read_rows"]
 
@@ -40,9 +40,17 @@ def read_rows(path: Path) -> list[dict]:
     return rows
 
 
+def _resume_value(meta: Mapping[str, Any], key: str) -> Any:
+    value = meta.get(key, _RESUME_DEFAULTS.get(key))
+    if key == "task" and isinstance(value, Mapping) and not value.get("cameras"):
+        # image_size means nothing without cameras (runs before it defaulted to None wrote 84)
+        value = {k: v for k, v in value.items() if k != "image_size"}
+    return value
+
+
 def _check_resume(old: Mapping[str, Any], new: Mapping[str, Any], out_dir: Path) -> None:
     for key in RESUME_KEYS:
-        was, now = old.get(key, _RESUME_DEFAULTS.get(key)), new.get(key, _RESUME_DEFAULTS.get(key))
+        was, now = _resume_value(old, key), _resume_value(new, key)
         if was != now:
             raise EvalError(f"cannot resume {out_dir}: it was run with {key}={was!r}, now {key}={now!r}")
     for name, settings in new["samplers"].items():

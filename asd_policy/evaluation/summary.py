@@ -8,9 +8,9 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from asd_policy.devices import describe_device
-from asd_policy.rollout import EpisodeResult, latency_summary
-from asd_policy.sampler_config import SamplerConfig
+from asd_policy.control.episode import EpisodeResult, latency_summary
+from asd_policy.core.devices import describe_device
+from asd_policy.sampling.presets import SamplerConfig
 
 __all__ = ["wilson_interval", "episode_row", "flat_row", "summarize", "assemble"]
 

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-from asd_policy.config import WandbConfig, wandb_mode
-from asd_policy.io import json_default
-from asd_policy.wandb_setup import start_run
+from asd_policy.core.config import WandbConfig, wandb_mode
+from asd_policy.core.io import json_default
+from asd_policy.core.wandb_setup import start_run
 
 __all__ = ["log_to_wandb"]
 

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from asd_policy.records import MAX_RECORDS, window
+from asd_policy.control.records import MAX_RECORDS, window
 
 __all__ = ["Job", "Batcher"]
 

@@ -6,8 +6,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from asd_policy.config import ConfigError, TaskConfig
-from asd_policy.records import MAX_RECORDS, check_max_records
+from asd_policy.control.records import MAX_RECORDS, check_max_records
+from asd_policy.control.tasks import TaskConfig
+from asd_policy.core.config import ConfigError
 
 __all__ = ["ServeConfig", "API_KEY_ENV", "LOOPBACK"]
 

@@ -1,6 +1,6 @@
 """RemotePolicy: a policy server behind the control loop's policy interface.
 
-``RemotePolicy(url)`` has what :class:`asd_policy.rollout.ChunkPolicy` asks for
+``RemotePolicy(url)`` has what :class:`asd_policy.control.inference.ChunkPolicy` asks for
 (``n_obs_steps``, ``n_action_steps``, ``predict_action``), so ``rollout_episodes``,
 ``RealtimeController`` and ``scripts/eval.py policy_server=<url>`` run against a server as they
 run in-process. A batch of B histories goes out as B pipelined requests on the one connection
@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from websockets.sync.client import connect
 
-from asd_policy.normalizer import normalizer_from_dict
-from asd_policy.policy import PolicyOutput
-from asd_policy.records import MAX_RECORDS, window
+from asd_policy.control.records import MAX_RECORDS, window
+from asd_policy.policy.diffusion_policy import PolicyOutput
+from asd_policy.policy.normalizer import normalizer_from_dict
 from asd_policy.serving.config import API_KEY_ENV
 from asd_policy.serving.wire import packb, unpackb
 
@@ -47,7 +47,7 @@ class RemoteStats:
 @dataclass(frozen=True)
 class ServedPolicyConfig:
     """What the server's metadata says of the policy it serves, in the fields of a checkpoint's
-    :class:`~asd_policy.policy_config.PolicyConfig` that choose the env it runs in: its task, the
+    :class:`~asd_policy.policy.config.PolicyConfig` that choose the env it runs in: its task, the
     state keys it reads (None for a LeRobot policy's named features, which ``obs_features`` holds)
     and its cameras (``image_features``, ``[C, H, W]`` shapes as a checkpoint stores them)."""
 

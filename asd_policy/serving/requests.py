@@ -26,8 +26,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from asd_policy.config import did_you_mean
-from asd_policy.rollout import ObsHistory, element
+from asd_policy.control.history import ObsHistory, observation_of
+from asd_policy.core.config import did_you_mean
 
 __all__ = ["RequestError", "PolicyShape", "Request", "parse_request", "Session", "REQUEST_KEYS"]
 
@@ -198,4 +198,4 @@ class Session:
         else:
             self.history.push(0, obs)
         self.started = True
-        return element(self.history.get(), 0)
+        return observation_of(self.history.get(), 0)

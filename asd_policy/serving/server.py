@@ -28,15 +28,21 @@ import torch
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from asd_policy.config import ConfigError, did_you_mean
-from asd_policy.devices import describe_device
-from asd_policy.rollout import infer_chunk, policy_device, stack_histories
-from asd_policy.sampler_config import POLICY_PRESET, SAMPLER_PRESETS, resolve_samplers
+from asd_policy.control.history import stack_histories
+from asd_policy.control.inference import infer_chunk, policy_device
+from asd_policy.control.transitions import PolicyCall
+from asd_policy.core.config import ConfigError, did_you_mean
+from asd_policy.core.devices import describe_device
+from asd_policy.sampling.presets import POLICY_PRESET, SAMPLER_PRESETS, resolve_samplers
 from asd_policy.serving.batcher import Batcher, Job
 from asd_policy.serving.config import ServeConfig
-from asd_policy.serving.requests import PolicyShape, RequestError, Session, parse_request
+from asd_policy.serving.requests import (
+    PolicyShape,
+    RequestError,
+    Session,
+    parse_request,
+)
 from asd_policy.serving.wire import WireError, packb, unpackb
-from asd_policy.transitions import PolicyCall
 
 __all__ = ["PROTOCOL", "PolicyServer", "ServerThread", "load_server"]
 
@@ -257,7 +263,7 @@ class ServerThread:
 
 def load_server(config: ServeConfig) -> PolicyServer:
     """The server for ``config.checkpoint``: policy loaded on ``config.device``, task metadata if known."""
-    from asd_policy.checkpoint import load_policy, read_metadata
+    from asd_policy.policy.checkpoint import load_policy, read_metadata
 
     meta = read_metadata(config.checkpoint)
     policy = load_policy(config.checkpoint, device=config.device)

@@ -1,7 +1,7 @@
 """The plain command line (no hydra): ``python -m asd_policy.training --dataset X.hdf5 --out DIR``.
 
 Its flags are generated from :class:`~asd_policy.training.config.TrainConfig`
-(:func:`asd_policy.config.add_arguments`): ``--steps``, ``--batch-size``, ``--size`` (=
+(:func:`asd_policy.core.config.add_arguments`): ``--steps``, ``--batch-size``, ``--size`` (=
 ``--policy-size``), ``--task`` (= ``--task-name``), ``--rollout-every``, ``--obs-keys a b``, ...;
 ``python -m asd_policy.training --help`` lists them all.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from asd_policy.config import ConfigError, add_arguments, from_arguments
+from asd_policy.core.config import ConfigError, add_arguments, from_arguments
 from asd_policy.training.config import TrainConfig
 from asd_policy.training.loop import train
 from asd_policy.training.rollouts import rollout_callback

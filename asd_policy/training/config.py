@@ -3,7 +3,7 @@
 :class:`TrainConfig` is the only place a training default is written: ``scripts/train.py``
 registers it with hydra's ConfigStore (``configs/train.yaml`` only overrides it) and
 ``python -m asd_policy.training`` generates its flags from the same fields
-(:func:`asd_policy.config.add_arguments`). A bad value raises :class:`~asd_policy.config.ConfigError`
+(:func:`asd_policy.core.config.add_arguments`). A bad value raises :class:`~asd_policy.core.config.ConfigError`
 (a ``ValueError``) naming the setting and the fix.
 """
 from __future__ import annotations
@@ -13,19 +13,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from asd_policy.config import (
+from asd_policy.control.tasks import TaskConfig
+from asd_policy.core.config import (
     HELD_OUT_SEED,
     ConfigError,
-    TaskConfig,
     WandbConfig,
     check_choice,
     coerce_nested,
     did_you_mean,
     to_dict,
 )
-from asd_policy.model import UNET_SIZES
-from asd_policy.policy import DEFAULT_SAMPLER, DEFAULT_SCHEDULE, PolicyConfig
-from asd_policy.sampler_config import SAMPLER_PRESETS
+from asd_policy.policy.config import DEFAULT_SAMPLER, DEFAULT_SCHEDULE, PolicyConfig
+from asd_policy.policy.unet import UNET_SIZES
+from asd_policy.sampling.presets import SAMPLER_PRESETS
 
 __all__ = ["PolicySpec", "RolloutConfig", "TrainConfig", "AMP_MODES", "LOGGERS"]
 
@@ -41,7 +41,7 @@ def _positive(where: str, names: tuple[str, ...], config: Any, minimum: int = 1)
 
 
 def _vision_defaults() -> dict[str, Any]:
-    from asd_policy.vision import VisionConfig
+    from asd_policy.policy.vision import VisionConfig
 
     return VisionConfig(backbone="conv").to_dict()
 
@@ -58,7 +58,7 @@ class PolicySpec:
     sampler: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SAMPLER))  # predict_action's default
     # Cameras the policy sees (the dataset's <camera>_image frames); empty: a state-only policy.
     cameras: list[str] = field(default_factory=list)
-    # The image encoder: every asd_policy.vision.VisionConfig field, so that each is a plain override
+    # The image encoder: every asd_policy.policy.vision.VisionConfig field, so that each is a plain override
     # (policy.vision.crop_shape=[76,76]); the small conv trunk trains on a CPU.
     vision: dict[str, Any] = field(default_factory=lambda: _vision_defaults())
 
@@ -67,7 +67,7 @@ class PolicySpec:
         self.sampler = dict(self.sampler or {})
         self.cameras = [str(c) for c in self.cameras or []]
         try:
-            from asd_policy.vision import VisionConfig
+            from asd_policy.policy.vision import VisionConfig
 
             self.vision = VisionConfig.from_dict({**_vision_defaults(), **dict(self.vision or {})}).to_dict()
         except ValueError as e:
@@ -107,7 +107,7 @@ class RolloutConfig:
     every: int = 0  # steps between evaluations (and one at the end)
     episodes: int = 10
     seed: int = HELD_OUT_SEED  # env seed of the first episode: starts no demonstration used
-    method: str = "ddpm"  # a sampler preset name (asd_policy.sampler_config.SAMPLER_PRESETS)
+    method: str = "ddpm"  # a sampler preset name (asd_policy.sampling.presets.SAMPLER_PRESETS)
 
     def __post_init__(self) -> None:
         _positive("rollout.", ("every",), self, minimum=0)

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from asd_policy.config import WandbConfig
+from asd_policy.core.config import WandbConfig
 
 __all__ = ["JsonlLogger", "WandbLogger"]
 
@@ -28,10 +28,10 @@ class JsonlLogger:
 
 
 class WandbLogger:
-    """A W&B run (:func:`asd_policy.wandb_setup.start_run`); ``run_id`` continues a resumed run's."""
+    """A W&B run (:func:`asd_policy.core.wandb_setup.start_run`); ``run_id`` continues a resumed run's."""
 
     def __init__(self, cfg: WandbConfig, out: Path, config: dict[str, Any], run_id: str | None):
-        from asd_policy.wandb_setup import start_run
+        from asd_policy.core.wandb_setup import start_run
 
         self.run = start_run(cfg, job_type="train", directory=out, config=config, default_name=out.name, run_id=run_id)
         self.run_id = self.run.id

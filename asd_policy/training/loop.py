@@ -22,8 +22,8 @@ from typing import Any, Callable
 
 import torch
 
-from asd_policy.checkpoint import save_policy
-from asd_policy.policy import DiffusionPolicy
+from asd_policy.policy.checkpoint import save_policy
+from asd_policy.policy.diffusion_policy import DiffusionPolicy
 from asd_policy.training.config import TrainConfig
 from asd_policy.training.distributed import finish_distributed
 from asd_policy.training.optim import cosine_lr

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from asd_policy.config import ConfigError
-from asd_policy.policy import DiffusionPolicy
+from asd_policy.core.config import ConfigError
+from asd_policy.policy.diffusion_policy import DiffusionPolicy
 from asd_policy.training.config import TrainConfig
 from asd_policy.training.loop import RolloutCallback
 

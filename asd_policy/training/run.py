@@ -16,11 +16,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from asd_policy.checkpoint import load_policy, load_policy_state, policy_state
-from asd_policy.io import write_json
-from asd_policy.config import ConfigError
-from asd_policy.normalizer import AffineNormalizer, MinMaxNormalizer
-from asd_policy.policy import DiffusionPolicy
+from asd_policy.core.config import ConfigError
+from asd_policy.core.io import write_json
+from asd_policy.policy.checkpoint import load_policy
+from asd_policy.policy.diffusion_policy import DiffusionPolicy
+from asd_policy.policy.normalizer import AffineNormalizer, MinMaxNormalizer
+from asd_policy.policy.weights import load_policy_state, policy_state
 from asd_policy.training.config import TrainConfig
 from asd_policy.training.distributed import Dist, init_distributed, wrap_model
 from asd_policy.training.loggers import JsonlLogger, WandbLogger
@@ -80,7 +81,7 @@ def _camera_policy_keys(cfg: TrainConfig) -> list[str] | None:
 
 
 def load_data(cfg: TrainConfig, device: torch.device) -> TrainData:
-    from asd_policy.data import load_demonstrations
+    from asd_policy.data.load import load_demonstrations
 
     path = cfg.dataset_path()
     demos = load_demonstrations(path, obs_keys=cfg.obs_keys or _camera_policy_keys(cfg))

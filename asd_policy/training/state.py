@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from asd_policy.io import atomic_write, write_json
+from asd_policy.core.io import atomic_write, write_json
 from asd_policy.training.optim import EMA
 
 __all__ = ["STATE_DIR", "CKPT_DIR", "save_state", "load_state", "has_state"]

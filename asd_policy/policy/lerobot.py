@@ -1,0 +1,425 @@
+"""LeRobot diffusion checkpoints as asd-policy policies: JSON and safetensors only, no lerobot import.
+
+A LeRobot ``pretrained_model/`` directory (what ``DiffusionPolicy.save_pretrained`` and
+``lerobot_train`` write) holds::
+
+    config.json                      "type": "diffusion", features, horizons, U-Net and scheduler settings
+    model.safetensors                diffusion.unet.* (and diffusion.rgb_encoder.* with cameras)
+    policy_preprocessor.json         rename, to-batch, device and normaliser steps
+    policy_preprocessor_step_<k>_normalizer_processor.safetensors      flat <feature>.<stat> tensors
+    policy_postprocessor.json        the action unnormaliser, then device
+    policy_postprocessor_step_<k>_unnormalizer_processor.safetensors
+
+LeRobot's ``DiffusionConditionalUnet1d`` is the U-Net of Chi et al., which is ours
+(:class:`~asd_policy.policy.unet.ConditionalUnet1D`): the weights load under renamed keys, with the
+head's GroupNorm at LeRobot's fixed 8 groups and FiLM's scale switched by
+``use_film_scale_modulation``. The conditioning is LeRobot's: per observation step
+``observation.state`` then ``observation.environment_state``, flattened over the steps, which is
+our flat vector normalised and reshaped; with cameras (``observation.images.<camera>``) each step's
+camera features sit between the two (:mod:`asd_policy.policy.vision`'s encoder, whose parameter names are
+LeRobot's, so ``diffusion.rgb_encoder.*`` loads as it is). Its scheduler is diffusers' DDPMScheduler (or
+DDIMScheduler) with the config's settings, our :class:`~asd_policy.sampling.schedule.NoiseSchedule`; a DDPM
+config with ``num_inference_steps`` below ``num_train_timesteps`` samples diffusers' strided DDPM,
+which is the schedule's strided sub-chain (``NoiseSchedule(num_inference_steps=...)``).
+
+Anything outside that (another policy type, a deeper ResNet, a scheduler setting or normalisation
+mode we do not implement, a missing file, weights that do not fit the config) is a
+:class:`~asd_policy.policy.weights.CheckpointError` naming the field and what is supported.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from asd_policy.policy.config import PolicyConfig
+from asd_policy.policy.diffusion_policy import DiffusionPolicy
+from asd_policy.policy.normalizer import AffineNormalizer
+from asd_policy.policy.vision import RESNET_BLOCKS
+from asd_policy.policy.weights import CheckpointError, load_weights, read_safetensors
+
+__all__ = ["is_lerobot_checkpoint", "load_lerobot_policy", "read_lerobot_metadata", "lerobot_state_to_ours", "feature_normalizer"]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+PREPROCESSOR = "policy_preprocessor.json"
+POSTPROCESSOR = "policy_postprocessor.json"
+
+#: The low-dimensional observation features a LeRobot diffusion policy concatenates, in its order
+#: (per step: the state, then each camera's image features, then the environment state).
+STATE_FEATURES = (("observation.state", "STATE"), ("observation.environment_state", "ENV"))
+IMAGE_PREFIX = "observation.images."
+ACTION_FEATURE = "action"
+#: LeRobot NormalizationMode -> the statistics it reads (min-like, max-like), or None.
+NORM_MODES = {"IDENTITY": None, "MEAN_STD": ("mean", "std"), "MIN_MAX": ("min", "max"),
+              "QUANTILES": ("q01", "q99"), "QUANTILE10": ("q10", "q90")}
+#: Preprocessor steps that change nothing a flat observation vector needs (batching, device).
+PASSIVE_STEPS = ("to_batch_processor", "device_processor")
+NOISE_SCHEDULERS = ("DDPM", "DDIM")
+PREDICTION_TYPES = ("epsilon", "sample")
+#: Config keys that only matter for training or for LeRobot's own runtime; read by nothing here.
+IGNORED_KEYS = {
+    "type", "device", "use_amp", "use_peft", "push_to_hub", "repo_id", "private", "tags", "license",
+    "pretrained_path", "drop_n_last_frames", "compile_model", "compile_mode", "do_mask_loss_for_padding",
+    "optimizer_lr", "optimizer_betas", "optimizer_eps", "optimizer_weight_decay", "scheduler_name",
+    "scheduler_warmup_steps",
+    # the backbone's ImageNet weights only matter when LeRobot builds a new policy; ours are in model.safetensors
+    "pretrained_backbone_weights",
+}
+READ_KEYS = {
+    "n_obs_steps", "horizon", "n_action_steps", "input_features", "output_features", "normalization_mapping",
+    "down_dims", "kernel_size", "n_groups", "diffusion_step_embed_dim", "use_film_scale_modulation",
+    "noise_scheduler_type", "num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type",
+    "clip_sample", "clip_sample_range", "num_inference_steps",
+    # the vision encoder (with image features)
+    "vision_backbone", "resize_shape", "crop_ratio", "crop_shape", "crop_is_random", "use_group_norm",
+    "spatial_softmax_num_keypoints", "use_separate_rgb_encoder_per_camera",
+}
+#: LeRobot builds the head's conv block with GroupNorm's default 8 groups, whatever n_groups is.
+HEAD_N_GROUPS = 8
+
+
+def _error(message: str) -> Exception:
+    return CheckpointError(message)
+
+
+def _directory(path: str | Path) -> Path:
+    """The pretrained_model/ directory: ``path`` itself, the one holding the file ``path``, or
+    ``path/pretrained_model`` (``lerobot_train``'s ``checkpoints/<step>/``)."""
+    p = Path(path).expanduser()
+    if p.is_dir() and not (p / CONFIG_NAME).exists() and (p / "pretrained_model" / CONFIG_NAME).is_file():
+        return p / "pretrained_model"
+    return p if p.is_dir() else p.parent
+
+
+def is_lerobot_checkpoint(path: str | Path) -> bool:
+    """True for a directory (or a file in one) holding a LeRobot ``config.json`` with a ``type`` and
+    no asd-policy ``policy.json``; also for a LeRobot checkpoint step directory holding ``pretrained_model/``."""
+    directory = _directory(path)
+    cfg = directory / CONFIG_NAME
+    if not cfg.is_file() or (directory / "policy.json").exists():
+        return False
+    try:
+        return "type" in json.loads(cfg.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError):
+        return False
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise _error(f"LeRobot checkpoint {str(path.parent)!r} is incomplete: {path.name} is missing; "
+                     f"pass the pretrained_model/ directory LeRobot saved (config.json, {WEIGHTS_NAME}, "
+                     f"{PREPROCESSOR}, {POSTPROCESSOR} and their .safetensors)")
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _error(f"{str(path)!r} is corrupt (not valid JSON: {e}); re-copy the checkpoint") from None
+
+
+def _read_tensors(path: Path) -> dict[str, np.ndarray]:
+    from safetensors import SafetensorError  # type: ignore[attr-defined]
+    from safetensors.numpy import load_file
+
+    if not path.is_file():
+        raise _error(f"LeRobot checkpoint {str(path.parent)!r} is incomplete: {path.name} is missing; re-copy the "
+                     f"pretrained_model/ directory")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, ValueError, RuntimeError, OSError) as e:
+        raise _error(f"{str(path)!r} is corrupt (not a readable safetensors file: {e}); re-copy the checkpoint") from None
+
+
+# ---- config.json -> PolicyConfig ------------------------------------------------------------
+
+
+def _image_features(inputs: dict, where: str) -> list[dict]:
+    """The cameras ([{"name", "shape": [C, H, W]}]) in the order LeRobot stacks them (config order)."""
+    images = []
+    for name, f in inputs.items():
+        if f.get("type") != "VISUAL":
+            continue
+        shape = [int(s) for s in f.get("shape") or ()]
+        if not name.startswith(IMAGE_PREFIX) or len(shape) != 3:
+            raise _error(f"{where}: image feature {name!r} must be named {IMAGE_PREFIX}<camera> with a [C, H, W] "
+                         f"shape, got {f}")
+        images.append({"name": name, "shape": shape})
+    return images
+
+
+def _features(cfg: dict, where: str) -> tuple[list[dict], int]:
+    """The state features in LeRobot's concatenation order ([{"name", "dim", "type"}]) and action_dim."""
+    inputs, outputs = cfg.get("input_features") or {}, cfg.get("output_features") or {}
+    known = {name for name, _ in STATE_FEATURES}
+    unknown = [k for k, f in inputs.items() if k not in known and f.get("type") != "VISUAL"]
+    if unknown:
+        raise _error(f"{where}: input_features {unknown} are not supported; a LeRobot diffusion policy reads "
+                     f"{sorted(known)} and {IMAGE_PREFIX}<camera> images")
+    if "observation.state" not in inputs:
+        raise _error(f"{where}: input_features has no 'observation.state', which LeRobot's diffusion policy requires")
+    features = []
+    for name, ftype in STATE_FEATURES:
+        if name in inputs:
+            f = inputs[name]
+            if f.get("type") != ftype or len(f.get("shape") or ()) != 1:
+                raise _error(f"{where}: input_features[{name!r}] must be type {ftype} with a 1-D shape, got {f}")
+            features.append({"name": name, "dim": int(f["shape"][0]), "type": ftype})
+    act = outputs.get(ACTION_FEATURE)
+    if set(outputs) != {ACTION_FEATURE} or act.get("type") != "ACTION" or len(act.get("shape") or ()) != 1:
+        raise _error(f"{where}: output_features must be exactly {{'action': ACTION with a 1-D shape}}, got {outputs}")
+    return features, int(act["shape"][0])
+
+
+def _schedule_and_sampler(cfg: dict, where: str) -> tuple[dict, dict]:
+    """Our NoiseSchedule keywords and stored sampler for the config's diffusers scheduler."""
+    kind = cfg.get("noise_scheduler_type", "DDPM")
+    if kind not in NOISE_SCHEDULERS:
+        raise _error(f"{where}: noise_scheduler_type={kind!r} is not supported; use one of {NOISE_SCHEDULERS}")
+    if cfg.get("prediction_type", "epsilon") not in PREDICTION_TYPES:
+        raise _error(f"{where}: prediction_type={cfg.get('prediction_type')!r} is not supported; LeRobot's "
+                     f"diffusion policy uses one of {PREDICTION_TYPES}")
+    schedule = {k: cfg[k] for k in ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end",
+                                    "prediction_type", "clip_sample", "clip_sample_range") if k in cfg}
+    T = int(schedule.get("num_train_timesteps", 100))
+    steps = cfg.get("num_inference_steps")
+    steps = T if steps is None else int(steps)
+    if not 1 <= steps <= T:
+        raise _error(f"{where}: num_inference_steps={steps} must be in [1, num_train_timesteps={T}] (or null)")
+    if kind == "DDIM":
+        # what LeRobot samples: diffusers' DDIMScheduler defaults (eta 0, leading spacing), our DDIM
+        return schedule, {"method": "ddim", "num_inference_steps": steps}
+    if steps != T:
+        # diffusers' strided DDPM (set_timesteps(steps)): a Gaussian chain of `steps` steps, the network
+        # called at timesteps k * (T // steps); NoiseSchedule holds that sub-chain and ASD samples it exactly
+        schedule["num_inference_steps"] = steps
+    # DDPM over the chain's steps: ASD draws exactly its chunks with fewer sequential calls
+    return schedule, {"method": "asd"}
+
+
+def _vision(cfg: dict, where: str) -> dict:
+    """Our VisionConfig for LeRobot's encoder settings (its DiffusionConfig defaults where absent)."""
+    backbone = cfg.get("vision_backbone", "resnet18")
+    if backbone not in RESNET_BLOCKS:
+        raise _error(f"{where}: vision_backbone={backbone!r} is not supported; the loader builds {sorted(RESNET_BLOCKS)} "
+                     f"(torchvision's basic-block ResNets)")
+    resize = cfg.get("resize_shape")
+    crop = cfg.get("crop_shape", (84, 84))
+    if resize is not None:
+        # LeRobot re-derives the crop from crop_ratio whenever it resizes (DiffusionConfig.__post_init__)
+        ratio = float(cfg.get("crop_ratio", 1.0))
+        crop = (int(resize[0] * ratio), int(resize[1] * ratio)) if ratio < 1.0 else None
+    return {
+        "backbone": backbone,
+        "use_group_norm": bool(cfg.get("use_group_norm", True)),
+        "keypoints": int(cfg.get("spatial_softmax_num_keypoints", 32)),
+        "crop_shape": None if crop is None else list(crop),
+        "crop_is_random": bool(cfg.get("crop_is_random", True)),
+        "resize_shape": None if resize is None else list(resize),
+        "separate_per_camera": bool(cfg.get("use_separate_rgb_encoder_per_camera", False)),
+    }
+
+
+def _check_keys(cfg: dict, where: str) -> None:
+    unknown = sorted(set(cfg) - READ_KEYS - IGNORED_KEYS)
+    if unknown:
+        raise _error(f"{where}: config keys {unknown} are not known to this loader (written for lerobot 0.4's "
+                     f"DiffusionConfig); remove them or update asd-policy")
+
+
+def policy_config(cfg: dict, where: str):
+    """The :class:`~asd_policy.policy.PolicyConfig` a LeRobot diffusion ``config.json`` describes."""
+    if cfg.get("type") != "diffusion":
+        raise _error(f"{where}: policy type {cfg.get('type')!r} is not supported; this loader reads LeRobot "
+                     f"'diffusion' policies (ASD samples DDPM chains)")
+    _check_keys(cfg, where)
+    features, action_dim = _features(cfg, where)
+    images = _image_features(cfg.get("input_features") or {}, where)
+    schedule, sampler = _schedule_and_sampler(cfg, where)
+    unet = {
+        "down_dims": list(cfg.get("down_dims", (512, 1024, 2048))),
+        "kernel_size": int(cfg.get("kernel_size", 5)),
+        "n_groups": int(cfg.get("n_groups", 8)),
+        "step_embed_dim": int(cfg.get("diffusion_step_embed_dim", 128)),
+        "film_scale": bool(cfg.get("use_film_scale_modulation", True)),
+        "head_n_groups": HEAD_N_GROUPS,
+        "size": None,
+    }
+    try:
+        return PolicyConfig(
+            obs_dim=sum(f["dim"] for f in features),
+            action_dim=action_dim,
+            n_obs_steps=int(cfg.get("n_obs_steps", 2)),
+            horizon=int(cfg.get("horizon", 16)),
+            n_action_steps=int(cfg.get("n_action_steps", 8)),
+            unet=unet,
+            schedule=schedule,
+            sampler=sampler,
+            obs_features=[{"name": f["name"], "dim": f["dim"]} for f in features],
+            image_features=images or None,
+            vision=_vision(cfg, where) if images else None,
+            images_after=features[0]["dim"] if images else None,
+        )
+    except ValueError as e:
+        raise _error(f"{where}: {e}") from None
+
+
+# ---- processors -> normalisers --------------------------------------------------------------
+
+
+def feature_normalizer(name: str, dim: int, mode: str, stats: dict[str, np.ndarray], eps: float, where: str):
+    """LeRobot's normaliser of one feature as an :class:`~asd_policy.policy.normalizer.AffineNormalizer`.
+
+    MEAN_STD: ``(x - mean) / (std + eps)``, back ``y * std + mean``; MIN_MAX and the quantile modes:
+    ``2 (x - lo) / (hi - lo) - 1`` (``eps`` for a zero range), back ``(y + 1) / 2 (hi - lo) + lo``.
+    """
+    if mode not in NORM_MODES:
+        raise _error(f"{where}: normalisation mode {mode!r} of {name!r} is not supported; use one of {sorted(NORM_MODES)}")
+    part = [{"name": name, "dim": dim, "mode": mode}]
+    keys = NORM_MODES[mode]
+    if keys is None:
+        return AffineNormalizer(np.ones(dim), np.zeros(dim), np.ones(dim), np.zeros(dim), part)
+    missing = [f"{name}.{k}" for k in keys if f"{name}.{k}" not in stats]
+    if missing:
+        raise _error(f"{where}: {mode} normalisation of {name!r} needs {missing}, which the processor's statistics "
+                     f"lack; re-save the processors with the dataset's stats")
+    lo, hi = (np.asarray(stats[f"{name}.{k}"], dtype=np.float64).reshape(-1) for k in keys)
+    if lo.size != dim or hi.size != dim:
+        raise _error(f"{where}: statistics of {name!r} have {lo.size} values, the feature has {dim}")
+    if mode == "MEAN_STD":
+        return AffineNormalizer(1 / (hi + eps), -lo / (hi + eps), hi, lo, part)
+    span = np.where(hi - lo == 0, eps, hi - lo)
+    return AffineNormalizer(2 / span, -2 * lo / span - 1, span / 2, span / 2 + lo, part)
+
+
+def _normalizer_step(directory: Path, file: str, registry_name: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """(the step's config, its statistics) for the processor's normaliser or unnormaliser step."""
+    where = str(directory / file)
+    pipeline = _read_json(directory / file)
+    steps = pipeline.get("steps") if isinstance(pipeline, dict) else None
+    if not isinstance(steps, list):
+        raise _error(f"{where} has no 'steps' list; re-save the processors with lerobot >= 0.4")
+    found = None
+    for step in steps:
+        name = step.get("registry_name")
+        if name == registry_name:
+            found = step
+        elif name == "rename_observations_processor":
+            if (step.get("config") or {}).get("rename_map"):
+                raise _error(f"{where}: a non-empty rename_map {step['config']['rename_map']} is not supported; send "
+                             f"the observation under the policy's own feature names instead")
+        elif name not in PASSIVE_STEPS:
+            raise _error(f"{where}: processor step {name!r} is not supported; the loader knows "
+                         f"{['rename_observations_processor', *PASSIVE_STEPS, registry_name]}")
+    if found is None:
+        raise _error(f"{where} has no {registry_name!r} step; re-save the processors with the dataset's stats")
+    if "state_file" not in found:
+        raise _error(f"{where}: the {registry_name!r} step names no state_file with its statistics")
+    return found.get("config") or {}, _read_tensors(directory / found["state_file"])
+
+
+def _normalizers(directory: Path, features: list[dict], action_dim: int, mapping: dict, images: list[dict] = ()):
+    """(observation, action, image) normalisers; the image one is per channel of each camera, in order (or None)."""
+    if not (directory / PREPROCESSOR).is_file() and not (directory / POSTPROCESSOR).is_file():
+        raise _error(f"LeRobot checkpoint {str(directory)!r} has no {PREPROCESSOR} / {POSTPROCESSOR}: checkpoints "
+                     f"from lerobot < 0.4 keep their statistics in {WEIGHTS_NAME}; migrate it with lerobot's "
+                     f"lerobot/processor/migrate_policy_normalization.py, then load the migrated directory")
+    pre_cfg, pre_stats = _normalizer_step(directory, PREPROCESSOR, "normalizer_processor")
+    post_cfg, post_stats = _normalizer_step(directory, POSTPROCESSOR, "unnormalizer_processor")
+
+    def mode_of(cfg: dict, ftype: str) -> str:
+        # LeRobot's rule: a feature type absent from the map is not normalised
+        return str((cfg.get("norm_map") or mapping).get(ftype, "IDENTITY"))
+
+    obs = AffineNormalizer.concat([
+        feature_normalizer(f["name"], f["dim"], mode_of(pre_cfg, f["type"]), pre_stats,
+                           float(pre_cfg.get("eps", 1e-8)), str(directory / PREPROCESSOR))
+        for f in features
+    ])
+    act = feature_normalizer(ACTION_FEATURE, action_dim, mode_of(post_cfg, "ACTION"), post_stats,
+                             float(post_cfg.get("eps", 1e-8)), str(directory / POSTPROCESSOR))
+    img = AffineNormalizer.concat([
+        feature_normalizer(f["name"], f["shape"][0], mode_of(pre_cfg, "VISUAL"), pre_stats,
+                           float(pre_cfg.get("eps", 1e-8)), str(directory / PREPROCESSOR))
+        for f in images
+    ]) if images else None
+    return obs, act, img
+
+
+# ---- model.safetensors -> our U-Net's state dict ---------------------------------------------
+
+#: (LeRobot's key pattern, ours), applied in order to the key with the ``diffusion.unet.`` prefix removed.
+_RENAMES = (
+    (r"^diffusion_step_encoder\.", "step_encoder."),
+    (r"^down_modules\.", "down."),
+    (r"^mid_modules\.", "mid."),
+    (r"^up_modules\.", "up."),
+    (r"^final_conv\.0\.block\.", "head.0."),
+    (r"^final_conv\.1\.", "head.1."),
+    (r"\.conv([12])\.block\.", r".conv\1."),
+    (r"\.cond_encoder\.", ".film."),
+    (r"\.residual_conv\.", ".skip."),
+)
+UNET_PREFIX = "diffusion.unet."
+#: LeRobot's DiffusionRgbEncoder (or a ModuleList of them) keeps torchvision's names, as ours does.
+RGB_PREFIX = "diffusion.rgb_encoder."
+
+
+def lerobot_state_to_ours(state: dict[str, Any], where: str) -> dict[str, Any]:
+    """LeRobot's ``DiffusionPolicy`` state dict -> ours (:func:`asd_policy.policy.weights.policy_state`'s
+    keys: the U-Net's renamed, the camera encoder's under ``rgb_encoder.``); values untouched."""
+    other = sorted(k for k in state if not k.startswith((UNET_PREFIX, RGB_PREFIX)))
+    if other:
+        raise _error(f"{where}: weights {other[:4]}{' ...' if len(other) > 4 else ''} are outside diffusion.unet and "
+                     f"diffusion.rgb_encoder; a LeRobot diffusion policy has no others")
+    ours = {}
+    for key, value in state.items():
+        if key.startswith(RGB_PREFIX):
+            ours["rgb_encoder." + key[len(RGB_PREFIX):]] = value
+            continue
+        name = key[len(UNET_PREFIX):]
+        for pattern, repl in _RENAMES:
+            name = re.sub(pattern, repl, name)
+        ours[name] = value
+    return ours
+
+
+def read_lerobot_metadata(path: str | Path) -> dict:
+    """Our checkpoint metadata for a LeRobot directory: its PolicyConfig and the weights' SHA-256."""
+    import hashlib
+
+    directory = _directory(path)
+    cfg = _read_json(directory / CONFIG_NAME)
+    config = policy_config(cfg if isinstance(cfg, dict) else {}, str(directory / CONFIG_NAME))
+    weights = directory / WEIGHTS_NAME
+    if not weights.is_file():
+        raise _error(f"LeRobot checkpoint {str(directory)!r} is incomplete: {WEIGHTS_NAME} is missing; re-copy the "
+                     f"pretrained_model/ directory")
+    return {"format": "lerobot", "config": config.to_dict(), "weights_file": WEIGHTS_NAME,
+            "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
+
+
+def load_lerobot_policy(path: str | Path, device: str = "cpu"):
+    """A :class:`~asd_policy.policy.DiffusionPolicy` (eval mode) from a LeRobot diffusion ``pretrained_model/``."""
+    directory = _directory(path)
+    where = str(directory / CONFIG_NAME)
+    cfg = _read_json(directory / CONFIG_NAME)
+    if not isinstance(cfg, dict):
+        raise _error(f"{where} is not a LeRobot policy config (a JSON object with a 'type')")
+    config = policy_config(cfg, where)
+    features, _ = _features(cfg, where)
+    mapping = {str(k): str(v) for k, v in (cfg.get("normalization_mapping") or {}).items()}
+    obs_norm, act_norm, img_norm = _normalizers(directory, features, config.action_dim, mapping,
+                                                config.image_features or [])
+    policy = DiffusionPolicy(config, obs_norm, act_norm, origin={"format": "lerobot", "type": "diffusion"},
+                             image_normalizer=img_norm)
+    weights = directory / WEIGHTS_NAME
+    if not weights.is_file():
+        raise _error(f"LeRobot checkpoint {str(directory)!r} is incomplete: {WEIGHTS_NAME} is missing; re-copy the "
+                     f"pretrained_model/ directory")
+    state = {k: v.float() for k, v in read_safetensors(weights.read_bytes(), str(weights), "re-copy the checkpoint").items()}
+    load_weights(policy, lerobot_state_to_ours(state, str(weights)), str(weights), CONFIG_NAME,
+                 "re-copy the pretrained_model/ directory")
+    return policy.to(device).eval()

@@ -241,3 +241,12 @@ def test_every_package_is_installed():
     listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     packages = {name for name, path in layers.module_files().items() if path.name == "__init__.py"}
     assert packages <= listed, sorted(packages - listed)
+
+
+def test_no_source_file_is_ignored_by_git():
+    """A module .gitignore hides (data/ once hid asd_policy/data/) is missing from every clean clone."""
+    files = [str(p.relative_to(REPO)) for p in layers.module_files().values()]
+    out = subprocess.run(["git", "check-ignore", "--no-index", *files], cwd=REPO, capture_output=True, text=True)
+    if out.returncode == 128:
+        pytest.skip(f"not a git checkout: {out.stderr.strip()}")
+    assert out.stdout.split() == []

@@ -5,7 +5,8 @@ light dependencies from the ``test`` extra); the package never imports it. lerob
 torchvision even for ``DiffusionConfig``, and the only torchvision on the index for torch 2.13 is
 a CUDA build whose import fails on a CPU torch ("operator torchvision::nms does not exist") until
 its two C++ op schemas exist. Defining them is a workaround for the tests alone: nothing here calls
-those ops, and it lives in this file, never in the package.
+those ops, and it lives in tests/lerobot_site/ (torchvision_workaround.py, and the sitecustomize.py that
+applies it to the LeRobot CLIs a test starts), never in the package or the plugin.
 
     from lerobot_harness import require_lerobot
     lerobot = require_lerobot()          # skips the calling test (or module) when unavailable
@@ -17,31 +18,16 @@ from __future__ import annotations
 import sys
 import types
 from functools import lru_cache
+from pathlib import Path
 
 import pytest
-import torch
 
 #: The lerobot version the conformance tests were written against.
 LEROBOT_VERSION = "0.4.4"
 
-_TORCHVISION_OPS = {
-    "torchvision::nms": "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
-    "torchvision::qnms": "(Tensor qdets, Tensor qscores, float iou_threshold) -> Tensor",
-}
-
-
-def _import_torchvision() -> None:
-    try:
-        import torchvision  # noqa: F401
-    except RuntimeError as e:
-        if "torchvision::nms" not in str(e):
-            raise
-        # a CUDA torchvision on a CPU torch: drop the half-imported modules, define the schemas, retry
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[name]
-        for op, schema in _TORCHVISION_OPS.items():
-            torch.library.define(op, schema)
-        import torchvision  # noqa: F401
+# The torchvision workaround itself: one copy, beside the sitecustomize that applies it to LeRobot CLIs
+sys.path.insert(0, str(Path(__file__).resolve().parent / "lerobot_site"))
+from torchvision_workaround import import_torchvision as _import_torchvision  # noqa: E402
 
 
 @lru_cache(maxsize=1)

@@ -1,15 +1,17 @@
 """Conformance of the LeRobot checkpoint loader with the real lerobot 0.4.4 (skipped without it).
 
 Randomly initialised LeRobot diffusion policies of several configs are saved as LeRobot saves them
-(``save_pretrained`` of the policy and its two processors) and loaded with
-:func:`asd_policy.policy.load_policy`. Then, against LeRobot's own code on the same weights:
+(``save_pretrained`` of the policy and its two processors; one config, ``v06_state_defaults``, with
+``config.json`` as lerobot 0.6 writes it and 0.6.1's defaults, see ``tests/lerobot_fixtures.py``) and
+loaded with :func:`asd_policy.policy.load_policy`. Then, against LeRobot's own code on the same weights:
 
 * the U-Net's output equals ``diffusion.unet(...)`` on random inputs;
 * with the same generator (so the same initial and per-step noise) our DDPM (or DDIM) chunk equals
   ``conditional_sample``'s diffusers scheduler loop, through the processors on both sides;
 * our normalise / unnormalise equal the pre- and post-processors;
-* ASD's chunks match LeRobot's own DDPM chunks in distribution (energy two-sample test), over all
-  T steps and over diffusers' strided DDPM (``num_inference_steps`` < ``num_train_timesteps``).
+* ASD's chunks match LeRobot's own DDPM chunks in distribution (energy two-sample test, each coordinate
+  in units of its pooled spread), over all T steps and over diffusers' strided DDPM
+  (``num_inference_steps`` < ``num_train_timesteps``).
 
 Each comparison is also run on a loader with a planted bug and must then fail.
 """
@@ -17,12 +19,13 @@ Each comparison is also run on a loader with a planted bug and must then fail.
 from __future__ import annotations
 
 import copy
+import re
 
 import numpy as np
 import pytest
 import torch
-from lerobot_harness import require_lerobot
-from stat_tests import energy_test
+from lerobot_fixtures import lerobot_batch, make_lerobot_checkpoint, make_v06_checkpoint
+from stat_tests import POOLED_SCALE_FLOOR, energy_test, pooled_energy_test
 
 from asd_policy.policy.checkpoint import load_policy, read_metadata
 from asd_policy.policy.normalizer import AffineNormalizer
@@ -56,56 +59,27 @@ CONFIGS = {
         num_train_timesteps=100, num_inference_steps=30, horizon=8, n_action_steps=4,
     ),
 }
+#: Configs saved as lerobot 0.6 saves them (lerobot_fixtures.make_v06_checkpoint): 0.6.1's defaults (horizon 64,
+#: n_action_steps 32, ImageNet backbone weights named, one BatchNorm encoder per camera) around a tiny U-Net.
+#: (num_train_timesteps 50, not 0.6's 100, keeps ASD's distribution test on 64-step chunks fast.)
+V06_CONFIGS = {
+    "v06_state_defaults": dict(state=5, env=3, action=2, down_dims=(16, 32), n_groups=4, diffusion_step_embed_dim=8,
+                               num_train_timesteps=50),
+}
+CONFIGS.update(V06_CONFIGS)
 
 
-def make_lerobot_checkpoint(directory, seed: int = 0, state: int = 5, env: int = 0, action: int = 2,
-                            images: tuple = (), **settings):
-    """A random LeRobot diffusion policy saved as LeRobot saves it; returns (policy, pre, post, config).
-
-    ``images``: ``(camera, (C, H, W))`` pairs, each an ``observation.images.<camera>`` feature.
-    """
-    lr = require_lerobot()
-    FT, PF, NM = lr.FeatureType, lr.PolicyFeature, lr.NormalizationMode
-    inputs = {"observation.state": PF(FT.STATE, (state,))}
-    for camera, shape in images:
-        inputs[f"observation.images.{camera}"] = PF(FT.VISUAL, tuple(shape))
-    if env:
-        inputs["observation.environment_state"] = PF(FT.ENV, (env,))
-    mapping = settings.pop("normalization_mapping", None)
-    if mapping is not None:
-        settings["normalization_mapping"] = {k: NM[v] for k, v in mapping.items()}
-    cfg = lr.DiffusionConfig(input_features=inputs, output_features={"action": PF(FT.ACTION, (action,))},
-                             device="cpu", push_to_hub=False, **settings)
-    torch.manual_seed(seed)
-    policy = lr.DiffusionPolicy(cfg).eval()
-    with torch.no_grad():  # move GroupNorm's 1/0 and every other weight off its default
-        for p in policy.parameters():
-            p.add_(0.2 * torch.randn_like(p))
-    g = torch.Generator().manual_seed(seed + 1)
-    stats = {}
-    for name, dim in [("observation.state", state), ("observation.environment_state", env), ("action", action)]:
-        if dim:
-            lo = torch.randn(dim, generator=g) - 2.0
-            stats[name] = {"min": lo, "max": lo + 1 + 3 * torch.rand(dim, generator=g),
-                           "mean": torch.randn(dim, generator=g), "std": 0.2 + torch.rand(dim, generator=g)}
-    for camera, shape in images:  # per-channel statistics of [0, 1] pixels, [C, 1, 1] as LeRobot keeps them
-        c = shape[0]
-        stats[f"observation.images.{camera}"] = {
-            "mean": 0.3 + 0.4 * torch.rand(c, 1, 1, generator=g), "std": 0.1 + 0.3 * torch.rand(c, 1, 1, generator=g),
-            "min": torch.zeros(c, 1, 1), "max": torch.ones(c, 1, 1)}
-    pre, post = lr.make_pre_post_processors(cfg, dataset_stats=stats)
-    for obj in (policy, pre, post):
-        obj.save_pretrained(str(directory))
-    # reload LeRobot's processors from the files, as a user of the checkpoint would
-    pre, post = lr.make_pre_post_processors(cfg, pretrained_path=str(directory))
-    return policy, pre, post, cfg
+def make_checkpoint(name: str, directory, seed: int = 0):
+    """CONFIGS[name] saved as its lerobot version saves it: (policy, pre, post, config)."""
+    make = make_v06_checkpoint if name in V06_CONFIGS else make_lerobot_checkpoint
+    return make(directory, seed=seed, **CONFIGS[name])
 
 
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
 def pair(request, tmp_path_factory):
     """(name, LeRobot's policy, pre, post, ours) for each config."""
     directory = tmp_path_factory.mktemp(request.param)
-    theirs, pre, post, _ = make_lerobot_checkpoint(directory, seed=len(request.param), **CONFIGS[request.param])
+    theirs, pre, post, _ = make_checkpoint(request.param, directory, seed=len(request.param))
     return request.param, theirs, pre, post, load_policy(directory)
 
 
@@ -202,19 +176,12 @@ def test_normalise_and_unnormalise_equal_lerobots_processors(pair):
 # ---- whole chunks with the same noise -------------------------------------------------------
 
 
-def lerobot_batch(theirs, pre, obs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The preprocessed batch, cameras stacked as LeRobot's policy stacks them (``observation.images``)."""
-    batch = pre({k: v.clone() for k, v in obs.items()})
-    if theirs.config.image_features:
-        batch["observation.images"] = torch.stack([batch[k] for k in theirs.config.image_features], dim=-4)
-    return batch
-
-
-def lerobot_chunks(theirs, pre, post, obs: dict[str, torch.Tensor], seed: int) -> torch.Tensor:
-    """LeRobot's own sampling: processors, global conditioning, conditional_sample, unnormaliser."""
+def lerobot_chunks(theirs, pre, post, obs: dict[str, torch.Tensor], seed: int, repeat: int = 1) -> torch.Tensor:
+    """LeRobot's own sampling: processors, global conditioning, conditional_sample, unnormaliser; ``repeat``
+    chunks per observation from its conditioning (deterministic at inference, so computed once)."""
     batch = lerobot_batch(theirs, pre, obs)
     with torch.no_grad():
-        cond = theirs.diffusion._prepare_global_conditioning(batch)
+        cond = theirs.diffusion._prepare_global_conditioning(batch).repeat_interleave(repeat, dim=0)
         x = theirs.diffusion.conditional_sample(cond.shape[0], global_cond=cond,
                                                 generator=torch.Generator().manual_seed(seed))
     return post(x)
@@ -254,30 +221,57 @@ def test_stored_sampler_follows_the_lerobot_scheduler(pair):
 # ---- ASD against LeRobot's DDPM, in distribution --------------------------------------------
 
 
-def asd_against_lerobot_ddpm(theirs, pre, post, ours, n: int = 300, seed: int = 0) -> float:
-    """p-value of the energy test between ASD's chunks (ours) and LeRobot's DDPM chunks, one observation."""
-    obs = {k: v.expand(n, *v.shape[1:]).contiguous() for k, v in random_obs(ours, 1, seed).items()}
-    want = lerobot_chunks(theirs, pre, post, obs, seed + 1)
-    got = ours.predict_action(obs, method="asd", generator=torch.Generator().manual_seed(seed + 2)).action_pred
-    scale = want.std(dim=0).clamp_min(1e-3)  # compare in units of LeRobot's per-coordinate spread
-    return energy_test(got / scale, want / scale, permutations=300, seed=seed)[1]
+def asd_chunks(ours, obs: dict[str, torch.Tensor], n: int, seed: int, **sampler) -> torch.Tensor:
+    """``n`` ASD chunks of one observation through ``predict_action``, the observation's conditioning computed
+    once (a camera encoder is deterministic at inference; n copies would encode the same images n times)."""
+    cond = ours.conditioning(obs)
+    ours._cond = lambda low, images=None, generator=None: cond.expand(low.shape[0], -1)  # shadows the method
+    try:
+        rows = {k: v.expand(n, *v.shape[1:]) for k, v in obs.items()}
+        gen = torch.Generator().manual_seed(seed)
+        return ours.predict_action(rows, method="asd", generator=gen, **sampler).action_pred
+    finally:
+        del ours._cond
 
 
-def assert_asd_matches_lerobots_ddpm(directory, settings: dict, bugs, label: str) -> None:
-    """ASD on the loaded policy passes the energy test against LeRobot's DDPM; each planted bug fails it."""
-    theirs, pre, post, _ = make_lerobot_checkpoint(directory, seed=3, **settings)
-    ours = load_policy(directory)
+def asd_pvalues(theirs, pre, post, policies, n: int = 300, seed: int = 0, **sampler) -> list[float]:
+    """p-values of the energy test between each policy's ASD chunks and LeRobot's DDPM chunks, one observation.
+
+    LeRobot's chunks are drawn once; each coordinate is in units of its spread over both samples (pooled, so
+    the permutation test stays exact on clipped chunks: tests/stat_tests.py). ``sampler``: ASD's settings
+    where they are not the checkpoint's (ASD is exact at any speculation length)."""
+    obs = random_obs(policies[0], 1, seed)
+    want = lerobot_chunks(theirs, pre, post, obs, seed + 1, repeat=n)
+    return [pooled_energy_test(asd_chunks(ours, obs, n, seed + 2, **sampler), want, permutations=300, seed=seed)[1]
+            for ours in policies]
+
+
+def assert_asd_matches_lerobots_ddpm(theirs, pre, post, ours, bugs, label: str, n: int = 300, **sampler) -> None:
+    """ASD on the loaded policy passes the energy test against LeRobot's DDPM; each planted bug fails it.
+
+    ``bugs``: ``(name, bad policy)`` pairs."""
     assert ours.config.sampler["method"] == "asd"
-    p = asd_against_lerobot_ddpm(theirs, pre, post, ours)
+    p, *p_bad = asd_pvalues(theirs, pre, post, [ours, *(bad for _, bad in bugs)], n=n, **sampler)
     assert p >= ALPHA, f"{label}: ASD on the loaded policy departs from LeRobot's DDPM (energy test p = {p:.4f})"
-    for bug in bugs:
-        p_bad = asd_against_lerobot_ddpm(theirs, pre, post, bug(ours))
-        assert p_bad < ALPHA, f"{label}: the planted {bug.__name__} was not detected (p = {p_bad:.4f})"
+    for (name, _), pb in zip(bugs, p_bad):
+        assert pb < ALPHA, f"{label}: the planted {name} was not detected (p = {pb:.4f})"
 
 
-@pytest.mark.parametrize("config", ["state_minmax_ddpm", "strided_ddpm"])
-def test_asd_matches_lerobots_ddpm_in_distribution(tmp_path, config):
-    assert_asd_matches_lerobots_ddpm(tmp_path, CONFIGS[config], (swap_film, skip_obs_normalizer), config)
+#: ASD on 0.6.1's 64-step chunks: 150 of them, speculation length 4 (exact at any; 16 drafts three times the
+#: network rows), one planted bug (the U-Net test has FiLM's).
+V06_ASD = dict(n=150, speculation_length=4)
+
+
+@pytest.mark.parametrize("config, bugs, settings", [
+    ("state_minmax_ddpm", (swap_film, skip_obs_normalizer), {}),
+    ("strided_ddpm", (swap_film, skip_obs_normalizer), {}),
+    ("v06_state_defaults", (skip_obs_normalizer,), V06_ASD),
+])
+def test_asd_matches_lerobots_ddpm_in_distribution(tmp_path, config, bugs, settings):
+    theirs, pre, post, _ = make_checkpoint(config, tmp_path, seed=3)
+    ours = load_policy(tmp_path)
+    assert_asd_matches_lerobots_ddpm(theirs, pre, post, ours, [(bug.__name__, bug(ours)) for bug in bugs], config,
+                                     **settings)
     # (the network at the chain index changes a random U-Net's chunks too little to show in distribution:
     # the same-noise chunk test above catches it, and tests/test_sampling.py on an exact denoiser)
 
@@ -292,6 +286,37 @@ def test_a_strided_lerobot_policy_samples_but_does_not_train(tmp_path):
     assert out.stats.sequential_calls < 30 and out.stats.steps_total == 2 * 30
     with pytest.raises(ValueError, match="strided DDPM sampling chain"):
         ours.compute_loss(obs, torch.zeros(2, ours.horizon, ours.action_dim))
+
+
+# ---- the energy test's scale ---------------------------------------------------------------------
+
+
+def one_sample_scaled_energy_test(x, y, permutations: int, seed: int):
+    """The planted bug (this file's scaling before): coordinates in units of y's spread alone."""
+    x, y = x.double().flatten(1), y.double().flatten(1)
+    scale = y.std(dim=0).clamp_min(POOLED_SCALE_FLOOR)
+    return energy_test(x / scale, y / scale, permutations=permutations, seed=seed)
+
+
+def null_rejection_rate(test, alpha: float = 0.05, repeats: int = 400, rows: int = 10, dim: int = 64) -> float:
+    """How often ``test`` rejects at ``alpha`` two samples of one distribution: small, with clipped coordinates
+    (each N(0, 1) clipped at -0.5, as a clipped chunk's actions pile up at the clip)."""
+    g = torch.Generator().manual_seed(0)
+    rejected = 0
+    for r in range(repeats):
+        x, y = (torch.randn(rows, dim, generator=g, dtype=torch.float64).clamp(max=-0.5) for _ in range(2))
+        rejected += test(x, y, permutations=99, seed=r)[1] <= alpha
+    return rejected / repeats
+
+
+def test_the_pooled_energy_test_is_exact_on_small_clipped_samples():
+    # known answer: a permutation test rejects a true null at rate alpha (99 permutations: exactly 5 in 100)
+    alpha, repeats = 0.05, 400
+    se = (alpha * (1 - alpha) / repeats) ** 0.5
+    rate = null_rejection_rate(pooled_energy_test, alpha, repeats)
+    assert abs(rate - alpha) < 4 * se, f"the pooled energy test rejects {rate:.3f} of true nulls, not {alpha}"
+    bad = null_rejection_rate(one_sample_scaled_energy_test, alpha, repeats)
+    assert bad > alpha + 6 * se, f"the planted one-sample scaling went unnoticed (rate {bad:.3f})"
 
 
 # ---- what the loader refuses -----------------------------------------------------------------
@@ -321,6 +346,9 @@ def test_no_lerobot_import_and_metadata_without_weights_loading(tmp_path):
     (lambda c: c.update(normalization_mapping={"STATE": "LOG", "ACTION": "MIN_MAX"}), "normalisation mode 'LOG'"),
     (lambda c: c.update(down_dims=[16, 64]), "does not fit the network"),
     (lambda c: c.update(some_new_knob=3), "config keys ['some_new_knob'] are not known"),
+    # a field that would change inference (relative actions, proposed for DiffusionConfig in lerobot PR #4722)
+    (lambda c: c.update(use_relative_actions=True), "config keys ['use_relative_actions'] are not known"),
+    (lambda c: c.update(use_peft=True), "use_peft=True is not supported (only False): merge the adapter"),
 ])
 def test_unsupported_configs_get_one_clear_error(tmp_path, change, message):
     import json
@@ -337,8 +365,51 @@ def test_unsupported_configs_get_one_clear_error(tmp_path, change, message):
                     step["config"]["norm_map"]["STATE"] = "LOG"
             (tmp_path / name).write_text(json.dumps(proc))
     cfg_path.write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")):
+    with pytest.raises(CheckpointError, match=re.escape(message)):
         load_policy(tmp_path)
+
+
+def test_a_v06_config_loads_and_the_fields_it_ignores_change_nothing(tmp_path):
+    """0.6's config.json loads; every field the loader ignores, set otherwise, leaves the chunk bit for bit the same."""
+    import json
+
+    make_checkpoint("v06_state_defaults", tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert {"pretrained_revision", "gradient_checkpointing"} <= set(cfg) and cfg["pretrained_backbone_weights"]
+    ours = load_policy(tmp_path)
+    assert (ours.config.horizon, ours.config.n_action_steps) == (64, 32)
+    obs = random_obs(ours, 2, 0)
+
+    def chunk(policy):
+        return policy.predict_action(obs, method="ddpm", generator=torch.Generator().manual_seed(0)).action_pred
+
+    want = chunk(ours)
+    cfg.update(pretrained_revision="v1.0", gradient_checkpointing=True, pretrained_backbone_weights=None,
+               use_amp=True, compile_model=True, compile_mode="max-autotune", device="cuda", drop_n_last_frames=0,
+               pretrained_path="lerobot/diffusion_pusht", push_to_hub=True, repo_id="a/b", optimizer_lr=1.0)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    assert torch.equal(chunk(load_policy(tmp_path)), want)
+
+
+def test_normalize_observation_keys_leave_the_other_observations_as_they_are(tmp_path):
+    """A normaliser step may list the observations it normalises (``normalize_observation_keys``): LeRobot leaves
+    the others as they are, and so does the loader (planted: the list ignored, every observation normalised)."""
+    import json
+
+    from lerobot_harness import require_lerobot
+
+    _, _, _, cfg = make_lerobot_checkpoint(tmp_path, **CONFIGS["env_meanstd_sample_nofilmscale"])
+    ignoring = load_policy(tmp_path)  # what a loader that ignores the list reads
+    path = tmp_path / "policy_preprocessor.json"
+    proc = json.loads(path.read_text())
+    for step in proc["steps"]:
+        if step["registry_name"] == "normalizer_processor":
+            step["config"]["normalize_observation_keys"] = ["observation.environment_state"]
+    path.write_text(json.dumps(proc))
+    pre, post = require_lerobot().make_pre_post_processors(cfg, pretrained_path=str(tmp_path))
+    obs_gap, act_gap = normalise_gaps(pre, post, load_policy(tmp_path))
+    assert obs_gap < 1e-5 and act_gap < 1e-5, (obs_gap, act_gap)
+    assert normalise_gaps(pre, post, ignoring)[0] > 1e-2, "the planted ignored normalize_observation_keys went unnoticed"
 
 
 def test_missing_files_are_named(tmp_path):

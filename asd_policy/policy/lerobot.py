@@ -1,7 +1,7 @@
 """LeRobot diffusion checkpoints as asd-policy policies: JSON and safetensors only, no lerobot import.
 
-A LeRobot ``pretrained_model/`` directory (what ``DiffusionPolicy.save_pretrained`` and
-``lerobot_train`` write) holds::
+A LeRobot ``pretrained_model/`` directory (what ``DiffusionPolicy.save_pretrained`` and ``lerobot_train``
+write, the same files in lerobot 0.4 to 0.6) holds (its config.json read by :mod:`asd_policy.policy.lerobot_config`)::
 
     config.json                      "type": "diffusion", features, horizons, U-Net and scheduler settings
     model.safetensors                diffusion.unet.* (and diffusion.rgb_encoder.* with cameras)
@@ -23,7 +23,8 @@ config with ``num_inference_steps`` below ``num_train_timesteps`` samples diffus
 which is the schedule's strided sub-chain (``NoiseSchedule(num_inference_steps=...)``).
 
 Anything outside that (another policy type, a deeper ResNet, a scheduler setting or normalisation
-mode we do not implement, a missing file, weights that do not fit the config) is a
+mode we do not implement, an unknown config field, a PEFT adapter, a missing file, weights that do not
+fit the config) is a
 :class:`~asd_policy.policy.weights.CheckpointError` naming the field and what is supported.
 """
 
@@ -36,52 +37,23 @@ from typing import Any
 
 import numpy as np
 
-from asd_policy.policy.config import PolicyConfig
 from asd_policy.policy.diffusion_policy import DiffusionPolicy
+from asd_policy.policy.lerobot_config import ACTION_FEATURE, features, policy_config
 from asd_policy.policy.normalizer import AffineNormalizer
-from asd_policy.policy.vision import RESNET_BLOCKS
 from asd_policy.policy.weights import CheckpointError, load_weights, read_safetensors
 
 __all__ = ["is_lerobot_checkpoint", "load_lerobot_policy", "read_lerobot_metadata", "lerobot_state_to_ours", "feature_normalizer"]
+
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 PREPROCESSOR = "policy_preprocessor.json"
 POSTPROCESSOR = "policy_postprocessor.json"
-
-#: The low-dimensional observation features a LeRobot diffusion policy concatenates, in its order
-#: (per step: the state, then each camera's image features, then the environment state).
-STATE_FEATURES = (("observation.state", "STATE"), ("observation.environment_state", "ENV"))
-IMAGE_PREFIX = "observation.images."
-ACTION_FEATURE = "action"
 #: LeRobot NormalizationMode -> the statistics it reads (min-like, max-like), or None.
 NORM_MODES = {"IDENTITY": None, "MEAN_STD": ("mean", "std"), "MIN_MAX": ("min", "max"),
               "QUANTILES": ("q01", "q99"), "QUANTILE10": ("q10", "q90")}
 #: Preprocessor steps that change nothing a flat observation vector needs (batching, device).
 PASSIVE_STEPS = ("to_batch_processor", "device_processor")
-NOISE_SCHEDULERS = ("DDPM", "DDIM")
-PREDICTION_TYPES = ("epsilon", "sample")
-#: Config keys that only matter for training or for LeRobot's own runtime; read by nothing here.
-IGNORED_KEYS = {
-    "type", "device", "use_amp", "use_peft", "push_to_hub", "repo_id", "private", "tags", "license",
-    "pretrained_path", "drop_n_last_frames", "compile_model", "compile_mode", "do_mask_loss_for_padding",
-    "optimizer_lr", "optimizer_betas", "optimizer_eps", "optimizer_weight_decay", "scheduler_name",
-    "scheduler_warmup_steps",
-    # the backbone's ImageNet weights only matter when LeRobot builds a new policy; ours are in model.safetensors
-    "pretrained_backbone_weights",
-}
-READ_KEYS = {
-    "n_obs_steps", "horizon", "n_action_steps", "input_features", "output_features", "normalization_mapping",
-    "down_dims", "kernel_size", "n_groups", "diffusion_step_embed_dim", "use_film_scale_modulation",
-    "noise_scheduler_type", "num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type",
-    "clip_sample", "clip_sample_range", "num_inference_steps",
-    # the vision encoder (with image features)
-    "vision_backbone", "resize_shape", "crop_ratio", "crop_shape", "crop_is_random", "use_group_norm",
-    "spatial_softmax_num_keypoints", "use_separate_rgb_encoder_per_camera",
-}
-#: LeRobot builds the head's conv block with GroupNorm's default 8 groups, whatever n_groups is.
-HEAD_N_GROUPS = 8
-
 
 def _error(message: str) -> Exception:
     return CheckpointError(message)
@@ -131,139 +103,6 @@ def _read_tensors(path: Path) -> dict[str, np.ndarray]:
         return load_file(str(path))
     except (SafetensorError, ValueError, RuntimeError, OSError) as e:
         raise _error(f"{str(path)!r} is corrupt (not a readable safetensors file: {e}); re-copy the checkpoint") from None
-
-
-# ---- config.json -> PolicyConfig ------------------------------------------------------------
-
-
-def _image_features(inputs: dict, where: str) -> list[dict]:
-    """The cameras ([{"name", "shape": [C, H, W]}]) in the order LeRobot stacks them (config order)."""
-    images = []
-    for name, f in inputs.items():
-        if f.get("type") != "VISUAL":
-            continue
-        shape = [int(s) for s in f.get("shape") or ()]
-        if not name.startswith(IMAGE_PREFIX) or len(shape) != 3:
-            raise _error(f"{where}: image feature {name!r} must be named {IMAGE_PREFIX}<camera> with a [C, H, W] "
-                         f"shape, got {f}")
-        images.append({"name": name, "shape": shape})
-    return images
-
-
-def _features(cfg: dict, where: str) -> tuple[list[dict], int]:
-    """The state features in LeRobot's concatenation order ([{"name", "dim", "type"}]) and action_dim."""
-    inputs, outputs = cfg.get("input_features") or {}, cfg.get("output_features") or {}
-    known = {name for name, _ in STATE_FEATURES}
-    unknown = [k for k, f in inputs.items() if k not in known and f.get("type") != "VISUAL"]
-    if unknown:
-        raise _error(f"{where}: input_features {unknown} are not supported; a LeRobot diffusion policy reads "
-                     f"{sorted(known)} and {IMAGE_PREFIX}<camera> images")
-    if "observation.state" not in inputs:
-        raise _error(f"{where}: input_features has no 'observation.state', which LeRobot's diffusion policy requires")
-    features = []
-    for name, ftype in STATE_FEATURES:
-        if name in inputs:
-            f = inputs[name]
-            if f.get("type") != ftype or len(f.get("shape") or ()) != 1:
-                raise _error(f"{where}: input_features[{name!r}] must be type {ftype} with a 1-D shape, got {f}")
-            features.append({"name": name, "dim": int(f["shape"][0]), "type": ftype})
-    act = outputs.get(ACTION_FEATURE)
-    if set(outputs) != {ACTION_FEATURE} or act.get("type") != "ACTION" or len(act.get("shape") or ()) != 1:
-        raise _error(f"{where}: output_features must be exactly {{'action': ACTION with a 1-D shape}}, got {outputs}")
-    return features, int(act["shape"][0])
-
-
-def _schedule_and_sampler(cfg: dict, where: str) -> tuple[dict, dict]:
-    """Our NoiseSchedule keywords and stored sampler for the config's diffusers scheduler."""
-    kind = cfg.get("noise_scheduler_type", "DDPM")
-    if kind not in NOISE_SCHEDULERS:
-        raise _error(f"{where}: noise_scheduler_type={kind!r} is not supported; use one of {NOISE_SCHEDULERS}")
-    if cfg.get("prediction_type", "epsilon") not in PREDICTION_TYPES:
-        raise _error(f"{where}: prediction_type={cfg.get('prediction_type')!r} is not supported; LeRobot's "
-                     f"diffusion policy uses one of {PREDICTION_TYPES}")
-    schedule = {k: cfg[k] for k in ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end",
-                                    "prediction_type", "clip_sample", "clip_sample_range") if k in cfg}
-    T = int(schedule.get("num_train_timesteps", 100))
-    steps = cfg.get("num_inference_steps")
-    steps = T if steps is None else int(steps)
-    if not 1 <= steps <= T:
-        raise _error(f"{where}: num_inference_steps={steps} must be in [1, num_train_timesteps={T}] (or null)")
-    if kind == "DDIM":
-        # what LeRobot samples: diffusers' DDIMScheduler defaults (eta 0, leading spacing), our DDIM
-        return schedule, {"method": "ddim", "num_inference_steps": steps}
-    if steps != T:
-        # diffusers' strided DDPM (set_timesteps(steps)): a Gaussian chain of `steps` steps, the network
-        # called at timesteps k * (T // steps); NoiseSchedule holds that sub-chain and ASD samples it exactly
-        schedule["num_inference_steps"] = steps
-    # DDPM over the chain's steps: ASD draws exactly its chunks with fewer sequential calls
-    return schedule, {"method": "asd"}
-
-
-def _vision(cfg: dict, where: str) -> dict:
-    """Our VisionConfig for LeRobot's encoder settings (its DiffusionConfig defaults where absent)."""
-    backbone = cfg.get("vision_backbone", "resnet18")
-    if backbone not in RESNET_BLOCKS:
-        raise _error(f"{where}: vision_backbone={backbone!r} is not supported; the loader builds {sorted(RESNET_BLOCKS)} "
-                     f"(torchvision's basic-block ResNets)")
-    resize = cfg.get("resize_shape")
-    crop = cfg.get("crop_shape", (84, 84))
-    if resize is not None:
-        # LeRobot re-derives the crop from crop_ratio whenever it resizes (DiffusionConfig.__post_init__)
-        ratio = float(cfg.get("crop_ratio", 1.0))
-        crop = (int(resize[0] * ratio), int(resize[1] * ratio)) if ratio < 1.0 else None
-    return {
-        "backbone": backbone,
-        "use_group_norm": bool(cfg.get("use_group_norm", True)),
-        "keypoints": int(cfg.get("spatial_softmax_num_keypoints", 32)),
-        "crop_shape": None if crop is None else list(crop),
-        "crop_is_random": bool(cfg.get("crop_is_random", True)),
-        "resize_shape": None if resize is None else list(resize),
-        "separate_per_camera": bool(cfg.get("use_separate_rgb_encoder_per_camera", False)),
-    }
-
-
-def _check_keys(cfg: dict, where: str) -> None:
-    unknown = sorted(set(cfg) - READ_KEYS - IGNORED_KEYS)
-    if unknown:
-        raise _error(f"{where}: config keys {unknown} are not known to this loader (written for lerobot 0.4's "
-                     f"DiffusionConfig); remove them or update asd-policy")
-
-
-def policy_config(cfg: dict, where: str):
-    """The :class:`~asd_policy.policy.PolicyConfig` a LeRobot diffusion ``config.json`` describes."""
-    if cfg.get("type") != "diffusion":
-        raise _error(f"{where}: policy type {cfg.get('type')!r} is not supported; this loader reads LeRobot "
-                     f"'diffusion' policies (ASD samples DDPM chains)")
-    _check_keys(cfg, where)
-    features, action_dim = _features(cfg, where)
-    images = _image_features(cfg.get("input_features") or {}, where)
-    schedule, sampler = _schedule_and_sampler(cfg, where)
-    unet = {
-        "down_dims": list(cfg.get("down_dims", (512, 1024, 2048))),
-        "kernel_size": int(cfg.get("kernel_size", 5)),
-        "n_groups": int(cfg.get("n_groups", 8)),
-        "step_embed_dim": int(cfg.get("diffusion_step_embed_dim", 128)),
-        "film_scale": bool(cfg.get("use_film_scale_modulation", True)),
-        "head_n_groups": HEAD_N_GROUPS,
-        "size": None,
-    }
-    try:
-        return PolicyConfig(
-            obs_dim=sum(f["dim"] for f in features),
-            action_dim=action_dim,
-            n_obs_steps=int(cfg.get("n_obs_steps", 2)),
-            horizon=int(cfg.get("horizon", 16)),
-            n_action_steps=int(cfg.get("n_action_steps", 8)),
-            unet=unet,
-            schedule=schedule,
-            sampler=sampler,
-            obs_features=[{"name": f["name"], "dim": f["dim"]} for f in features],
-            image_features=images or None,
-            vision=_vision(cfg, where) if images else None,
-            images_after=features[0]["dim"] if images else None,
-        )
-    except ValueError as e:
-        raise _error(f"{where}: {e}") from None
 
 
 # ---- processors -> normalisers --------------------------------------------------------------
@@ -329,19 +168,23 @@ def _normalizers(directory: Path, features: list[dict], action_dim: int, mapping
     pre_cfg, pre_stats = _normalizer_step(directory, PREPROCESSOR, "normalizer_processor")
     post_cfg, post_stats = _normalizer_step(directory, POSTPROCESSOR, "unnormalizer_processor")
 
-    def mode_of(cfg: dict, ftype: str) -> str:
-        # LeRobot's rule: a feature type absent from the map is not normalised
+    def mode_of(cfg: dict, ftype: str, name: str = ACTION_FEATURE) -> str:
+        # LeRobot's rules: a feature type absent from the map is not normalised, nor an observation the step's
+        # normalize_observation_keys (when it lists any) leaves out
+        keys = cfg.get("normalize_observation_keys")
+        if keys is not None and name != ACTION_FEATURE and name not in keys:
+            return "IDENTITY"
         return str((cfg.get("norm_map") or mapping).get(ftype, "IDENTITY"))
 
     obs = AffineNormalizer.concat([
-        feature_normalizer(f["name"], f["dim"], mode_of(pre_cfg, f["type"]), pre_stats,
+        feature_normalizer(f["name"], f["dim"], mode_of(pre_cfg, f["type"], f["name"]), pre_stats,
                            float(pre_cfg.get("eps", 1e-8)), str(directory / PREPROCESSOR))
         for f in features
     ])
     act = feature_normalizer(ACTION_FEATURE, action_dim, mode_of(post_cfg, "ACTION"), post_stats,
                              float(post_cfg.get("eps", 1e-8)), str(directory / POSTPROCESSOR))
     img = AffineNormalizer.concat([
-        feature_normalizer(f["name"], f["shape"][0], mode_of(pre_cfg, "VISUAL"), pre_stats,
+        feature_normalizer(f["name"], f["shape"][0], mode_of(pre_cfg, "VISUAL", f["name"]), pre_stats,
                            float(pre_cfg.get("eps", 1e-8)), str(directory / PREPROCESSOR))
         for f in images
     ]) if images else None
@@ -409,11 +252,11 @@ def load_lerobot_policy(path: str | Path, device: str = "cpu"):
     if not isinstance(cfg, dict):
         raise _error(f"{where} is not a LeRobot policy config (a JSON object with a 'type')")
     config = policy_config(cfg, where)
-    features, _ = _features(cfg, where)
+    observed, _ = features(cfg, where)
     mapping = {str(k): str(v) for k, v in (cfg.get("normalization_mapping") or {}).items()}
-    obs_norm, act_norm, img_norm = _normalizers(directory, features, config.action_dim, mapping,
+    obs_norm, act_norm, img_norm = _normalizers(directory, observed, config.action_dim, mapping,
                                                 config.image_features or [])
-    policy = DiffusionPolicy(config, obs_norm, act_norm, origin={"format": "lerobot", "type": "diffusion"},
+    policy = DiffusionPolicy(config, obs_norm, act_norm, origin={"format": "lerobot", "type": cfg["type"]},
                              image_normalizer=img_norm)
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():

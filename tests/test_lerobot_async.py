@@ -294,8 +294,14 @@ def test_python_m_serves_chunks_and_stops_on_ctrl_c(asd_checkpoint, tmp_path):
         grpc.channel_ready_future(robot.channel).result(timeout=90)
         robot.start("diffusion_asd", asd_checkpoint)
         _check_chunk(robot.chunk(0, 0.0))
+        robot.channel.close()
         server.send_signal(signal.SIGINT)
-        out, _ = server.communicate(timeout=30)
+        try:
+            out, _ = server.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            out, _ = server.communicate()
+            raise AssertionError(f"the server did not stop within 60 s of Ctrl-C:\n{out[-3000:]}") from None
     finally:
         server.kill()
     assert server.returncode == 0, out[-3000:]

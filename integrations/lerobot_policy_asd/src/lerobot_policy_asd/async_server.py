@@ -31,6 +31,7 @@ from __future__ import annotations
 import io
 import logging
 import pickle
+import signal
 import threading
 import types
 from collections import OrderedDict, deque
@@ -380,7 +381,21 @@ def start(config: ASDPolicyServerConfig) -> tuple[grpc.Server, ASDPolicyServer]:
 
 
 def serve(config: ASDPolicyServerConfig) -> None:
-    """Serve until Ctrl-C."""
+    """Serve until Ctrl-C (SIGINT) or SIGTERM, then stop the server and return.
+
+    The signals only set an event the main thread waits on: a KeyboardInterrupt raised wherever the main
+    thread happens to be (inside gRPC's wait, a log call) made shutdown hang now and then.
+    """
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        _serve_until(config, stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _serve_until(config: ASDPolicyServerConfig, stop: threading.Event) -> None:
     server, _ = start(config)
     where = ("loopback only: other machines cannot connect (--host=0.0.0.0 to accept them)"
              if config.host in ("127.0.0.1", "localhost", "::1") else "reachable from other machines")
@@ -388,10 +403,9 @@ def serve(config: ASDPolicyServerConfig) -> None:
                 ", ".join(SERVED_POLICIES))
     logger.info("clients' pickles are unpickled only as RemotePolicyConfig / TimedObservation of numbers, strings "
                 "and numpy arrays; a client still chooses which checkpoint (path or Hub id) the server loads")
-    try:
-        server.wait_for_termination()
-    except KeyboardInterrupt:
-        server.stop(0)
+    stop.wait()
+    logger.info("stopping: cancelling the clients' calls")
+    server.stop(grace=None).wait(timeout=10)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from asd_policy.policy.diffusion_policy import DiffusionPolicy
 from asd_policy.policy.lerobot_config import ACTION_FEATURE, features, policy_config
@@ -92,17 +93,12 @@ def _read_json(path: Path) -> Any:
         raise _error(f"{str(path)!r} is corrupt (not valid JSON: {e}); re-copy the checkpoint") from None
 
 
-def _read_tensors(path: Path) -> dict[str, np.ndarray]:
-    from safetensors import SafetensorError  # type: ignore[attr-defined]
-    from safetensors.numpy import load_file
-
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file of the checkpoint (the weights, or a processor's statistics)."""
     if not path.is_file():
         raise _error(f"LeRobot checkpoint {str(path.parent)!r} is incomplete: {path.name} is missing; re-copy the "
                      f"pretrained_model/ directory")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, ValueError, RuntimeError, OSError) as e:
-        raise _error(f"{str(path)!r} is corrupt (not a readable safetensors file: {e}); re-copy the checkpoint") from None
+    return read_safetensors(path.read_bytes(), str(path), "re-copy the checkpoint")
 
 
 # ---- processors -> normalisers --------------------------------------------------------------
@@ -156,7 +152,7 @@ def _normalizer_step(directory: Path, file: str, registry_name: str) -> tuple[di
         raise _error(f"{where} has no {registry_name!r} step; re-save the processors with the dataset's stats")
     if "state_file" not in found:
         raise _error(f"{where}: the {registry_name!r} step names no state_file with its statistics")
-    return found.get("config") or {}, _read_tensors(directory / found["state_file"])
+    return found.get("config") or {}, {k: v.numpy() for k, v in _read_tensors(directory / found["state_file"]).items()}
 
 
 def _normalizers(directory: Path, features: list[dict], action_dim: int, mapping: dict, images: list[dict] = ()):
@@ -259,10 +255,7 @@ def load_lerobot_policy(path: str | Path, device: str = "cpu"):
     policy = DiffusionPolicy(config, obs_norm, act_norm, origin={"format": "lerobot", "type": cfg["type"]},
                              image_normalizer=img_norm)
     weights = directory / WEIGHTS_NAME
-    if not weights.is_file():
-        raise _error(f"LeRobot checkpoint {str(directory)!r} is incomplete: {WEIGHTS_NAME} is missing; re-copy the "
-                     f"pretrained_model/ directory")
-    state = {k: v.float() for k, v in read_safetensors(weights.read_bytes(), str(weights), "re-copy the checkpoint").items()}
+    state = {k: v.float() for k, v in _read_tensors(weights).items()}
     load_weights(policy, lerobot_state_to_ours(state, str(weights)), str(weights), CONFIG_NAME,
                  "re-copy the pretrained_model/ directory")
     return policy.to(device).eval()

@@ -13,7 +13,7 @@ from asd_policy.policy.vision import RESNET_BLOCKS
 from asd_policy.policy.weights import CheckpointError
 from asd_policy.sampling.presets import resolve_samplers
 
-__all__ = ["policy_config", "STATE_FEATURES", "IMAGE_PREFIX", "ACTION_FEATURE", "IGNORED_KEYS", "READ_KEYS"]
+__all__ = ["policy_config", "schedule_and_sampler", "STATE_FEATURES", "IMAGE_PREFIX", "ACTION_FEATURE", "IGNORED_KEYS", "READ_KEYS"]
 
 
 #: The low-dimensional observation features a LeRobot diffusion policy concatenates, in its order
@@ -128,6 +128,16 @@ def _schedule_and_sampler(cfg: dict, where: str) -> tuple[dict, dict]:
     return schedule, {"method": "asd"}
 
 
+def schedule_and_sampler(cfg: dict, where: str) -> tuple[dict, dict]:
+    """The NoiseSchedule keywords and the sampler (``{"method", **options}``) of a LeRobot diffusion config
+    (a ``config.json`` as a dict): the chain LeRobot samples, with ASD on a DDPM one; for the plugin's
+    ``diffusion_asd`` its own sampler. The one translation, for this loader and for the plugin."""
+    schedule, sampler = _schedule_and_sampler(cfg, where)
+    if cfg.get("type") == "diffusion_asd":
+        schedule, sampler = _plugin_sampler(cfg, where, schedule)
+    return schedule, sampler
+
+
 def _plugin_sampler(cfg: dict, where: str, schedule: dict) -> tuple[dict, dict]:
     """A diffusion_asd checkpoint's sampler (its preset and options) as the stored sampler, as the plugin
     samples it: DDIM over the full training chain, with a DDIM checkpoint's own steps unless the options say."""
@@ -185,9 +195,7 @@ def policy_config(cfg: dict, where: str):
     _check_keys(cfg, where)
     feats, action_dim = features(cfg, where)
     images = _image_features(cfg.get("input_features") or {}, where)
-    schedule, sampler = _schedule_and_sampler(cfg, where)
-    if cfg["type"] == "diffusion_asd":
-        schedule, sampler = _plugin_sampler(cfg, where, schedule)
+    schedule, sampler = schedule_and_sampler(cfg, where)
     unet = {
         "down_dims": list(cfg.get("down_dims", (512, 1024, 2048))),
         "kernel_size": int(cfg.get("kernel_size", 5)),

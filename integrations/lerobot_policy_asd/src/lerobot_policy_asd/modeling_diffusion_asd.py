@@ -31,39 +31,32 @@ from lerobot.policies.diffusion.modeling_diffusion import (
 from lerobot.policies.utils import populate_queues
 from lerobot.utils.constants import ACTION, OBS_IMAGES
 
+from asd_policy.policy.lerobot_config import schedule_and_sampler
 from asd_policy.sampling import NoiseSchedule, SamplerConfig, SamplerStats, sample
 from lerobot_policy_asd.configuration_diffusion_asd import (
     POLICY_TYPE,
     DiffusionASDConfig,
 )
 
-__all__ = ["DiffusionASDPolicy", "ASDDiffusionModel", "asd_schedule"]
+__all__ = ["DiffusionASDPolicy", "ASDDiffusionModel", "asd_chain"]
 
 logger = logging.getLogger(__name__)
 
 
-def asd_schedule(config: DiffusionASDConfig, method: str) -> NoiseSchedule:
-    """The chain ``method`` samples for a LeRobot diffusion config.
-
-    diffusers' DDPM with ``num_inference_steps`` N below ``num_train_timesteps`` T is the strided
-    N-step chain LeRobot samples; a DDIM checkpoint's DDPM chain is the full one of its training
-    schedule; DDIM strides over the full chain itself.
-    """
-    scheduler = {k: getattr(config, k) for k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule",
-                                                 "clip_sample", "clip_sample_range", "prediction_type")}
-    steps = config.num_inference_steps
-    if config.noise_scheduler_type == "DDPM" and method != "ddim" and steps is not None and steps != config.num_train_timesteps:
-        scheduler["num_inference_steps"] = int(steps)
-    return NoiseSchedule.from_diffusers(scheduler)
+#: The DiffusionConfig fields the chain and the sampler depend on.
+SCHEDULE_FIELDS = ("noise_scheduler_type", "num_train_timesteps", "beta_start", "beta_end", "beta_schedule",
+                   "clip_sample", "clip_sample_range", "prediction_type", "num_inference_steps",
+                   "sampler", "sampler_options")
 
 
-def resolved_sampler(config: DiffusionASDConfig) -> SamplerConfig:
-    """The config's sampler; DDIM takes the checkpoint's own ``num_inference_steps`` unless the options set it."""
-    sampler = config.sampler_config()
-    if (sampler.method == "ddim" and "num_inference_steps" not in config.sampler_options
-            and config.noise_scheduler_type == "DDIM" and config.num_inference_steps is not None):
-        sampler = SamplerConfig(sampler.name, "ddim", {**sampler.options, "num_inference_steps": int(config.num_inference_steps)})
-    return sampler
+def asd_chain(config: DiffusionASDConfig) -> tuple[NoiseSchedule, SamplerConfig]:
+    """The chain and the sampler of a diffusion_asd config, as asd-policy's own loader reads the same
+    checkpoint (``asd_policy.policy.lerobot_config.schedule_and_sampler``): diffusers' strided DDPM stays
+    strided, a DDIM checkpoint's DDPM chain is its full training chain, DDIM strides over the full
+    chain itself with the checkpoint's own steps unless the options set them."""
+    fields = {k: getattr(config, k) for k in SCHEDULE_FIELDS}
+    schedule, sampler = schedule_and_sampler({"type": POLICY_TYPE, **fields}, f"{POLICY_TYPE} config")
+    return NoiseSchedule.from_diffusers(schedule), SamplerConfig.from_dict(config.sampler, sampler)
 
 
 class ASDDiffusionModel(DiffusionModel):
@@ -100,8 +93,8 @@ class DiffusionASDPolicy(DiffusionPolicy):
         # The same module with the sampling loop swapped: its networks, parameters and state-dict keys
         # stay LeRobot's (built by DiffusionPolicy.__init__, whatever this lerobot version puts there).
         self.diffusion.__class__ = ASDDiffusionModel
-        sampler = resolved_sampler(config)
-        self.diffusion.use_sampler(sampler, asd_schedule(config, sampler.method))
+        schedule, sampler = asd_chain(config)
+        self.diffusion.use_sampler(sampler, schedule)
         if config.noise_scheduler_type == "DDIM" and sampler.method != "ddim":
             logger.warning(
                 "this checkpoint is configured for DDIM inference (%s steps); diffusion_asd samples the exact DDPM "
